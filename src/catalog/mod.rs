@@ -1,0 +1,124 @@
+//! The service catalog: every kind infralab can start, as [`ServiceKind`]s.
+//!
+//! A kind is one file here. Its image, ports and environment come from
+//! `compose/KIND.yaml` (see [`spec`]); the file adds what Compose cannot say: how to
+//! probe the service at protocol level. Kinds return plain data; only `engine`
+//! talks to Docker.
+
+pub mod redis;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use async_trait::async_trait;
+
+pub use spec::{KindSpec, LocalRecipe};
+
+/// Where a started service can be reached from the host, handed to exercises and
+/// printed for learners.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Endpoint {
+    /// Service name in the lab (`redis`, or `web-2` for a replica).
+    pub service: String,
+    /// Kind name.
+    pub kind: String,
+    /// Host address the ports are published on (always loopback).
+    pub host: String,
+    /// Port name → published host port.
+    pub ports: BTreeMap<String, u16>,
+    /// Environment the container was started with (credentials for the URL).
+    #[serde(skip)]
+    pub env: BTreeMap<String, String>,
+    /// Connection string for clients on the host.
+    pub url: String,
+    /// Container name, for faults and logs.
+    pub container: String,
+}
+
+impl Endpoint {
+    /// The published host port of the kind's primary port.
+    pub fn port(&self) -> u16 {
+        let spec = spec(&self.kind);
+        self.ports[&spec.ports[0].0]
+    }
+
+    /// The published host port named `name`.
+    pub fn named_port(&self, name: &str) -> Option<u16> {
+        self.ports.get(name).copied()
+    }
+}
+
+/// One service kind. Default methods cover what most kinds share.
+#[async_trait]
+pub trait ServiceKind: Send + Sync {
+    /// Kind name as written in labs (`kind: redis`).
+    fn name(&self) -> &'static str;
+    /// The kind's Compose file, embedded at build time.
+    fn compose(&self) -> &'static str;
+    /// One protocol-level readiness check; `Err` means "not yet" (with why).
+    async fn probe(&self, endpoint: &Endpoint) -> Result<(), String>;
+}
+
+/// The only list of kinds.
+pub static KINDS: &[&dyn ServiceKind] = &[&redis::Redis];
+
+/// Looks a kind up by name.
+pub fn kind(name: &str) -> Option<&'static dyn ServiceKind> {
+    KINDS.iter().copied().find(|k| k.name() == name)
+}
+
+/// Names of all kinds, for error messages.
+pub fn kind_names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.name()).collect()
+}
+
+/// The parsed Compose file of a kind. Panics on an unknown kind (validated earlier)
+/// or a broken embedded file (caught by the catalog's unit tests).
+pub fn spec(name: &str) -> &'static KindSpec {
+    static SPECS: OnceLock<Vec<KindSpec>> = OnceLock::new();
+    let specs = SPECS.get_or_init(|| {
+        KINDS
+            .iter()
+            .map(|k| {
+                KindSpec::parse(&format!("compose/{}.yaml", k.name()), k.compose())
+                    .unwrap_or_else(|e| panic!("embedded catalog file is broken: {e}"))
+            })
+            .collect()
+    });
+    specs
+        .iter()
+        .find(|s| s.kind == name)
+        .unwrap_or_else(|| panic!("unknown kind {name}"))
+}
+
+/// Fills a URL template: `{host}`, `{port}`, `{port:NAME}`, `{env:VAR}`.
+pub fn render_url(template: &str, endpoint: &Endpoint, primary: &str) -> String {
+    let mut out = template.replace("{host}", &endpoint.host);
+    for (name, port) in &endpoint.ports {
+        out = out.replace(&format!("{{port:{name}}}"), &port.to_string());
+        if name == primary {
+            out = out.replace("{port}", &port.to_string());
+        }
+    }
+    for (var, value) in &endpoint.env {
+        out = out.replace(&format!("{{env:{var}}}"), value);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_embedded_compose_file_parses_and_names_its_kind() {
+        for k in KINDS {
+            let s = spec(k.name());
+            assert_eq!(s.kind, k.name());
+            assert!(!s.ports.is_empty(), "{} has no port", s.kind);
+            assert!(s.image.contains(':'), "{} image is not pinned", s.kind);
+            assert!(!s.image.ends_with(":latest"), "{} image is not pinned", s.kind);
+        }
+    }
+}

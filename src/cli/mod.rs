@@ -1,0 +1,3 @@
+//! TODO
+/// Runs the CLI.
+pub fn run() -> i32 { 0 }

@@ -1,0 +1,264 @@
+//! Exercises: the client code a lab runs against its services, one per file.
+//!
+//! An exercise declares its parameters (with defaults), the service kinds it
+//! needs and the observations it produces, so a lab can be validated without
+//! Docker. Running it returns observations measured on the real services and
+//! records milestones in the scenario timeline.
+
+pub mod redis_lock;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::catalog::Endpoint;
+use crate::report::TimelineEvent;
+
+/// Observations an exercise returns: name → number, boolean, string or list.
+pub type Observations = BTreeMap<String, Value>;
+
+/// The type of a parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamKind {
+    /// Whole number within `min..=max`.
+    Int { min: i64, max: i64 },
+    /// Any finite number.
+    Float,
+    /// `true` / `false`.
+    Bool,
+    /// One of the listed words.
+    Choice(&'static [&'static str]),
+    /// Free text.
+    Text,
+}
+
+/// A parameter an exercise accepts.
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    /// Name as written in `params:`.
+    pub name: &'static str,
+    /// Type and range.
+    pub kind: ParamKind,
+    /// Used when neither the lab nor the scenario sets it.
+    pub default: Value,
+    /// One line for `infralab show`.
+    pub doc: &'static str,
+}
+
+impl ParamSpec {
+    /// An integer parameter.
+    pub fn int(name: &'static str, min: i64, max: i64, default: i64, doc: &'static str) -> Self {
+        ParamSpec { name, kind: ParamKind::Int { min, max }, default: Value::from(default), doc }
+    }
+
+    /// A choice among words.
+    pub fn choice(
+        name: &'static str,
+        options: &'static [&'static str],
+        default: &'static str,
+        doc: &'static str,
+    ) -> Self {
+        ParamSpec { name, kind: ParamKind::Choice(options), default: Value::from(default), doc }
+    }
+
+    /// A boolean parameter.
+    pub fn flag(name: &'static str, default: bool, doc: &'static str) -> Self {
+        ParamSpec { name, kind: ParamKind::Bool, default: Value::from(default), doc }
+    }
+
+    /// Checks a value written in a lab; the error says what was expected.
+    pub fn check(&self, value: &Value) -> Result<(), String> {
+        match (&self.kind, value) {
+            (ParamKind::Int { min, max }, Value::Number(n)) if n.is_i64() => {
+                let n = n.as_i64().unwrap_or_default();
+                if (*min..=*max).contains(&n) {
+                    Ok(())
+                } else {
+                    Err(format!("`{}` must be between {min} and {max}, found {n}", self.name))
+                }
+            }
+            (ParamKind::Int { .. }, v) => Err(format!("`{}` expects a whole number, found {v}", self.name)),
+            (ParamKind::Float, Value::Number(_)) => Ok(()),
+            (ParamKind::Float, v) => Err(format!("`{}` expects a number, found {v}", self.name)),
+            (ParamKind::Bool, Value::Bool(_)) => Ok(()),
+            (ParamKind::Bool, v) => Err(format!("`{}` expects true or false, found {v}", self.name)),
+            (ParamKind::Choice(options), Value::String(s)) if options.contains(&s.as_str()) => Ok(()),
+            (ParamKind::Choice(options), v) => Err(format!(
+                "`{}` expects one of {}, found {v}",
+                self.name,
+                options.join(", ")
+            )),
+            (ParamKind::Text, Value::String(_)) => Ok(()),
+            (ParamKind::Text, v) => Err(format!("`{}` expects text, found {v}", self.name)),
+        }
+    }
+}
+
+/// An observation an exercise produces.
+#[derive(Debug, Clone)]
+pub struct ObsSpec {
+    /// Name used in `expect:`.
+    pub name: &'static str,
+    /// One line for `infralab show` and the README.
+    pub doc: &'static str,
+}
+
+/// What an exercise gets to work with.
+pub struct Ctx {
+    /// Effective parameters: defaults, then the lab's, then the scenario's.
+    pub params: BTreeMap<String, Value>,
+    /// Started services by name (replicas appear as `NAME-1`, `NAME-2`, …).
+    pub services: BTreeMap<String, Endpoint>,
+    /// Unique per run and scenario: prefix keys, queues and topics with it so
+    /// scenarios and concurrent runs never see each other's data.
+    pub namespace: String,
+    timeline: Timeline,
+}
+
+/// Shared, timestamped event log of a scenario (exercise milestones and faults).
+#[derive(Clone)]
+pub struct Timeline {
+    start: Instant,
+    events: Arc<Mutex<Vec<TimelineEvent>>>,
+    marks: tokio::sync::watch::Sender<Vec<String>>,
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Timeline {
+            start: Instant::now(),
+            events: Arc::default(),
+            marks: tokio::sync::watch::channel(Vec::new()).0,
+        }
+    }
+}
+
+impl Timeline {
+    /// Records an event now.
+    pub fn record(&self, source: &str, what: impl Into<String>) {
+        let at_ms = self.start.elapsed().as_millis() as u64;
+        let what = what.into();
+        self.events.lock().expect("timeline lock").push(TimelineEvent {
+            at_ms,
+            source: source.to_string(),
+            what: what.clone(),
+        });
+        self.marks.send_modify(|m| m.push(what));
+    }
+
+    /// Waits until an event named `mark` was recorded.
+    pub async fn wait_for(&self, mark: &str) {
+        let mut rx = self.marks.subscribe();
+        let _ = rx.wait_for(|m| m.iter().any(|x| x == mark)).await;
+    }
+
+    /// Time since the scenario started.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// All events so far.
+    pub fn events(&self) -> Vec<TimelineEvent> {
+        self.events.lock().expect("timeline lock").clone()
+    }
+}
+
+impl Ctx {
+    /// A context for one scenario.
+    pub fn new(
+        params: BTreeMap<String, Value>,
+        services: BTreeMap<String, Endpoint>,
+        namespace: String,
+        timeline: Timeline,
+    ) -> Self {
+        Ctx { params, services, namespace, timeline }
+    }
+
+    /// An integer parameter (validated before the run).
+    pub fn int(&self, name: &str) -> i64 {
+        self.params.get(name).and_then(Value::as_i64).unwrap_or_default()
+    }
+
+    /// A number parameter.
+    pub fn float(&self, name: &str) -> f64 {
+        self.params.get(name).and_then(Value::as_f64).unwrap_or_default()
+    }
+
+    /// A boolean parameter.
+    pub fn flag(&self, name: &str) -> bool {
+        self.params.get(name).and_then(Value::as_bool).unwrap_or_default()
+    }
+
+    /// A text or choice parameter.
+    pub fn text(&self, name: &str) -> &str {
+        self.params.get(name).and_then(Value::as_str).unwrap_or_default()
+    }
+
+    /// The first service of a kind (validation guarantees one exists).
+    pub fn service(&self, kind: &str) -> Result<&Endpoint, ExerciseError> {
+        self.services
+            .values()
+            .find(|e| e.kind == kind)
+            .ok_or_else(|| ExerciseError(format!("the lab has no `{kind}` service")))
+    }
+
+    /// Records a milestone; faults declared `after: NAME` fire on it.
+    pub fn mark(&self, what: impl Into<String>) {
+        self.timeline.record("exercise", what);
+    }
+}
+
+/// Why an exercise could not produce its observations (the verdict is Unknown).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ExerciseError(pub String);
+
+/// Turns any displayable error into an [`ExerciseError`] with context.
+pub trait Context<T> {
+    /// Adds what was being done.
+    fn doing(self, what: &str) -> Result<T, ExerciseError>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn doing(self, what: &str) -> Result<T, ExerciseError> {
+        self.map_err(|e| ExerciseError(format!("{what}: {e}")))
+    }
+}
+
+/// One exercise.
+#[async_trait]
+pub trait Exercise: Send + Sync {
+    /// Name as written in labs (`exercise: redis-lock`).
+    fn name(&self) -> &'static str;
+    /// One line for `infralab show`.
+    fn summary(&self) -> &'static str;
+    /// Service kinds the lab must provide.
+    fn needs(&self) -> &'static [&'static str];
+    /// Accepted parameters with defaults.
+    fn params(&self) -> Vec<ParamSpec>;
+    /// Observations it produces.
+    fn observations(&self) -> &'static [ObsSpec];
+    /// Runs once against the started services.
+    async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError>;
+}
+
+/// The only list of exercises.
+pub static EXERCISES: &[&dyn Exercise] = &[&redis_lock::RedisLock];
+
+/// Looks an exercise up by name.
+pub fn exercise(name: &str) -> Option<&'static dyn Exercise> {
+    EXERCISES.iter().copied().find(|e| e.name() == name)
+}
+
+/// Percentile (0–100) of a list of durations, in milliseconds with 0.01 ms precision.
+pub fn percentile_ms(samples: &mut [Duration], pct: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort();
+    let rank = ((pct / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    (samples[rank].as_secs_f64() * 100_000.0).round() / 100.0
+}

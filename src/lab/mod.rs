@@ -1,0 +1,188 @@
+//! The lab model: [`Lab`], a validated plan made from a YAML lab file.
+//!
+//! `raw` mirrors the file, `validate` checks it against the catalog and the
+//! exercise and resolves parameters, `diag` renders problems with their
+//! location. Nothing here touches Docker: a lab that fails validation never
+//! starts anything.
+
+pub mod diag;
+pub mod duration;
+pub mod raw;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::check::Predicate;
+use crate::exercise::Exercise;
+pub use diag::{LabError, LabErrors};
+
+/// A validated lab, ready to run.
+pub struct Lab {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Unique name (`distributed-locking`).
+    pub name: String,
+    /// Human title.
+    pub title: String,
+    /// Cheat-sheet section (`global-coordination`).
+    pub section: String,
+    /// One line.
+    pub summary: String,
+    /// The question the lab answers.
+    pub question: Option<String>,
+    /// The short answer, shown by `infralab show`.
+    pub answer: Option<String>,
+    /// Longer explanation.
+    pub briefing: Option<String>,
+    /// Services to start, in file order.
+    pub services: Vec<ServicePlan>,
+    /// The exercise every scenario runs.
+    pub exercise: &'static dyn Exercise,
+    /// Scenarios, in file order.
+    pub scenarios: Vec<Scenario>,
+}
+
+/// One service to start (a `replicas: N` service becomes N containers).
+#[derive(Debug, Clone)]
+pub struct ServicePlan {
+    /// Name in the lab; also its network alias.
+    pub name: String,
+    /// Kind, from the catalog.
+    pub kind: String,
+    /// Image override (otherwise the catalog resolves one).
+    pub image: Option<String>,
+    /// Environment on top of the kind's.
+    pub env: BTreeMap<String, String>,
+    /// Command override.
+    pub command: Option<Vec<String>>,
+    /// Number of containers.
+    pub replicas: u32,
+    /// Readiness deadline.
+    pub ready_timeout: Duration,
+    /// Lab files mounted read-only: container path → host file (next to the lab).
+    pub files: BTreeMap<String, PathBuf>,
+}
+
+/// One scenario: parameters, faults and expectations.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Name.
+    pub name: String,
+    /// What it shows.
+    pub description: Option<String>,
+    /// Effective parameters: exercise defaults < lab params < scenario params.
+    pub params: BTreeMap<String, Value>,
+    /// Expectations by observation name.
+    pub expect: BTreeMap<String, Predicate>,
+    /// Fault steps.
+    pub faults: Vec<Fault>,
+}
+
+/// A fault injected into a running scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    /// When it fires.
+    pub when: When,
+    /// What happens.
+    pub action: FaultAction,
+    /// Which service (all its replicas, or one replica as `NAME-2`).
+    pub service: String,
+}
+
+/// When a fault fires.
+#[derive(Debug, Clone, PartialEq)]
+pub enum When {
+    /// At a time offset from the scenario's start.
+    At(Duration),
+    /// When the exercise records this milestone.
+    After(String),
+}
+
+/// What a fault does to a service's container(s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAction {
+    /// SIGKILL the container.
+    Kill,
+    /// Stop it gracefully.
+    Stop,
+    /// Start it again (and wait until it is ready).
+    Start,
+    /// Restart it (and wait until it is ready).
+    Restart,
+    /// Freeze its processes.
+    Pause,
+    /// Thaw them.
+    Unpause,
+    /// Cut it off the lab network.
+    Disconnect,
+    /// Reconnect it, with its aliases.
+    Connect,
+}
+
+impl FaultAction {
+    /// All actions with their names, for parsing and messages.
+    pub const ALL: &[(&str, FaultAction)] = &[
+        ("kill", FaultAction::Kill),
+        ("stop", FaultAction::Stop),
+        ("start", FaultAction::Start),
+        ("restart", FaultAction::Restart),
+        ("pause", FaultAction::Pause),
+        ("unpause", FaultAction::Unpause),
+        ("disconnect", FaultAction::Disconnect),
+        ("connect", FaultAction::Connect),
+    ];
+
+    /// The action's name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, a)| *a == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+impl Lab {
+    /// Loads and validates one lab file.
+    pub fn load(path: &Path) -> Result<Lab, LabErrors> {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| LabErrors(vec![LabError::file(path, format!("cannot read the lab file: {e}"))]))?;
+        validate::validate(path, &source)
+    }
+}
+
+/// Every `*.yaml` lab file under `dir`, sorted by path.
+pub fn discover(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Finds a lab by file path, file stem or `name:` under `dir`.
+pub fn find(dir: &Path, wanted: &str) -> Option<PathBuf> {
+    let as_path = Path::new(wanted);
+    if as_path.is_file() {
+        return Some(as_path.to_path_buf());
+    }
+    let files = discover(dir);
+    if let Some(p) = files.iter().find(|p| p.file_stem().and_then(|s| s.to_str()) == Some(wanted)) {
+        return Some(p.clone());
+    }
+    files.into_iter().find(|p| {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().any(|l| l.trim() == format!("name: {wanted}")))
+            .unwrap_or(false)
+    })
+}

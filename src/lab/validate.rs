@@ -1,0 +1,365 @@
+//! Turns a [`RawLab`] into a [`Lab`]: every check that can be made without
+//! Docker, each problem reported with its file:line:column.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path};
+
+use serde_json::Value;
+use serde_saphyr::{Location, Spanned};
+
+use super::raw::{RawFault, RawLab, RawScenario, RawService};
+use super::{Fault, FaultAction, Lab, LabError, LabErrors, Scenario, ServicePlan, When, duration};
+use crate::check::Predicate;
+use crate::exercise::{self, Exercise};
+use crate::{catalog, sections};
+
+struct Validator<'a> {
+    path: &'a Path,
+    source: &'a str,
+    errors: Vec<LabError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, loc: Location, message: impl Into<String>) {
+        self.errors.push(LabError::at(self.path, self.source, loc, message));
+    }
+}
+
+/// Parses and validates a lab file's text.
+pub fn validate(path: &Path, source: &str) -> Result<Lab, LabErrors> {
+    let raw: RawLab = serde_saphyr::from_str(source).map_err(|e| LabErrors(vec![parse_error(path, source, &e)]))?;
+    let mut v = Validator { path, source, errors: Vec::new() };
+
+    let name = &raw.name.value;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        v.error(raw.name.referenced, format!("lab name `{name}` must be lower-case letters, digits and dashes"));
+    }
+    if sections::find(&raw.section.value).is_none() {
+        let known: Vec<&str> = sections::SECTIONS.iter().map(|s| s.0).collect();
+        v.error(
+            raw.section.referenced,
+            format!("unknown section `{}`; expected one of: {}", raw.section.value, known.join(", ")),
+        );
+    }
+
+    let services = validate_services(&mut v, &raw);
+    let service_names: BTreeSet<String> = services
+        .iter()
+        .flat_map(|s| {
+            let replicas = (1..=s.replicas).filter(|_| s.replicas > 1).map(|i| format!("{}-{i}", s.name));
+            std::iter::once(s.name.clone()).chain(replicas)
+        })
+        .collect();
+
+    let exercise = exercise::exercise(&raw.exercise.value);
+    let Some(exercise) = exercise else {
+        let known: Vec<&str> = exercise::EXERCISES.iter().map(|e| e.name()).collect();
+        v.error(
+            raw.exercise.referenced,
+            format!("unknown exercise `{}`; expected one of: {}", raw.exercise.value, known.join(", ")),
+        );
+        return Err(LabErrors(v.errors));
+    };
+    for need in exercise.needs() {
+        if !services.iter().any(|s| s.kind == *need) {
+            v.error(
+                raw.services.referenced,
+                format!("exercise `{}` needs a service of kind `{need}`, and this lab has none", exercise.name()),
+            );
+        }
+    }
+
+    let mut base = BTreeMap::new();
+    for spec in exercise.params() {
+        base.insert(spec.name.to_string(), spec.default.clone());
+    }
+    check_params(&mut v, exercise, &raw.params, &mut base);
+
+    if raw.scenarios.value.is_empty() {
+        v.error(raw.scenarios.referenced, "a lab needs at least one scenario");
+    }
+    let mut seen = BTreeSet::new();
+    let mut scenarios = Vec::new();
+    for s in &raw.scenarios.value {
+        if !seen.insert(s.value.name.value.clone()) {
+            v.error(s.value.name.referenced, format!("scenario `{}` is defined twice", s.value.name.value));
+        }
+        scenarios.push(validate_scenario(&mut v, exercise, &s.value, &base, &service_names));
+    }
+
+    if !v.errors.is_empty() {
+        return Err(LabErrors(v.errors));
+    }
+    Ok(Lab {
+        file: path.to_path_buf(),
+        name: raw.name.value,
+        title: raw.title,
+        section: raw.section.value,
+        summary: raw.summary,
+        question: raw.question,
+        answer: raw.answer,
+        briefing: raw.briefing,
+        services,
+        exercise,
+        scenarios,
+    })
+}
+
+fn parse_error(path: &Path, source: &str, e: &serde_saphyr::Error) -> LabError {
+    let message = first_line(&e.to_string());
+    match e.location() {
+        Some(loc) => LabError::at(path, source, loc, message),
+        None => LabError::file(path, message),
+    }
+}
+
+/// serde-saphyr's message without its own location suffix and snippet, which
+/// [`LabError`] renders itself.
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or(message).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line.rfind(" at line ") {
+        Some(i) => line[..i].to_string(),
+        None => line.to_string(),
+    }
+}
+
+fn validate_services(v: &mut Validator, raw: &RawLab) -> Vec<ServicePlan> {
+    if raw.services.value.is_empty() {
+        v.error(raw.services.referenced, "a lab needs at least one service");
+    }
+    let lab_dir = v.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut plans = Vec::new();
+    for (name, service) in &raw.services.value {
+        let RawService { kind, image, env, command, replicas, ready_timeout, files } = &service.value;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            v.error(service.referenced, format!("service name `{name}` must be letters, digits and dashes"));
+        }
+        if catalog::kind(&kind.value).is_none() {
+            v.error(
+                kind.referenced,
+                format!(
+                    "unknown service kind `{}`; expected one of: {}",
+                    kind.value,
+                    catalog::kind_names().join(", ")
+                ),
+            );
+            continue;
+        }
+        let spec = catalog::spec(&kind.value);
+        let replicas_n = replicas.as_ref().map(|r| r.value).unwrap_or(1);
+        if let Some(r) = replicas
+            && !(1..=16).contains(&r.value)
+        {
+            v.error(r.referenced, format!("replicas must be between 1 and 16, found {}", r.value));
+        }
+        let timeout = match ready_timeout {
+            Some(t) => duration::parse(&t.value).unwrap_or_else(|e| {
+                v.error(t.referenced, e);
+                spec.ready_timeout
+            }),
+            None => spec.ready_timeout,
+        };
+        if let Some(image) = image
+            && image.value.trim().is_empty()
+        {
+            v.error(image.referenced, "image must not be empty");
+        }
+        let mut mounts = BTreeMap::new();
+        for (target, source) in files {
+            let rel = Path::new(&source.value);
+            let escapes = rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir));
+            if escapes {
+                v.error(source.referenced, format!("`{}` must be a path inside the lab's folder", source.value));
+            } else if !lab_dir.join(rel).is_file() {
+                v.error(source.referenced, format!("`{}` does not exist next to the lab file", source.value));
+            } else if !target.starts_with('/') {
+                v.error(source.referenced, format!("mount target `{target}` must be an absolute path"));
+            } else {
+                mounts.insert(target.clone(), lab_dir.join(rel));
+            }
+        }
+        plans.push(ServicePlan {
+            name: name.clone(),
+            kind: kind.value.clone(),
+            image: image.as_ref().map(|i| i.value.clone()),
+            env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            command: command.clone(),
+            replicas: replicas_n,
+            ready_timeout: timeout,
+            files: mounts,
+        });
+    }
+    plans
+}
+
+fn check_params(
+    v: &mut Validator,
+    exercise: &dyn Exercise,
+    given: &indexmap::IndexMap<String, Spanned<Value>>,
+    into: &mut BTreeMap<String, Value>,
+) {
+    let specs = exercise.params();
+    for (name, value) in given {
+        match specs.iter().find(|p| p.name == name) {
+            None => {
+                let known: Vec<&str> = specs.iter().map(|p| p.name).collect();
+                v.error(
+                    value.referenced,
+                    format!(
+                        "exercise `{}` has no parameter `{name}`; expected one of: {}",
+                        exercise.name(),
+                        known.join(", ")
+                    ),
+                );
+            }
+            Some(spec) => match spec.check(&value.value) {
+                Ok(()) => {
+                    into.insert(name.clone(), value.value.clone());
+                }
+                Err(e) => v.error(value.referenced, e),
+            },
+        }
+    }
+}
+
+fn validate_scenario(
+    v: &mut Validator,
+    exercise: &dyn Exercise,
+    raw: &RawScenario,
+    base: &BTreeMap<String, Value>,
+    services: &BTreeSet<String>,
+) -> Scenario {
+    let mut params = base.clone();
+    check_params(v, exercise, &raw.params, &mut params);
+
+    let mut expect = BTreeMap::new();
+    let produced: Vec<&str> = exercise.observations().iter().map(|o| o.name).collect();
+    for (name, predicate) in &raw.expect {
+        if !produced.contains(&name.as_str()) {
+            v.error(
+                predicate.referenced,
+                format!(
+                    "exercise `{}` does not observe `{name}`; it observes: {}",
+                    exercise.name(),
+                    produced.join(", ")
+                ),
+            );
+            continue;
+        }
+        match Predicate::from_scalar(&predicate.value) {
+            Ok(p) => {
+                expect.insert(name.clone(), p);
+            }
+            Err(e) => v.error(predicate.referenced, e),
+        }
+    }
+
+    let faults = raw.faults.iter().filter_map(|f| validate_fault(v, f, services)).collect();
+    Scenario {
+        name: raw.name.value.clone(),
+        description: raw.description.clone(),
+        params,
+        expect,
+        faults,
+    }
+}
+
+fn validate_fault(v: &mut Validator, fault: &Spanned<RawFault>, services: &BTreeSet<String>) -> Option<Fault> {
+    let RawFault { at, after, action, service } = &fault.value;
+    let action_parsed = FaultAction::ALL.iter().find(|(n, _)| *n == action.value).map(|(_, a)| *a);
+    if action_parsed.is_none() {
+        let names: Vec<&str> = FaultAction::ALL.iter().map(|(n, _)| *n).collect();
+        v.error(action.referenced, format!("unknown fault action `{}`; expected one of: {}", action.value, names.join(", ")));
+    }
+    if !services.contains(&service.value) {
+        v.error(
+            service.referenced,
+            format!(
+                "fault names service `{}`, which the lab does not define; services: {}",
+                service.value,
+                services.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    let when = match (at, after) {
+        (Some(at), None) => match duration::parse(&at.value) {
+            Ok(d) => Some(When::At(d)),
+            Err(e) => {
+                v.error(at.referenced, e);
+                None
+            }
+        },
+        (None, Some(after)) => Some(When::After(after.value.clone())),
+        _ => {
+            v.error(fault.referenced, "a fault needs exactly one of `at: DURATION` or `after: MILESTONE`");
+            None
+        }
+    };
+    Some(Fault { when: when?, action: action_parsed?, service: service.value.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+name: t
+title: T
+section: global-coordination
+summary: s
+services:
+  redis: { kind: redis }
+exercise: redis-lock
+params: { workers: 2 }
+scenarios:
+  - name: a
+    params: { strategy: none }
+    expect: { lost_updates: \"> 0\" }
+";
+
+    fn errors(text: &str) -> Vec<LabError> {
+        match validate(Path::new("lab.yaml"), text) {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn a_good_lab_resolves_parameters_in_order() {
+        let lab = validate(Path::new("lab.yaml"), GOOD).unwrap();
+        let s = &lab.scenarios[0];
+        assert_eq!(s.params["workers"], Value::from(2));
+        assert_eq!(s.params["strategy"], Value::from("none"));
+        assert_eq!(s.params["increments"], Value::from(50));
+    }
+
+    #[test]
+    fn unknown_kind_points_at_the_value() {
+        let e = errors(&GOOD.replace("kind: redis", "kind: redis7"));
+        assert_eq!((e[0].line, e[0].col), (6, 18));
+        assert!(e[0].message.contains("unknown service kind `redis7`"));
+        assert!(e[0].to_string().contains("^^^^^^"));
+    }
+
+    #[test]
+    fn unknown_parameter_and_observation_and_bad_predicate() {
+        let text = GOOD
+            .replace("workers: 2", "wrokers: 2")
+            .replace("lost_updates: \"> 0\"", "lost: \"> 0\"");
+        let e = errors(&text);
+        assert!(e.iter().any(|e| e.message.contains("no parameter `wrokers`") && e.line == 8));
+        assert!(e.iter().any(|e| e.message.contains("does not observe `lost`") && e.line == 12));
+        let e = errors(&GOOD.replace("\"> 0\"", "\"~ 0\""));
+        assert!(e[0].message.contains("not a predicate"), "{}", e[0]);
+        assert_eq!(e[0].line, 12);
+    }
+
+    #[test]
+    fn unknown_key_and_syntax_errors_have_locations() {
+        let e = errors(&GOOD.replace("summary: s", "summary: s\nsumary: x"));
+        assert_eq!(e[0].line, 5, "{}", e[0]);
+        let e = errors(&GOOD.replace("  redis: { kind: redis }", "  redis: { kind: redis"));
+        assert!(e[0].line > 0, "{}", e[0]);
+    }
+}

@@ -1,0 +1,18 @@
+//! infralab: system-design lessons as live labs on real infrastructure.
+//!
+//! Data flows one way: a lab file ([`lab`]) becomes a validated plan, the
+//! [`engine`] starts its services ([`catalog`], [`images`]), the [`exercise`]
+//! measures observations, [`check`] turns them into verdicts and [`report`]
+//! renders them. [`runner`] wires the steps; [`cli`] is the command line.
+
+pub mod catalog;
+pub mod check;
+pub mod cli;
+pub mod engine;
+pub mod exercise;
+pub mod exit;
+pub mod images;
+pub mod lab;
+pub mod report;
+pub mod runner;
+pub mod sections;
