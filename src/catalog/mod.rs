@@ -58,6 +58,34 @@ pub trait ServiceKind: Send + Sync {
     fn compose(&self) -> &'static str;
     /// One protocol-level readiness check; `Err` means "not yet" (with why).
     async fn probe(&self, endpoint: &Endpoint) -> Result<(), String>;
+
+    /// Whether the container must know its published host ports before it
+    /// starts (Kafka advertises them to clients). The engine then reserves
+    /// free loopback ports up front instead of letting Docker pick them.
+    fn needs_host_ports_before_start(&self) -> bool {
+        false
+    }
+
+    /// Last changes to the container before it is created (environment,
+    /// command), e.g. the advertised listener of a broker.
+    fn prepare(&self, _plan: &mut ContainerPlan) {}
+}
+
+/// The container the engine is about to create, open to [`ServiceKind::prepare`].
+#[derive(Debug, Clone)]
+pub struct ContainerPlan {
+    /// Image reference.
+    pub image: String,
+    /// Whether the image is a local build (its command may differ from the official one).
+    pub local_image: bool,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Command (`None`: the image's own).
+    pub cmd: Option<Vec<String>>,
+    /// Port name → host port, filled before start only for kinds that need it.
+    pub host_ports: BTreeMap<String, u16>,
+    /// Instance id (`web-2` for a replica), also given as `INFRALAB_INSTANCE`.
+    pub instance: String,
 }
 
 /// The only list of kinds.
