@@ -1,1 +1,230 @@
-//! TODO
+//! The runner: lab → started stack → scenarios (exercise beside its faults) →
+//! verdicts → [`RunReport`]. It never prints; progress goes out as events.
+//!
+//! Every run id is registered while its resources may exist, so Ctrl-C and
+//! panics still tear them down ([`teardown_active`]).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+
+use crate::check::{self, Verdict};
+use crate::engine::stack::{self, StackOptions};
+use crate::engine::{EnvError, Engine, Stack, faults};
+use crate::exercise::{Ctx, Timeline};
+use crate::images::Source;
+use crate::lab::{Lab, Scenario, When};
+use crate::report::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
+
+/// How labs are run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where images come from.
+    pub source: Source,
+    /// Only these scenarios (all when empty).
+    pub scenarios: Vec<String>,
+    /// Deadline for one scenario's exercise.
+    pub scenario_timeout: Duration,
+}
+
+static ACTIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn register(run_id: &str) {
+    ACTIVE.lock().expect("active runs").insert(run_id.to_string());
+}
+
+fn unregister(run_id: &str) {
+    ACTIVE.lock().expect("active runs").remove(run_id);
+}
+
+/// Tears down every run of this process that may still have resources: the
+/// Ctrl-C path. Returns how many resources were removed.
+pub async fn teardown_active(engine: &Engine) -> usize {
+    let ids: Vec<String> = ACTIVE.lock().expect("active runs").iter().cloned().collect();
+    let mut removed = 0;
+    for id in ids {
+        removed += stack::teardown(engine, &id).await.unwrap_or(0);
+        unregister(&id);
+    }
+    removed
+}
+
+/// Runs labs one after another and returns the whole report.
+pub async fn run_labs(engine: &Engine, labs: Vec<Arc<Lab>>, opts: &RunOptions, reporter: Arc<dyn Reporter>) -> RunReport {
+    let started = Instant::now();
+    let run_id = stack::new_run_id();
+    let mut report = RunReport { run_id: run_id.clone(), ..Default::default() };
+    for (i, lab) in labs.into_iter().enumerate() {
+        let lab_run = if i == 0 { run_id.clone() } else { stack::new_run_id() };
+        report.labs.push(run_lab(engine, lab, &lab_run, opts, reporter.clone()).await);
+    }
+    report.verdict = Verdict::merge_all(report.labs.iter().map(|l| l.verdict));
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+/// Runs one lab in its own task (so a panic in an exercise is contained) and
+/// always tears it down afterwards.
+pub async fn run_lab(
+    engine: &Engine,
+    lab: Arc<Lab>,
+    run_id: &str,
+    opts: &RunOptions,
+    reporter: Arc<dyn Reporter>,
+) -> LabReport {
+    let started = Instant::now();
+    register(run_id);
+    reporter.event(&Event::LabStarted {
+        lab: lab.name.clone(),
+        title: lab.title.clone(),
+        scenarios: lab.scenarios.len(),
+    });
+    let task = {
+        let (engine, lab, run_id, opts, reporter) =
+            (engine.clone(), lab.clone(), run_id.to_string(), opts.clone(), reporter.clone());
+        tokio::spawn(async move { run_stack(&engine, &lab, &run_id, &opts, reporter.as_ref()).await })
+    };
+    let outcome = match task.await {
+        Ok(result) => result,
+        Err(e) => Err(EnvError::new(format!("the run crashed: {e}"))),
+    };
+    let removed = stack::teardown(engine, run_id).await;
+    unregister(run_id);
+    reporter.event(&Event::TornDown { lab: lab.name.clone(), removed: *removed.as_ref().unwrap_or(&0) });
+
+    let (services, scenarios, mut error) = match outcome {
+        Ok((services, scenarios)) => (services, scenarios, None),
+        Err(e) => (Vec::new(), Vec::new(), Some(describe(&e))),
+    };
+    if let Err(e) = removed {
+        error.get_or_insert(format!("teardown: {}", describe(&e)));
+    }
+    let verdict = if error.is_some() {
+        Verdict::Unknown
+    } else {
+        Verdict::merge_all(scenarios.iter().map(|s: &ScenarioReport| s.verdict))
+    };
+    let report = LabReport {
+        name: lab.name.clone(),
+        run_id: run_id.to_string(),
+        title: lab.title.clone(),
+        file: lab.file.display().to_string(),
+        services,
+        scenarios,
+        verdict,
+        error,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    reporter.event(&Event::LabFinished { report: report.clone() });
+    report
+}
+
+/// An environment error with its fix, as one text.
+pub fn describe(e: &EnvError) -> String {
+    match &e.hint {
+        Some(h) => format!("{}\n  fix: {h}", e.message),
+        None => e.message.clone(),
+    }
+}
+
+async fn run_stack(
+    engine: &Engine,
+    lab: &Lab,
+    run_id: &str,
+    opts: &RunOptions,
+    reporter: &dyn Reporter,
+) -> Result<(Vec<ServiceReport>, Vec<ScenarioReport>), EnvError> {
+    let stack = Stack::start(engine, run_id, lab, StackOptions { keep: false, source: opts.source }, reporter).await?;
+    let services = service_reports(&stack);
+    let mut scenarios = Vec::new();
+    for scenario in &lab.scenarios {
+        if !opts.scenarios.is_empty() && !opts.scenarios.contains(&scenario.name) {
+            continue;
+        }
+        reporter.event(&Event::ScenarioStarted { lab: lab.name.clone(), scenario: scenario.name.clone() });
+        let report = run_scenario(&stack, lab, scenario, opts).await;
+        reporter.event(&Event::ScenarioFinished { lab: lab.name.clone(), report: report.clone() });
+        scenarios.push(report);
+        if !scenario.faults.is_empty() {
+            faults::heal(&stack).await?;
+        }
+    }
+    Ok((services, scenarios))
+}
+
+/// What `up` and the report show of each service.
+pub fn service_reports(stack: &Stack) -> Vec<ServiceReport> {
+    stack
+        .services
+        .iter()
+        .map(|s| ServiceReport {
+            name: s.instance.clone(),
+            kind: s.kind.clone(),
+            image: s.image.clone(),
+            url: s.endpoint.url.clone(),
+            ready_ms: s.ready_ms,
+        })
+        .collect()
+}
+
+async fn run_scenario(stack: &Stack, lab: &Lab, scenario: &Scenario, opts: &RunOptions) -> ScenarioReport {
+    let started = Instant::now();
+    let timeline = Timeline::default();
+    let ctx = Ctx::new(
+        scenario.params.clone(),
+        stack.endpoints(),
+        format!("infralab:{}:{}", stack.run_id, scenario.name),
+        timeline.clone(),
+    );
+    let fault_errors = Mutex::new(Vec::new());
+    let fault_steps = join_all(scenario.faults.iter().map(|fault| {
+        let (timeline, fault_errors) = (&timeline, &fault_errors);
+        async move {
+            match &fault.when {
+                When::At(d) => tokio::time::sleep(d.saturating_sub(timeline.elapsed())).await,
+                When::After(mark) => timeline.wait_for(mark).await,
+            }
+            for target in stack.targets(&fault.service) {
+                timeline.record("fault", format!("{} {}", fault.action.name(), target.instance));
+                if let Err(e) = faults::apply(stack, target, fault.action).await {
+                    fault_errors.lock().expect("fault errors").push(describe(&e));
+                }
+            }
+        }
+    }));
+    let exercise = tokio::time::timeout(opts.scenario_timeout, lab.exercise.run(&ctx));
+    // Faults still waiting when the exercise ends never fire.
+    let outcome = tokio::select! {
+        outcome = exercise => outcome,
+        _ = async { fault_steps.await; std::future::pending::<()>().await } => unreachable!(),
+    };
+    let (observations, mut error) = match outcome {
+        Ok(Ok(obs)) => (obs, None),
+        Ok(Err(e)) => (Default::default(), Some(e.to_string())),
+        Err(_) => (
+            Default::default(),
+            Some(format!("the exercise did not finish within {} s", opts.scenario_timeout.as_secs())),
+        ),
+    };
+    let fault_errors = fault_errors.into_inner().expect("fault errors");
+    if !fault_errors.is_empty() {
+        error = Some(error.into_iter().chain(fault_errors).collect::<Vec<_>>().join("; "));
+    }
+    let checks = check::evaluate(&scenario.expect, &observations);
+    let mut verdict = Verdict::merge_all(checks.iter().map(|c| c.verdict));
+    if error.is_some() {
+        verdict = verdict.merge(Verdict::Unknown);
+    }
+    ScenarioReport {
+        name: scenario.name.clone(),
+        params: scenario.params.clone(),
+        observations,
+        checks,
+        verdict,
+        error,
+        timeline: timeline.events(),
+        duration_ms: started.elapsed().as_millis() as u64,
+    }
+}

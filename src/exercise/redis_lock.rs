@@ -24,12 +24,21 @@ pub struct RedisLock;
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
-// Writes the counter only if this holder's fence token is not older than the
-// newest token that already wrote: the storage side of fencing.
+// The storage side of fencing: every access carries the holder's token, the
+// storage remembers the newest token it has seen and refuses older ones. A
+// read registers the token too, so a holder whose lease ran out cannot write
+// back a value that a newer holder has already read.
+const FENCED_READ: &str = r"
+local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
+local token = tonumber(ARGV[1])
+if token < newest then return -1 end
+redis.call('SET', KEYS[2], token)
+return tonumber(redis.call('GET', KEYS[1]) or '0')";
+
 const FENCED_WRITE: &str = r"
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
 local token = tonumber(ARGV[2])
-if token < last then return 0 end
+if token < newest then return 0 end
 redis.call('SET', KEYS[2], token)
 redis.call('SET', KEYS[1], ARGV[1])
 return 1";
@@ -79,7 +88,7 @@ impl Exercise for RedisLock {
             ObsSpec { name: "acquisitions", doc: "successful lock acquisitions" },
             ObsSpec { name: "retries", doc: "failed acquisition attempts" },
             ObsSpec { name: "lock_lost", doc: "releases that found the lease gone or taken by another worker" },
-            ObsSpec { name: "fenced_rejections", doc: "writes refused because a newer fence token had written" },
+            ObsSpec { name: "fenced_rejections", doc: "increments refused by the storage because a newer fence token had been seen" },
             ObsSpec { name: "acquire_p50_ms", doc: "median time to acquire the lock" },
             ObsSpec { name: "acquire_p99_ms", doc: "99th percentile time to acquire the lock" },
         ]
@@ -177,6 +186,7 @@ async fn work(
 ) -> Result<WorkerStats, ExerciseError> {
     let mut stats = WorkerStats::default();
     let release = redis::Script::new(RELEASE);
+    let fenced_read = redis::Script::new(FENCED_READ);
     let fenced_write = redis::Script::new(FENCED_WRITE);
     for i in 0..cfg.increments {
         let token = format!("{}-{i}", cfg.token_prefix);
@@ -206,11 +216,24 @@ async fn work(
         stats.max_holders = stats.max_holders.max(holders);
 
         // The critical section: read, work, write back.
-        let value: i64 = conn.get(&keys.counter).await.doing("reading the counter")?;
+        let value: i64 = if cfg.fencing {
+            fenced_read
+                .key(&keys.counter)
+                .key(&keys.last_fence)
+                .arg(fence)
+                .invoke_async(&mut conn)
+                .await
+                .doing("fenced read")?
+        } else {
+            conn.get(&keys.counter).await.doing("reading the counter")?
+        };
         if !cfg.hold.is_zero() {
             tokio::time::sleep(cfg.hold).await;
         }
-        if cfg.fencing {
+        if value < 0 {
+            // A newer holder has already been at the storage: give up this increment.
+            stats.rejected += 1;
+        } else if cfg.fencing {
             let written: i64 = fenced_write
                 .key(&keys.counter)
                 .key(&keys.last_fence)

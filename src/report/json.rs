@@ -1,1 +1,45 @@
-//! TODO
+//! The JSON report: [`write`] serialises the whole [`RunReport`] unchanged,
+//! so scripts see every observation, parameter, check and timeline event.
+
+use std::io::{self, Write};
+
+use super::RunReport;
+
+/// Writes `report` as pretty-printed JSON followed by a newline (so `cat`
+/// and `jq` see a complete last line).
+pub fn write(report: &RunReport, out: &mut dyn Write) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, report)?;
+    writeln!(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::terminal::sample;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn contains_every_observation_check_and_timeline() {
+        let mut buf = Vec::new();
+        write(&sample::report(), &mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.ends_with("}\n"));
+        let v: Value = serde_json::from_str(&text).unwrap();
+
+        assert_eq!(v["verdict"], json!("fail"));
+        let lab = &v["labs"][0];
+        assert_eq!(lab["name"], json!("distributed-locking"));
+        let setnx = &lab["scenarios"][0];
+        assert_eq!(setnx["observations"]["acquired"], json!(812));
+        assert_eq!(setnx["observations"]["p99_ms"], json!(3.4567));
+        assert_eq!(setnx["timeline"][0]["what"], json!("8 clients started"));
+        let no_lock = &lab["scenarios"][1];
+        assert_eq!(no_lock["verdict"], json!("fail"));
+        assert_eq!(no_lock["checks"][0]["observation"], json!("lost_updates"));
+        assert_eq!(no_lock["checks"][0]["observed"], json!(0));
+        let partition = &lab["scenarios"][2];
+        assert_eq!(partition["verdict"], json!("unknown"));
+        assert_eq!(partition["error"], json!("redis: connection refused"));
+        assert_eq!(v["labs"][1]["error"], json!(sample::SETUP_ERROR));
+    }
+}

@@ -32,6 +32,8 @@ pub struct RunReport {
 pub struct LabReport {
     /// Lab name.
     pub name: String,
+    /// Run id of this lab's resources (`io.infralab.run` label).
+    pub run_id: String,
     /// Lab title.
     pub title: String,
     /// The lab file it came from.

@@ -1,1 +1,885 @@
-//! TODO
+//! Terminal output: [`Progress`] shows live events on stderr while a run goes
+//! on, [`render`] prints the final summary on stdout and [`render_services`]
+//! the connection table of `infralab up`. [`Style`] decides whether either
+//! uses colour.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
+use std::io::{self, IsTerminal, Write};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use anstyle::{AnsiColor, Effects};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+
+use super::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
+use crate::check::{CheckResult, Verdict};
+
+/// The `--color` flag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when the stream is a terminal and `NO_COLOR` is unset.
+    #[default]
+    Auto,
+    /// Always colour, even into pipes and despite `NO_COLOR`.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+/// Whether output to one stream is coloured. Decided once per stream, because
+/// stdout may be piped to a file while stderr is still a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    color: bool,
+}
+
+impl Style {
+    /// No escape codes at all (files, tests).
+    pub fn plain() -> Style {
+        Style { color: false }
+    }
+
+    /// Always coloured.
+    pub fn colored() -> Style {
+        Style { color: true }
+    }
+
+    /// The style for stdout (the final summary).
+    pub fn stdout(choice: ColorChoice) -> Style {
+        Style::detect(choice, io::stdout().is_terminal())
+    }
+
+    /// The style for stderr (live progress).
+    pub fn stderr(choice: ColorChoice) -> Style {
+        Style::detect(choice, io::stderr().is_terminal())
+    }
+
+    fn detect(choice: ColorChoice, is_tty: bool) -> Style {
+        Style {
+            color: decide(
+                choice,
+                std::env::var_os("NO_COLOR"),
+                std::env::var_os("TERM"),
+                is_tty,
+            ),
+        }
+    }
+
+    /// Whether escape codes are written.
+    pub fn is_colored(self) -> bool {
+        self.color
+    }
+
+    fn paint(self, style: anstyle::Style, text: &str) -> String {
+        if self.color {
+            format!("{style}{text}{style:#}")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn bold(self, text: &str) -> String {
+        self.paint(anstyle::Style::new().effects(Effects::BOLD), text)
+    }
+
+    fn dim(self, text: &str) -> String {
+        self.paint(anstyle::Style::new().effects(Effects::DIMMED), text)
+    }
+
+    fn red(self, text: &str) -> String {
+        self.paint(AnsiColor::Red.on_default(), text)
+    }
+
+    /// Paints `text` in the colour of `verdict`: green, red or yellow.
+    fn verdict(self, verdict: Verdict, text: &str) -> String {
+        let color = match verdict {
+            Verdict::Pass => AnsiColor::Green,
+            Verdict::Fail => AnsiColor::Red,
+            Verdict::Unknown => AnsiColor::Yellow,
+        };
+        self.paint(color.on_default().effects(Effects::BOLD), text)
+    }
+}
+
+/// The colour decision as a pure function of its inputs, so it can be tested
+/// without touching the process environment. `NO_COLOR` and `TERM=dumb` only
+/// matter for `auto`: an explicit `--color always` wins.
+fn decide(
+    choice: ColorChoice,
+    no_color: Option<OsString>,
+    term: Option<OsString>,
+    is_tty: bool,
+) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            let no_color = no_color.is_some_and(|v| !v.is_empty());
+            let dumb = term.is_some_and(|t| t == "dumb");
+            is_tty && !no_color && !dumb
+        }
+    }
+}
+
+/// Formats an observed value for people: integers as integers, floats with at
+/// most two decimals, strings without quotes, anything else as compact JSON.
+pub fn format_value(value: &Value) -> String {
+    match value {
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.to_string(),
+            (_, Some(u)) => u.to_string(),
+            _ => format_float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn format_float(f: f64) -> String {
+    let s = format!("{f:.2}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.into() }
+}
+
+/// A duration as people read it: `312 ms` below a second, `4.2 s` above.
+pub fn format_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+/// One check that did not pass, in words:
+/// `lost_updates: expected > 0, observed 0`.
+pub(crate) fn check_line(check: &CheckResult) -> String {
+    let head = format!("{}: expected {}", check.observation, check.expect);
+    match (&check.observed, &check.note) {
+        (Some(v), None) => format!("{head}, observed {}", format_value(v)),
+        (Some(v), Some(note)) => format!("{head}, observed {} ({note})", format_value(v)),
+        (None, Some(note)) => format!("{head}, {note}"),
+        (None, None) => format!("{head}, not observed"),
+    }
+}
+
+/// Why a scenario did not pass: the exercise error, then every failed check,
+/// then every undecided one. Empty for a passing scenario.
+pub(crate) fn problems(scenario: &ScenarioReport) -> Vec<String> {
+    let mut out: Vec<String> = scenario.error.iter().cloned().collect();
+    for verdict in [Verdict::Fail, Verdict::Unknown] {
+        out.extend(
+            scenario
+                .checks
+                .iter()
+                .filter(|c| c.verdict == verdict)
+                .map(check_line),
+        );
+    }
+    out
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+// ---------------------------------------------------------------------------
+// Final summary
+// ---------------------------------------------------------------------------
+
+/// Prints the final summary: per lab a header, per scenario a table of
+/// `observation | expected | observed | verdict`, a total line, and last the
+/// overall verdict alone on a line (easy to grep in CI logs).
+pub fn render(report: &RunReport, style: Style, out: &mut dyn Write) -> io::Result<()> {
+    if report.labs.is_empty() {
+        writeln!(out, "no labs ran")?;
+    }
+    for lab in &report.labs {
+        render_lab(lab, style, out)?;
+        writeln!(out)?;
+    }
+    writeln!(
+        out,
+        "{}",
+        style.verdict(report.verdict, report.verdict.label())
+    )
+}
+
+fn render_lab(lab: &LabReport, style: Style, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "{}  {}",
+        style.bold(&lab.title),
+        style.dim(&format!("({})", lab.name))
+    )?;
+    if let Some(error) = &lab.error {
+        writeln!(out, "  {} {error}", style.red("error:"))?;
+    }
+    for scenario in &lab.scenarios {
+        writeln!(out)?;
+        render_scenario(scenario, style, out)?;
+    }
+    writeln!(out)?;
+    let count = |v: Verdict| lab.scenarios.iter().filter(|s| s.verdict == v).count();
+    writeln!(
+        out,
+        "{}: {}, {} passed, {} failed, {} unknown ({})",
+        lab.name,
+        plural(lab.scenarios.len(), "scenario", "scenarios"),
+        count(Verdict::Pass),
+        count(Verdict::Fail),
+        count(Verdict::Unknown),
+        format_ms(lab.duration_ms)
+    )
+}
+
+/// One table row; the verdict is kept apart so it can be coloured after the
+/// widths are computed from the plain text.
+struct Row {
+    cells: [String; 3],
+    verdict: Option<Verdict>,
+    note: Option<String>,
+}
+
+fn render_scenario(s: &ScenarioReport, style: Style, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "  {}  {}  {}",
+        style.bold(&s.name),
+        style.verdict(s.verdict, s.verdict.label()),
+        style.dim(&format_ms(s.duration_ms))
+    )?;
+
+    let mut rows: Vec<Row> = s
+        .checks
+        .iter()
+        .map(|c| Row {
+            cells: [
+                c.observation.clone(),
+                c.expect.clone(),
+                c.observed.as_ref().map_or("—".into(), format_value),
+            ],
+            verdict: Some(c.verdict),
+            note: c.note.clone(),
+        })
+        .collect();
+    // Observations without an expectation are still part of the lesson.
+    let checked: BTreeSet<&str> = s.checks.iter().map(|c| c.observation.as_str()).collect();
+    rows.extend(
+        s.observations
+            .iter()
+            .filter(|(name, _)| !checked.contains(name.as_str()))
+            .map(|(name, value)| Row {
+                cells: [name.clone(), String::new(), format_value(value)],
+                verdict: None,
+                note: None,
+            }),
+    );
+
+    if !rows.is_empty() {
+        let header = ["observation", "expected", "observed"];
+        let mut widths = header.map(|h| h.chars().count());
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(&row.cells) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let pad = |text: &str, width: usize| {
+            let fill = width.saturating_sub(text.chars().count());
+            format!("{text}{}", " ".repeat(fill))
+        };
+        let head: Vec<String> = header.iter().zip(widths).map(|(h, w)| pad(h, w)).collect();
+        writeln!(
+            out,
+            "    {}",
+            style.dim(&format!("{}  verdict", head.join("  ")))
+        )?;
+        for row in &rows {
+            let cells: Vec<String> = row
+                .cells
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| pad(c, w))
+                .collect();
+            let mut line = format!("    {}", cells.join("  "));
+            if let Some(v) = row.verdict {
+                line.push_str("  ");
+                line.push_str(&style.verdict(v, v.label()));
+            }
+            if let Some(note) = &row.note {
+                line.push_str(&format!(" {}", style.dim(&format!("({note})"))));
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+    }
+    if let Some(error) = &s.error {
+        writeln!(out, "    {} {error}", style.red("error:"))?;
+    }
+    Ok(())
+}
+
+/// Prints the services of `infralab up` as `service  kind  url`: the
+/// connection strings a learner pastes into `redis-cli` or `psql`.
+pub fn render_services(services: &[ServiceReport], out: &mut dyn Write) -> io::Result<()> {
+    let header = ["service", "kind", "url"];
+    let mut widths = header.map(str::len);
+    for s in services {
+        widths[0] = widths[0].max(s.name.chars().count());
+        widths[1] = widths[1].max(s.kind.chars().count());
+    }
+    let line = |a: &str, b: &str, c: &str| {
+        format!("{a:<w0$}  {b:<w1$}  {c}", w0 = widths[0], w1 = widths[1])
+    };
+    writeln!(out, "{}", line(header[0], header[1], header[2]))?;
+    for s in services {
+        writeln!(out, "{}", line(&s.name, &s.kind, &s.url))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Live progress
+// ---------------------------------------------------------------------------
+
+/// What an event does to the display, independent of how it is drawn.
+enum Action {
+    /// Show (or update) the spinner `key` with a message.
+    Spin { key: String, msg: String },
+    /// Remove the spinner `key` and leave a permanent line instead.
+    Done { key: String, line: String },
+    /// A permanent line, no spinner involved.
+    Line(String),
+    /// The lab is over: spinners still running (services that never became
+    /// ready) are turned into lines, then `line` is printed.
+    LabDone { line: String },
+}
+
+/// Where progress goes.
+enum Sink {
+    /// Spinners on a terminal. `bars` maps event keys (`service:redis`) to
+    /// their spinner; the lock is needed because services start concurrently.
+    Live {
+        multi: MultiProgress,
+        bars: Mutex<HashMap<String, ProgressBar>>,
+        spinner: ProgressStyle,
+    },
+    /// One line per event (CI logs, pipes), where redrawn spinners would be
+    /// noise.
+    Plain(Mutex<Box<dyn Write + Send>>),
+}
+
+/// Live progress on stderr: spinners on a terminal, plain lines otherwise.
+pub struct Progress {
+    style: Style,
+    sink: Sink,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not also kill the progress display.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Progress {
+    /// Progress on stderr: spinners when stderr is a terminal (and not
+    /// `TERM=dumb`), plain lines otherwise.
+    pub fn new(color: ColorChoice) -> Progress {
+        let style = Style::stderr(color);
+        let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+        if io::stderr().is_terminal() && !dumb {
+            Progress::live(style)
+        } else {
+            Progress::plain(style, Box::new(io::stderr()))
+        }
+    }
+
+    /// One line per event to any writer (CI logs, a file, tests).
+    pub fn plain(style: Style, out: Box<dyn Write + Send>) -> Progress {
+        Progress {
+            style,
+            sink: Sink::Plain(Mutex::new(out)),
+        }
+    }
+
+    fn live(style: Style) -> Progress {
+        let template = if style.is_colored() {
+            "{spinner:.cyan} {msg} {elapsed:.dim}"
+        } else {
+            "{spinner} {msg} {elapsed}"
+        };
+        let spinner = ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        Progress {
+            style,
+            sink: Sink::Live {
+                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                bars: Mutex::new(HashMap::new()),
+                spinner,
+            },
+        }
+    }
+
+    /// Removes every spinner still shown. Call before printing the summary so
+    /// it does not interleave with redraws; also done on drop.
+    pub fn finish(&self) {
+        if let Sink::Live { multi, bars, .. } = &self.sink {
+            for (_, bar) in lock(bars).drain() {
+                bar.finish_and_clear();
+                multi.remove(&bar);
+            }
+            let _ = multi.clear();
+        }
+    }
+
+    fn mark(&self, verdict: Verdict) -> String {
+        let mark = match verdict {
+            Verdict::Pass => "✓",
+            Verdict::Fail => "✗",
+            Verdict::Unknown => "?",
+        };
+        self.style.verdict(verdict, mark)
+    }
+
+    /// Translates an event into what the display should do.
+    fn action(&self, event: &Event) -> Action {
+        let st = self.style;
+        match event {
+            Event::LabStarted {
+                lab,
+                title,
+                scenarios,
+            } => Action::Line(format!(
+                "{} {}  {}",
+                st.bold(title),
+                st.dim(&format!("({lab})")),
+                st.dim(&plural(*scenarios, "scenario", "scenarios"))
+            )),
+            Event::ImageBuild { image, step, .. } => Action::Spin {
+                key: format!("image:{image}"),
+                msg: format!("building {image}: {}", step.trim()),
+            },
+            Event::ImageBuilt { image, ms, .. } => Action::Done {
+                key: format!("image:{image}"),
+                line: format!(
+                    "{} built {image} in {}",
+                    self.mark(Verdict::Pass),
+                    format_ms(*ms)
+                ),
+            },
+            Event::ServiceStarting { service, image, .. } => Action::Spin {
+                key: format!("service:{service}"),
+                msg: format!("starting {service} ({image})"),
+            },
+            Event::ServiceReady { service, url, ms } => Action::Done {
+                key: format!("service:{service}"),
+                line: format!(
+                    "{} {service} ready in {}  {url}",
+                    self.mark(Verdict::Pass),
+                    format_ms(*ms)
+                ),
+            },
+            Event::ScenarioStarted { lab, scenario } => Action::Spin {
+                key: format!("scenario:{lab}/{scenario}"),
+                msg: format!("scenario {scenario} …"),
+            },
+            Event::ScenarioFinished { lab, report } => {
+                let mut line = format!(
+                    "{} {} {} {}",
+                    self.mark(report.verdict),
+                    report.name,
+                    st.verdict(report.verdict, report.verdict.label()),
+                    format_ms(report.duration_ms)
+                );
+                let why = problems(report);
+                if report.verdict != Verdict::Pass && !why.is_empty() {
+                    line.push_str(&format!("  {}", st.dim(&why.join("; "))));
+                }
+                Action::Done {
+                    key: format!("scenario:{lab}/{}", report.name),
+                    line,
+                }
+            }
+            Event::LabFinished { report } => {
+                let line = match &report.error {
+                    Some(error) => format!(
+                        "{} {} {} {error}",
+                        self.mark(report.verdict),
+                        report.name,
+                        st.red("error:")
+                    ),
+                    None => format!(
+                        "{} {} {} ({})",
+                        self.mark(report.verdict),
+                        report.name,
+                        st.verdict(report.verdict, report.verdict.label()),
+                        format_ms(report.duration_ms)
+                    ),
+                };
+                Action::LabDone { line }
+            }
+            Event::TornDown { lab, removed } => Action::Line(st.dim(&format!(
+                "removed {} of {lab}",
+                plural(*removed, "container", "containers")
+            ))),
+        }
+    }
+}
+
+impl Reporter for Progress {
+    fn event(&self, event: &Event) {
+        let action = self.action(event);
+        match &self.sink {
+            Sink::Plain(out) => {
+                let mut out = lock(out);
+                let line = match action {
+                    Action::Spin { msg, .. } => msg,
+                    Action::Done { line, .. } | Action::Line(line) | Action::LabDone { line } => {
+                        line
+                    }
+                };
+                // Progress is best effort: a closed stderr must not stop the run.
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+            Sink::Live {
+                multi,
+                bars,
+                spinner,
+            } => {
+                let mut bars = lock(bars);
+                match action {
+                    Action::Spin { key, msg } => {
+                        let bar = bars.entry(key).or_insert_with(|| {
+                            let bar = multi.add(ProgressBar::new_spinner());
+                            bar.set_style(spinner.clone());
+                            bar.enable_steady_tick(Duration::from_millis(100));
+                            bar
+                        });
+                        bar.set_message(msg);
+                    }
+                    Action::Done { key, line } => {
+                        if let Some(bar) = bars.remove(&key) {
+                            bar.finish_and_clear();
+                            multi.remove(&bar);
+                        }
+                        let _ = multi.println(line);
+                    }
+                    Action::Line(line) => {
+                        let _ = multi.println(line);
+                    }
+                    Action::LabDone { line } => {
+                        for (_, bar) in bars.drain() {
+                            let msg = bar.message();
+                            bar.finish_and_clear();
+                            multi.remove(&bar);
+                            let _ = multi.println(format!(
+                                "{} {msg}",
+                                self.style.verdict(Verdict::Fail, "✗")
+                            ));
+                        }
+                        let _ = multi.println(line);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// A hand-made report shared by the tests of the three output formats.
+#[cfg(test)]
+pub(crate) mod sample {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use crate::check::{CheckResult, Verdict};
+    use crate::report::{LabReport, RunReport, ScenarioReport, ServiceReport, TimelineEvent};
+
+    pub const SETUP_ERROR: &str = "redis did not become ready within 30 s";
+
+    fn check(
+        obs: &str,
+        expect: &str,
+        observed: Option<serde_json::Value>,
+        v: Verdict,
+    ) -> CheckResult {
+        CheckResult {
+            observation: obs.into(),
+            expect: expect.into(),
+            note: observed.is_none().then(|| "not observed".to_string()),
+            observed,
+            verdict: v,
+        }
+    }
+
+    pub fn report() -> RunReport {
+        let setnx = ScenarioReport {
+            name: "setnx".into(),
+            params: BTreeMap::from([("clients".into(), json!(8))]),
+            observations: BTreeMap::from([
+                ("acquired".into(), json!(812)),
+                ("lost_updates".into(), json!(0)),
+                ("p99_ms".into(), json!(3.4567)),
+            ]),
+            checks: vec![
+                check("lost_updates", "== 0", Some(json!(0)), Verdict::Pass),
+                check("acquired", "> 0", Some(json!(812)), Verdict::Pass),
+            ],
+            verdict: Verdict::Pass,
+            error: None,
+            timeline: vec![TimelineEvent {
+                at_ms: 3,
+                source: "exercise".into(),
+                what: "8 clients started".into(),
+            }],
+            duration_ms: 1234,
+        };
+        let no_lock = ScenarioReport {
+            name: "no-lock".into(),
+            params: BTreeMap::new(),
+            observations: BTreeMap::from([
+                ("acquired".into(), json!(500)),
+                ("lost_updates".into(), json!(0)),
+            ]),
+            checks: vec![check("lost_updates", "> 0", Some(json!(0)), Verdict::Fail)],
+            verdict: Verdict::Fail,
+            error: None,
+            timeline: vec![],
+            duration_ms: 870,
+        };
+        let partition = ScenarioReport {
+            name: "partition".into(),
+            params: BTreeMap::new(),
+            observations: BTreeMap::new(),
+            checks: vec![check("safety_violations", "== 0", None, Verdict::Unknown)],
+            verdict: Verdict::Unknown,
+            error: Some("redis: connection refused".into()),
+            timeline: vec![],
+            duration_ms: 2100,
+        };
+        let locking = LabReport {
+            name: "distributed-locking".into(),
+            run_id: "r-test".into(),
+            title: "Distributed locking with Redis".into(),
+            file: "labs/distributed-locking.yaml".into(),
+            services: vec![ServiceReport {
+                name: "redis".into(),
+                kind: "redis".into(),
+                image: "redis:7.4.2".into(),
+                url: "redis://127.0.0.1:49153".into(),
+                ready_ms: 312,
+            }],
+            scenarios: vec![setnx, no_lock, partition],
+            verdict: Verdict::Fail,
+            error: None,
+            duration_ms: 4204,
+        };
+        let broken = LabReport {
+            name: "queue-backpressure".into(),
+            run_id: "r-test".into(),
+            title: "Backpressure".into(),
+            file: "labs/queue-backpressure.yaml".into(),
+            services: vec![],
+            scenarios: vec![],
+            verdict: Verdict::Unknown,
+            error: Some(SETUP_ERROR.into()),
+            duration_ms: 30_010,
+        };
+        RunReport {
+            run_id: "r-test".into(),
+            duration_ms: 34_300,
+            labs: vec![locking, broken],
+            verdict: Verdict::Fail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn rendered(style: Style) -> String {
+        let mut buf = Vec::new();
+        render(&sample::report(), style, &mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn plain_render_has_rows_totals_and_no_escapes() {
+        let text = rendered(Style::plain());
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(text.contains("Distributed locking with Redis  (distributed-locking)"));
+        assert!(
+            text.contains("    observation   expected  observed  verdict\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    lost_updates  == 0      0         PASS\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    acquired      > 0       812       PASS\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    p99_ms                  3.46\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    lost_updates  > 0       0         FAIL\n"),
+            "{text}"
+        );
+        assert!(text.contains("safety_violations  == 0      —         UNKNOWN (not observed)"));
+        assert!(text.contains("    error: redis: connection refused\n"));
+        assert!(
+            text.contains(
+                "distributed-locking: 3 scenarios, 1 passed, 1 failed, 1 unknown (4.2 s)\n"
+            )
+        );
+        assert!(text.contains(&format!("  error: {}\n", sample::SETUP_ERROR)));
+        assert!(text.contains("queue-backpressure: 0 scenarios, 0 passed"));
+        assert!(text.ends_with("\nFAIL\n"), "{text}");
+        assert!(text.lines().all(|l| l == l.trim_end()), "trailing spaces");
+    }
+
+    #[test]
+    fn colored_render_paints_verdicts() {
+        let text = rendered(Style::colored());
+        let green = AnsiColor::Green.on_default().effects(Effects::BOLD);
+        let red = AnsiColor::Red.on_default().effects(Effects::BOLD);
+        assert!(text.contains(&format!("{green}PASS{green:#}")));
+        assert!(text.contains(&format!("{red}FAIL{red:#}")));
+    }
+
+    #[test]
+    fn color_decision() {
+        use ColorChoice::*;
+        let set = |s: &str| Some(OsString::from(s));
+        assert!(decide(Auto, None, set("xterm"), true));
+        assert!(!decide(Auto, None, set("xterm"), false));
+        assert!(!decide(Auto, set("1"), None, true));
+        assert!(decide(Auto, set(""), None, true), "empty NO_COLOR is unset");
+        assert!(!decide(Auto, None, set("dumb"), true));
+        assert!(decide(Always, set("1"), None, false));
+        assert!(!decide(Never, None, None, true));
+    }
+
+    #[test]
+    fn values_are_formatted_for_people() {
+        assert_eq!(format_value(&json!(42)), "42");
+        assert_eq!(format_value(&json!(u64::MAX)), u64::MAX.to_string());
+        assert_eq!(format_value(&json!(0.33333)), "0.33");
+        assert_eq!(format_value(&json!(1.5)), "1.5");
+        assert_eq!(format_value(&json!(2.0)), "2");
+        assert_eq!(format_value(&json!(-0.001)), "0");
+        assert_eq!(format_value(&json!("h2")), "h2");
+        assert_eq!(format_value(&json!(true)), "true");
+        assert_eq!(format_ms(312), "312 ms");
+        assert_eq!(format_ms(4204), "4.2 s");
+    }
+
+    #[test]
+    fn services_table_aligns_urls() {
+        let report = sample::report();
+        let mut services = report.labs[0].services.clone();
+        services.push(ServiceReport {
+            name: "postgres-primary".into(),
+            kind: "postgres".into(),
+            image: "postgres:17".into(),
+            url: "postgres://postgres@127.0.0.1:49154/postgres".into(),
+            ready_ms: 900,
+        });
+        let mut buf = Vec::new();
+        render_services(&services, &mut buf).unwrap();
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "service           kind      url\n\
+             redis             redis     redis://127.0.0.1:49153\n\
+             postgres-primary  postgres  postgres://postgres@127.0.0.1:49154/postgres\n"
+        );
+    }
+
+    /// A writer the test can read back after `Progress` took ownership.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            lock(&self.0).write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plain_progress_prints_one_line_per_event() {
+        fn assert_reporter<T: Reporter>() {}
+        assert_reporter::<Progress>();
+
+        let buf = Shared::default();
+        let progress = Progress::plain(Style::plain(), Box::new(buf.clone()));
+        let report = sample::report();
+        let lab = &report.labs[0];
+        let events = [
+            Event::LabStarted {
+                lab: lab.name.clone(),
+                title: lab.title.clone(),
+                scenarios: 3,
+            },
+            Event::ServiceStarting {
+                service: "redis".into(),
+                kind: "redis".into(),
+                image: "redis:7.4.2".into(),
+            },
+            Event::ServiceReady {
+                service: "redis".into(),
+                url: "redis://127.0.0.1:49153".into(),
+                ms: 312,
+            },
+            Event::ScenarioStarted {
+                lab: lab.name.clone(),
+                scenario: "setnx".into(),
+            },
+            Event::ScenarioFinished {
+                lab: lab.name.clone(),
+                report: lab.scenarios[0].clone(),
+            },
+            Event::ScenarioFinished {
+                lab: lab.name.clone(),
+                report: lab.scenarios[1].clone(),
+            },
+            Event::LabFinished {
+                report: lab.clone(),
+            },
+            Event::TornDown {
+                lab: lab.name.clone(),
+                removed: 1,
+            },
+        ];
+        for e in &events {
+            progress.event(e);
+        }
+        drop(progress);
+        let text = String::from_utf8(lock(&buf.0).clone()).unwrap();
+        assert_eq!(
+            text,
+            "Distributed locking with Redis (distributed-locking)  3 scenarios\n\
+             starting redis (redis:7.4.2)\n\
+             ✓ redis ready in 312 ms  redis://127.0.0.1:49153\n\
+             scenario setnx …\n\
+             ✓ setnx PASS 1.2 s\n\
+             ✗ no-lock FAIL 870 ms  lost_updates: expected > 0, observed 0\n\
+             ✗ distributed-locking FAIL (4.2 s)\n\
+             removed 1 container of distributed-locking\n"
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! [`Stack`]: the running services of one lab run: one bridge network, one
+//! container per service replica, each published on loopback and probed ready.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    RemoveContainerOptionsBuilder,
+};
+use futures_util::future::try_join_all;
+
+use super::{EnvError, Engine, already_done, labels, ready};
+use crate::catalog::{self, ContainerPlan, Endpoint};
+use crate::images::{self, Source};
+use crate::lab::{Lab, ServicePlan};
+use crate::report::{Event, Reporter};
+
+/// How a stack is started.
+#[derive(Debug, Clone, Copy)]
+pub struct StackOptions {
+    /// `infralab up`: the resources outlive this process until `down`.
+    pub keep: bool,
+    /// Where images come from.
+    pub source: Source,
+}
+
+/// One started container.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// Service name in the lab.
+    pub service: String,
+    /// Instance id: the service name, or `NAME-i` for replicas.
+    pub instance: String,
+    /// Kind.
+    pub kind: String,
+    /// Image it runs.
+    pub image: String,
+    /// Container name.
+    pub container: String,
+    /// Network aliases (service and instance names).
+    pub aliases: Vec<String>,
+    /// How to reach it from the host.
+    pub endpoint: Endpoint,
+    /// From create to ready.
+    pub ready_ms: u64,
+    /// Readiness deadline, reused after faults.
+    pub ready_timeout: Duration,
+}
+
+/// The services of one run.
+pub struct Stack {
+    /// Engine.
+    pub engine: Engine,
+    /// Run id.
+    pub run_id: String,
+    /// The run's network.
+    pub network: String,
+    /// Started containers, in lab order.
+    pub services: Vec<Started>,
+}
+
+/// A short random run id: unique enough that concurrent runs never collide.
+pub fn new_run_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+fn labels_for(run_id: &str, lab: &str, keep: bool) -> HashMap<String, String> {
+    HashMap::from([
+        (labels::RUN.to_string(), run_id.to_string()),
+        (labels::LAB.to_string(), lab.to_string()),
+        (labels::PID.to_string(), std::process::id().to_string()),
+        (labels::KEEP.to_string(), keep.to_string()),
+    ])
+}
+
+impl Stack {
+    /// Resolves images, creates the network and starts every service
+    /// concurrently, returning once all answer their protocol probe. On error
+    /// the caller tears the run down with [`teardown`] (everything is labelled).
+    pub async fn start(
+        engine: &Engine,
+        run_id: &str,
+        lab: &Lab,
+        opts: StackOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<Stack, EnvError> {
+        // Images first, one resolution per distinct (kind, override), concurrently.
+        let mut wanted: Vec<(String, Option<String>)> =
+            lab.services.iter().map(|s| (s.kind.clone(), s.image.clone())).collect();
+        wanted.sort();
+        wanted.dedup();
+        let resolved = try_join_all(wanted.iter().map(|(kind, image)| async move {
+            let spec = catalog::spec(kind);
+            images::resolve(&engine.docker, spec, image.as_deref(), opts.source, reporter)
+                .await
+                .map(|r| ((kind.clone(), image.clone()), r))
+        }))
+        .await?;
+        let images: HashMap<_, _> = resolved.into_iter().collect();
+
+        let network = format!("infralab-{run_id}");
+        engine
+            .docker
+            .create_network(NetworkCreateRequest {
+                name: network.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(labels_for(run_id, &lab.name, opts.keep)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| EnvError::new(format!("cannot create network {network}: {e}")))?;
+
+        let mut jobs = Vec::new();
+        for plan in &lab.services {
+            let image = &images[&(plan.kind.clone(), plan.image.clone())];
+            for replica in 1..=plan.replicas {
+                let instance =
+                    if plan.replicas > 1 { format!("{}-{replica}", plan.name) } else { plan.name.clone() };
+                jobs.push(start_one(engine, run_id, &lab.name, &network, plan, instance, image, opts, reporter));
+            }
+        }
+        let services = try_join_all(jobs).await?;
+        Ok(Stack { engine: engine.clone(), run_id: run_id.to_string(), network, services })
+    }
+
+    /// Endpoints by instance name, for exercises.
+    pub fn endpoints(&self) -> BTreeMap<String, Endpoint> {
+        self.services.iter().map(|s| (s.instance.clone(), s.endpoint.clone())).collect()
+    }
+
+    /// Containers of a service or of one instance, for faults.
+    pub fn targets(&self, name: &str) -> Vec<&Started> {
+        self.services.iter().filter(|s| s.service == name || s.instance == name).collect()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_one(
+    engine: &Engine,
+    run_id: &str,
+    lab: &str,
+    network: &str,
+    plan: &ServicePlan,
+    instance: String,
+    image: &str,
+    opts: StackOptions,
+    reporter: &dyn Reporter,
+) -> Result<Started, EnvError> {
+    let kind = catalog::kind(&plan.kind).expect("validated kind");
+    let spec = catalog::spec(&plan.kind);
+    let container = format!("infralab-{run_id}-{instance}");
+    reporter.event(&Event::ServiceStarting {
+        service: instance.clone(),
+        kind: plan.kind.clone(),
+        image: image.to_string(),
+    });
+    let started_at = Instant::now();
+
+    let mut env = spec.env.clone();
+    env.extend(plan.env.clone());
+    env.insert("INFRALAB_INSTANCE".into(), instance.clone());
+    // Host ports are reserved up front so a restarted container (a fault)
+    // comes back on the same address, and brokers can advertise them.
+    let host_ports = reserve_ports(spec.ports.len())?;
+    let mut cplan = ContainerPlan {
+        image: image.to_string(),
+        local_image: image.starts_with("infralab/"),
+        env,
+        cmd: plan.command.clone().or_else(|| spec.command.clone()),
+        host_ports: spec.ports.iter().map(|(n, _)| n.clone()).zip(host_ports).collect(),
+        instance: instance.clone(),
+    };
+    kind.prepare(&mut cplan);
+
+    let mut labels = labels_for(run_id, lab, opts.keep);
+    labels.insert(labels::SERVICE.into(), plan.name.clone());
+    labels.insert(labels::INSTANCE.into(), instance.clone());
+    labels.insert(labels::KIND.into(), plan.kind.clone());
+    let mut bindings = HashMap::new();
+    let mut exposed = Vec::new();
+    for (name, port) in &spec.ports {
+        let key = format!("{port}/tcp");
+        exposed.push(key.clone());
+        bindings.insert(
+            key,
+            Some(vec![PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some(cplan.host_ports[name].to_string()),
+            }]),
+        );
+    }
+    let mut binds = Vec::new();
+    for (target, source) in &plan.files {
+        let source = source
+            .canonicalize()
+            .map_err(|e| EnvError::new(format!("lab file {}: {e}", source.display())))?;
+        binds.push(format!("{}:{target}:ro", source.display()));
+    }
+    let aliases = if instance == plan.name { vec![instance.clone()] } else { vec![plan.name.clone(), instance.clone()] };
+    let body = ContainerCreateBody {
+        image: Some(cplan.image.clone()),
+        hostname: Some(instance.clone()),
+        env: Some(cplan.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        cmd: cplan.cmd.clone(),
+        labels: Some(labels),
+        exposed_ports: Some(exposed),
+        host_config: Some(HostConfig {
+            port_bindings: Some(bindings),
+            binds: (!binds.is_empty()).then_some(binds),
+            network_mode: Some(network.to_string()),
+            init: Some(true),
+            privileged: Some(false),
+            ..Default::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                network.to_string(),
+                EndpointSettings { aliases: Some(aliases.clone()), ..Default::default() },
+            )])),
+        }),
+        ..Default::default()
+    };
+    engine
+        .docker
+        .create_container(Some(CreateContainerOptionsBuilder::default().name(&container).build()), body)
+        .await
+        .map_err(|e| EnvError::new(format!("cannot create container for `{instance}`: {e}")))?;
+    engine.docker.start_container(&container, None).await.map_err(|e| {
+        let text = e.to_string();
+        if text.contains("already allocated") || text.contains("address already in use") {
+            EnvError::hint(
+                format!("cannot start `{instance}`: a host port is busy ({text})"),
+                "free the port or run again (infralab picks new ephemeral ports each run)",
+            )
+        } else {
+            EnvError::new(format!("cannot start `{instance}`: {text}"))
+        }
+    })?;
+
+    let mut endpoint = Endpoint {
+        service: instance.clone(),
+        kind: plan.kind.clone(),
+        host: "127.0.0.1".into(),
+        ports: cplan.host_ports.clone(),
+        env: cplan.env.clone(),
+        url: String::new(),
+        container: container.clone(),
+    };
+    endpoint.url = catalog::render_url(&spec.url, &endpoint, &spec.ports[0].0);
+    ready::wait(engine, kind, &endpoint, plan.ready_timeout).await?;
+    let ready_ms = started_at.elapsed().as_millis() as u64;
+    reporter.event(&Event::ServiceReady { service: instance.clone(), url: endpoint.url.clone(), ms: ready_ms });
+    Ok(Started {
+        service: plan.name.clone(),
+        instance,
+        kind: plan.kind.clone(),
+        image: image.to_string(),
+        container,
+        aliases,
+        endpoint,
+        ready_ms,
+        ready_timeout: plan.ready_timeout,
+    })
+}
+
+/// Asks the kernel for `n` free loopback ports.
+fn reserve_ports(n: usize) -> Result<Vec<u16>, EnvError> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| EnvError::new(format!("cannot reserve a loopback port: {e}")))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| EnvError::new(format!("cannot reserve a loopback port: {e}")))
+}
+
+/// Removes every container and network labelled with `filter` (e.g.
+/// `io.infralab.run=ID`). Idempotent: what is already gone is fine. Returns
+/// how many resources were removed.
+pub async fn remove_labelled(engine: &Engine, filter: &str) -> Result<usize, EnvError> {
+    let filters = HashMap::from([("label", vec![filter])]);
+    let containers = engine
+        .docker
+        .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+        .await
+        .map_err(|e| EnvError::new(format!("cannot list containers: {e}")))?;
+    let removals = containers.iter().filter_map(|c| c.id.clone()).map(|id| {
+        let paused = containers
+            .iter()
+            .any(|c| c.id.as_deref() == Some(&id) && c.state.as_ref().map(|s| s.to_string()) == Some("paused".into()));
+        async move {
+            if paused {
+                let _ = engine.docker.unpause_container(&id).await;
+            }
+            let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+            match engine.docker.remove_container(&id, Some(opts)).await {
+                Ok(()) => Ok(1),
+                Err(e) if already_done(&e) => Ok(0),
+                Err(e) => Err(EnvError::new(format!("cannot remove container {id}: {e}"))),
+            }
+        }
+    });
+    let mut removed: usize = try_join_all(removals).await?.into_iter().sum();
+    let networks = engine
+        .docker
+        .list_networks(Some(ListNetworksOptionsBuilder::default().filters(&filters).build()))
+        .await
+        .map_err(|e| EnvError::new(format!("cannot list networks: {e}")))?;
+    for n in networks {
+        let Some(id) = n.id else { continue };
+        match engine.docker.remove_network(&id).await {
+            Ok(()) => removed += 1,
+            Err(e) if already_done(&e) => {}
+            Err(e) => return Err(EnvError::new(format!("cannot remove network {id}: {e}"))),
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes everything of one run.
+pub async fn teardown(engine: &Engine, run_id: &str) -> Result<usize, EnvError> {
+    remove_labelled(engine, &format!("{}={run_id}", labels::RUN)).await
+}

@@ -1,0 +1,94 @@
+//! Shared helpers for the integration tests: run the real `infralab` binary
+//! against the real Docker engine, and look for leftover labelled resources.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository's lab catalog.
+pub fn labs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("labs")
+}
+
+/// A command for the infralab binary, with colour off and the catalog set.
+pub fn infralab() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_infralab"));
+    c.env("NO_COLOR", "1").env("INFRALAB_LABS", labs_dir()).env_remove("RUST_LOG");
+    c
+}
+
+/// Runs infralab with `args` and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    infralab().args(args).output().expect("infralab runs")
+}
+
+/// Text of stdout and stderr together, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A temporary folder holding one lab file; the lab's name is made unique so
+/// concurrent tests can find their own containers by the lab label.
+pub struct TempLab {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub name: String,
+}
+
+/// Copies a catalog lab into a temp folder under a unique name, applying
+/// `edit` to its text.
+pub fn temp_lab(catalog_file: &str, suffix: &str, edit: impl Fn(String) -> String) -> TempLab {
+    let text = std::fs::read_to_string(labs_dir().join(catalog_file)).expect("catalog lab");
+    let old_name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("name: "))
+        .expect("lab has a name")
+        .trim()
+        .to_string();
+    let name = format!("{old_name}-{suffix}-{}", std::process::id());
+    let text = edit(text.replacen(&format!("name: {old_name}"), &format!("name: {name}"), 1));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, text).expect("write lab");
+    TempLab { dir, path, name }
+}
+
+/// Writes a lab file with the given text into a temp folder.
+pub fn write_lab(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("lab.yaml");
+    std::fs::write(&path, text).expect("write lab");
+    (dir, path)
+}
+
+/// IDs of containers and networks carrying the label filter (`key=value`).
+pub fn labelled(filter: &str) -> (Vec<String>, Vec<String>) {
+    let ids = |what: &[&str]| {
+        let out = Command::new("docker")
+            .args(what)
+            .args(["--filter", &format!("label={filter}"), "--format", "{{.ID}}"])
+            .output()
+            .expect("docker cli");
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    (ids(&["ps", "-a"]), ids(&["network", "ls"]))
+}
+
+/// Asserts nothing labelled with this lab name is left on the engine.
+pub fn assert_nothing_left(lab: &str) {
+    let (containers, networks) = labelled(&format!("io.infralab.lab={lab}"));
+    assert!(
+        containers.is_empty() && networks.is_empty(),
+        "lab {lab} left containers {containers:?} and networks {networks:?}"
+    );
+}
+
+/// The JSON report printed by `run --format json`.
+pub fn json_report(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not a JSON report ({e}):\n{}", text(out)))
+}

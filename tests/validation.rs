@@ -1,0 +1,82 @@
+//! Malformed lab files: exit code 2, file:line:column and what was expected,
+//! and nothing starts.
+
+mod common;
+
+use common::*;
+
+const GOOD: &str = "\
+name: bad-input-lab
+title: T
+section: global-coordination
+summary: s
+services:
+  redis: { kind: redis }
+exercise: redis-lock
+params: { workers: 2, increments: 5 }
+scenarios:
+  - name: a
+    params: { strategy: none }
+    expect: { lost_updates: \">= 0\" }
+";
+
+/// (what is wrong, the edit, expected line:col, words the message must contain)
+const MISTAKES: &[(&str, &str, &str, &str, &str)] = &[
+    ("unknown key", "summary: s", "summary: s\nsumary: typo", "6:1", "sumary"),
+    ("unknown kind", "kind: redis }", "kind: redis7 }", "6:18", "unknown service kind `redis7`"),
+    ("unknown exercise", "exercise: redis-lock", "exercise: redis-lok", "7:11", "unknown exercise `redis-lok`"),
+    ("unknown parameter", "workers: 2", "wrokers: 2", "8:20", "no parameter `wrokers`"),
+    ("parameter out of range", "workers: 2", "workers: 0", "8:20", "between 1 and"),
+    ("parameter of the wrong type", "strategy: none", "strategy: 3", "11:25", "expects one of none, setnx"),
+    ("unknown observation", "lost_updates:", "lost:", "12:21", "does not observe `lost`"),
+    ("bad predicate", "\">= 0\"", "\"about 0\"", "12:29", "not a predicate"),
+    ("YAML syntax", "  redis: { kind: redis }", "  redis: { kind: redis", "", "error"),
+    ("bad section", "section: global-coordination", "section: misc", "3:10", "unknown section `misc`"),
+];
+
+#[test]
+fn the_good_lab_is_valid() {
+    let (_dir, path) = write_lab(GOOD);
+    let out = run(&["validate", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn every_mistake_exits_2_with_its_location() {
+    for (what, from, to, at, words) in MISTAKES {
+        assert!(GOOD.contains(from), "{what}: edit does not apply");
+        let (_dir, path) = write_lab(&GOOD.replacen(from, to, 1));
+        let out = run(&["validate", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", text(&out));
+        let located = if at.is_empty() {
+            format!("{}:", path.display())
+        } else {
+            format!("{}:{at}", path.display())
+        };
+        assert!(stderr.contains(&located), "{what}: expected {located} in\n{stderr}");
+        assert!(stderr.contains(words), "{what}: expected `{words}` in\n{stderr}");
+        assert!(stderr.contains('^'), "{what}: expected a caret snippet in\n{stderr}");
+    }
+}
+
+#[test]
+fn run_refuses_a_bad_lab_before_starting_anything() {
+    let (_dir, path) = write_lab(&GOOD.replace("kind: redis }", "kind: redis7 }"));
+    let out = run(&["run", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_nothing_left("bad-input-lab");
+}
+
+#[test]
+fn an_unknown_lab_name_is_bad_input() {
+    let out = run(&["run", "no-such-lab"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("infralab list"));
+}
+
+#[test]
+fn the_whole_catalog_validates() {
+    let out = run(&["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
