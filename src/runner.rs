@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 
 use crate::check::{self, Verdict};
 use crate::engine::stack::{self, StackOptions};
-use crate::engine::{EnvError, Engine, Stack, faults};
+use crate::engine::{Engine, EnvError, Stack, faults};
 use crate::exercise::{Ctx, Timeline};
 use crate::images::Source;
 use crate::lab::{Lab, Scenario, When};
@@ -32,7 +32,10 @@ pub struct RunOptions {
 static ACTIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 fn register(run_id: &str) {
-    ACTIVE.lock().expect("active runs").insert(run_id.to_string());
+    ACTIVE
+        .lock()
+        .expect("active runs")
+        .insert(run_id.to_string());
 }
 
 fn unregister(run_id: &str) {
@@ -42,7 +45,12 @@ fn unregister(run_id: &str) {
 /// Tears down every run of this process that may still have resources: the
 /// Ctrl-C path. Returns how many resources were removed.
 pub async fn teardown_active(engine: &Engine) -> usize {
-    let ids: Vec<String> = ACTIVE.lock().expect("active runs").iter().cloned().collect();
+    let ids: Vec<String> = ACTIVE
+        .lock()
+        .expect("active runs")
+        .iter()
+        .cloned()
+        .collect();
     let mut removed = 0;
     for id in ids {
         removed += stack::teardown(engine, &id).await.unwrap_or(0);
@@ -52,13 +60,27 @@ pub async fn teardown_active(engine: &Engine) -> usize {
 }
 
 /// Runs labs one after another and returns the whole report.
-pub async fn run_labs(engine: &Engine, labs: Vec<Arc<Lab>>, opts: &RunOptions, reporter: Arc<dyn Reporter>) -> RunReport {
+pub async fn run_labs(
+    engine: &Engine,
+    labs: Vec<Arc<Lab>>,
+    opts: &RunOptions,
+    reporter: Arc<dyn Reporter>,
+) -> RunReport {
     let started = Instant::now();
     let run_id = stack::new_run_id();
-    let mut report = RunReport { run_id: run_id.clone(), ..Default::default() };
+    let mut report = RunReport {
+        run_id: run_id.clone(),
+        ..Default::default()
+    };
     for (i, lab) in labs.into_iter().enumerate() {
-        let lab_run = if i == 0 { run_id.clone() } else { stack::new_run_id() };
-        report.labs.push(run_lab(engine, lab, &lab_run, opts, reporter.clone()).await);
+        let lab_run = if i == 0 {
+            run_id.clone()
+        } else {
+            stack::new_run_id()
+        };
+        report
+            .labs
+            .push(run_lab(engine, lab, &lab_run, opts, reporter.clone()).await);
     }
     report.verdict = Verdict::merge_all(report.labs.iter().map(|l| l.verdict));
     report.duration_ms = started.elapsed().as_millis() as u64;
@@ -82,9 +104,16 @@ pub async fn run_lab(
         scenarios: lab.scenarios.len(),
     });
     let task = {
-        let (engine, lab, run_id, opts, reporter) =
-            (engine.clone(), lab.clone(), run_id.to_string(), opts.clone(), reporter.clone());
-        tokio::spawn(async move { run_stack(&engine, &lab, &run_id, &opts, reporter.as_ref()).await })
+        let (engine, lab, run_id, opts, reporter) = (
+            engine.clone(),
+            lab.clone(),
+            run_id.to_string(),
+            opts.clone(),
+            reporter.clone(),
+        );
+        tokio::spawn(
+            async move { run_stack(&engine, &lab, &run_id, &opts, reporter.as_ref()).await },
+        )
     };
     let outcome = match task.await {
         Ok(result) => result,
@@ -92,7 +121,10 @@ pub async fn run_lab(
     };
     let removed = stack::teardown(engine, run_id).await;
     unregister(run_id);
-    reporter.event(&Event::TornDown { lab: lab.name.clone(), removed: *removed.as_ref().unwrap_or(&0) });
+    reporter.event(&Event::TornDown {
+        lab: lab.name.clone(),
+        removed: *removed.as_ref().unwrap_or(&0),
+    });
 
     let (services, scenarios, mut error) = match outcome {
         Ok((services, scenarios)) => (services, scenarios, None),
@@ -117,7 +149,9 @@ pub async fn run_lab(
         error,
         duration_ms: started.elapsed().as_millis() as u64,
     };
-    reporter.event(&Event::LabFinished { report: report.clone() });
+    reporter.event(&Event::LabFinished {
+        report: report.clone(),
+    });
     report
 }
 
@@ -136,16 +170,32 @@ async fn run_stack(
     opts: &RunOptions,
     reporter: &dyn Reporter,
 ) -> Result<(Vec<ServiceReport>, Vec<ScenarioReport>), EnvError> {
-    let stack = Stack::start(engine, run_id, lab, StackOptions { keep: false, source: opts.source }, reporter).await?;
+    let stack = Stack::start(
+        engine,
+        run_id,
+        lab,
+        StackOptions {
+            keep: false,
+            source: opts.source,
+        },
+        reporter,
+    )
+    .await?;
     let services = service_reports(&stack);
     let mut scenarios = Vec::new();
     for scenario in &lab.scenarios {
         if !opts.scenarios.is_empty() && !opts.scenarios.contains(&scenario.name) {
             continue;
         }
-        reporter.event(&Event::ScenarioStarted { lab: lab.name.clone(), scenario: scenario.name.clone() });
+        reporter.event(&Event::ScenarioStarted {
+            lab: lab.name.clone(),
+            scenario: scenario.name.clone(),
+        });
         let report = run_scenario(&stack, lab, scenario, opts).await;
-        reporter.event(&Event::ScenarioFinished { lab: lab.name.clone(), report: report.clone() });
+        reporter.event(&Event::ScenarioFinished {
+            lab: lab.name.clone(),
+            report: report.clone(),
+        });
         scenarios.push(report);
         if !scenario.faults.is_empty() {
             faults::heal(&stack).await?;
@@ -169,7 +219,12 @@ pub fn service_reports(stack: &Stack) -> Vec<ServiceReport> {
         .collect()
 }
 
-async fn run_scenario(stack: &Stack, lab: &Lab, scenario: &Scenario, opts: &RunOptions) -> ScenarioReport {
+async fn run_scenario(
+    stack: &Stack,
+    lab: &Lab,
+    scenario: &Scenario,
+    opts: &RunOptions,
+) -> ScenarioReport {
     let started = Instant::now();
     let timeline = Timeline::default();
     let ctx = Ctx::new(
@@ -187,9 +242,15 @@ async fn run_scenario(stack: &Stack, lab: &Lab, scenario: &Scenario, opts: &RunO
                 When::After(mark) => timeline.wait_for(mark).await,
             }
             for target in stack.targets(&fault.service) {
-                timeline.record("fault", format!("{} {}", fault.action.name(), target.instance));
+                timeline.record(
+                    "fault",
+                    format!("{} {}", fault.action.name(), target.instance),
+                );
                 if let Err(e) = faults::apply(stack, target, fault.action).await {
-                    fault_errors.lock().expect("fault errors").push(describe(&e));
+                    fault_errors
+                        .lock()
+                        .expect("fault errors")
+                        .push(describe(&e));
                 }
             }
         }
@@ -205,12 +266,21 @@ async fn run_scenario(stack: &Stack, lab: &Lab, scenario: &Scenario, opts: &RunO
         Ok(Err(e)) => (Default::default(), Some(e.to_string())),
         Err(_) => (
             Default::default(),
-            Some(format!("the exercise did not finish within {} s", opts.scenario_timeout.as_secs())),
+            Some(format!(
+                "the exercise did not finish within {} s",
+                opts.scenario_timeout.as_secs()
+            )),
         ),
     };
     let fault_errors = fault_errors.into_inner().expect("fault errors");
     if !fault_errors.is_empty() {
-        error = Some(error.into_iter().chain(fault_errors).collect::<Vec<_>>().join("; "));
+        error = Some(
+            error
+                .into_iter()
+                .chain(fault_errors)
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
     }
     let checks = check::evaluate(&scenario.expect, &observations);
     let mut verdict = Verdict::merge_all(checks.iter().map(|c| c.verdict));

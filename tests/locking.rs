@@ -6,18 +6,37 @@ use common::*;
 
 #[test]
 fn distributed_locking_passes_and_leaves_nothing() {
-    let lab = temp_lab("global-coordination/distributed-locking.yaml", "pass", |t| t);
+    let lab = temp_lab(
+        "global-coordination/distributed-locking.yaml",
+        "pass",
+        |t| t,
+    );
     let out = run(&["run", lab.path.to_str().unwrap(), "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let report = json_report(&out);
-    let scenarios = report["labs"][0]["scenarios"].as_array().expect("scenarios");
+    let scenarios = report["labs"][0]["scenarios"]
+        .as_array()
+        .expect("scenarios");
     assert_eq!(scenarios.len(), 4);
     let by_name = |n: &str| scenarios.iter().find(|s| s["name"] == n).expect(n);
     // Observed values, not constants: the race and the lock show in the numbers.
-    assert!(by_name("no-lock")["observations"]["lost_updates"].as_i64().unwrap() > 0);
+    assert!(
+        by_name("no-lock")["observations"]["lost_updates"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
     assert_eq!(by_name("setnx")["observations"]["final_counter"], 400);
-    assert_eq!(by_name("setnx")["observations"]["max_concurrent_holders"], 1);
-    assert!(by_name("lease-expires-mid-work")["observations"]["max_concurrent_holders"].as_i64().unwrap() > 1);
+    assert_eq!(
+        by_name("setnx")["observations"]["max_concurrent_holders"],
+        1
+    );
+    assert!(
+        by_name("lease-expires-mid-work")["observations"]["max_concurrent_holders"]
+            .as_i64()
+            .unwrap()
+            > 1
+    );
     for s in scenarios {
         assert_eq!(s["verdict"], "pass", "{s}");
     }
@@ -27,9 +46,11 @@ fn distributed_locking_passes_and_leaves_nothing() {
 #[test]
 fn a_wrong_expectation_fails_with_exit_1_and_shows_the_observed_value() {
     // The broken variant: expect the unlocked counter to be exact.
-    let lab = temp_lab("global-coordination/distributed-locking.yaml", "broken", |t| {
-        t.replace("lost_updates: \"> 0\"", "lost_updates: \"== 0\"")
-    });
+    let lab = temp_lab(
+        "global-coordination/distributed-locking.yaml",
+        "broken",
+        |t| t.replace("lost_updates: \"> 0\"", "lost_updates: \"== 0\""),
+    );
     let junit = lab.dir.path().join("report.xml");
     let out = run(&[
         "run",
@@ -42,7 +63,10 @@ fn a_wrong_expectation_fails_with_exit_1_and_shows_the_observed_value() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("FAIL"), "{}", text(&out));
-    let row = stdout.lines().find(|l| l.contains("lost_updates")).expect("a lost_updates row");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains("lost_updates"))
+        .expect("a lost_updates row");
     assert!(row.contains("== 0") && row.contains("FAIL"), "row: {row}");
     let xml = std::fs::read_to_string(&junit).expect("junit written");
     assert!(xml.contains("<failure"), "{xml}");
@@ -51,7 +75,11 @@ fn a_wrong_expectation_fails_with_exit_1_and_shows_the_observed_value() {
 
 #[test]
 fn two_concurrent_runs_of_the_same_lab_both_pass() {
-    let a = temp_lab("global-coordination/distributed-locking.yaml", "twin", |t| t);
+    let a = temp_lab(
+        "global-coordination/distributed-locking.yaml",
+        "twin",
+        |t| t,
+    );
     let spawn = || {
         infralab()
             .args(["run", a.path.to_str().unwrap(), "--format", "json"])

@@ -19,9 +19,16 @@ fn wait_for_containers(lab: &str) {
 
 /// A locking lab whose scenario runs long enough to be interrupted.
 fn slow_lab(suffix: &str) -> TempLab {
-    temp_lab("global-coordination/distributed-locking.yaml", suffix, |t| {
-        t.replace("params: { workers: 8, increments: 50 }", "params: { workers: 4, increments: 100000 }")
-    })
+    temp_lab(
+        "global-coordination/distributed-locking.yaml",
+        suffix,
+        |t| {
+            t.replace(
+                "params: { workers: 8, increments: 50 }",
+                "params: { workers: 4, increments: 100000 }",
+            )
+        },
+    )
 }
 
 #[test]
@@ -53,7 +60,12 @@ fn gc_removes_what_a_killed_process_left() {
     wait_for_containers(&lab.name);
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
-    assert!(!labelled(&format!("io.infralab.lab={}", lab.name)).0.is_empty(), "SIGKILL leaves containers");
+    assert!(
+        !labelled(&format!("io.infralab.lab={}", lab.name))
+            .0
+            .is_empty(),
+        "SIGKILL leaves containers"
+    );
     let out = run(&["gc"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_nothing_left(&lab.name);
@@ -61,20 +73,31 @@ fn gc_removes_what_a_killed_process_left() {
 
 #[test]
 fn a_service_that_exits_during_start_fails_fast_with_its_logs() {
-    let lab = temp_lab("global-coordination/distributed-locking.yaml", "crash", |t| {
-        t.replace(
+    let lab = temp_lab(
+        "global-coordination/distributed-locking.yaml",
+        "crash",
+        |t| {
+            t.replace(
             "redis: { kind: redis }",
             "redis: { kind: redis, command: [\"sh\", \"-c\", \"echo deliberately broken >&2; exit 3\"] }",
         )
-    });
+        },
+    );
     let started = Instant::now();
     let out = run(&["run", lab.path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let all = text(&out);
     assert!(all.contains("exited during start"), "{all}");
-    assert!(all.contains("deliberately broken"), "the container's log is in the error: {all}");
+    assert!(
+        all.contains("deliberately broken"),
+        "the container's log is in the error: {all}"
+    );
     // Fail fast: far below the kind's 15 s readiness deadline.
-    assert!(started.elapsed() < Duration::from_secs(14), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(14),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_nothing_left(&lab.name);
 }
 
@@ -95,7 +118,11 @@ fn up_keeps_services_and_down_removes_them() {
     assert_eq!(pong, "PONG");
     // gc must leave an `up` run alone even though its process has exited.
     assert_eq!(run(&["gc"]).status.code(), Some(0));
-    assert!(!labelled(&format!("io.infralab.lab={}", lab.name)).0.is_empty());
+    assert!(
+        !labelled(&format!("io.infralab.lab={}", lab.name))
+            .0
+            .is_empty()
+    );
     let out = run(&["down", lab.path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_nothing_left(&lab.name);

@@ -22,16 +22,76 @@ scenarios:
 
 /// (what is wrong, the edit, expected line:col, words the message must contain)
 const MISTAKES: &[(&str, &str, &str, &str, &str)] = &[
-    ("unknown key", "summary: s", "summary: s\nsumary: typo", "6:1", "sumary"),
-    ("unknown kind", "kind: redis }", "kind: redis7 }", "6:18", "unknown service kind `redis7`"),
-    ("unknown exercise", "exercise: redis-lock", "exercise: redis-lok", "7:11", "unknown exercise `redis-lok`"),
-    ("unknown parameter", "workers: 2", "wrokers: 2", "8:20", "no parameter `wrokers`"),
-    ("parameter out of range", "workers: 2", "workers: 0", "8:20", "between 1 and"),
-    ("parameter of the wrong type", "strategy: none", "strategy: 3", "11:25", "expects one of none, setnx"),
-    ("unknown observation", "lost_updates:", "lost:", "12:21", "does not observe `lost`"),
-    ("bad predicate", "\">= 0\"", "\"about 0\"", "12:29", "not a predicate"),
-    ("YAML syntax", "  redis: { kind: redis }", "  redis: { kind: redis", "", "error"),
-    ("bad section", "section: global-coordination", "section: misc", "3:10", "unknown section `misc`"),
+    (
+        "unknown key",
+        "summary: s",
+        "summary: s\nsumary: typo",
+        "6:1",
+        "sumary",
+    ),
+    (
+        "unknown kind",
+        "kind: redis }",
+        "kind: redis7 }",
+        "6:18",
+        "unknown service kind `redis7`",
+    ),
+    (
+        "unknown exercise",
+        "exercise: redis-lock",
+        "exercise: redis-lok",
+        "7:11",
+        "unknown exercise `redis-lok`",
+    ),
+    (
+        "unknown parameter",
+        "workers: 2",
+        "wrokers: 2",
+        "8:20",
+        "no parameter `wrokers`",
+    ),
+    (
+        "parameter out of range",
+        "workers: 2",
+        "workers: 0",
+        "8:20",
+        "between 1 and",
+    ),
+    (
+        "parameter of the wrong type",
+        "strategy: none",
+        "strategy: 3",
+        "11:25",
+        "expects one of none, setnx",
+    ),
+    (
+        "unknown observation",
+        "lost_updates:",
+        "lost:",
+        "12:21",
+        "does not observe `lost`",
+    ),
+    (
+        "bad predicate",
+        "\">= 0\"",
+        "\"about 0\"",
+        "12:29",
+        "not a predicate",
+    ),
+    (
+        "YAML syntax",
+        "  redis: { kind: redis }",
+        "  redis: { kind: redis",
+        "",
+        "error",
+    ),
+    (
+        "bad section",
+        "section: global-coordination",
+        "section: misc",
+        "3:10",
+        "unknown section `misc`",
+    ),
 ];
 
 #[test]
@@ -54,9 +114,18 @@ fn every_mistake_exits_2_with_its_location() {
         } else {
             format!("{}:{at}", path.display())
         };
-        assert!(stderr.contains(&located), "{what}: expected {located} in\n{stderr}");
-        assert!(stderr.contains(words), "{what}: expected `{words}` in\n{stderr}");
-        assert!(stderr.contains('^'), "{what}: expected a caret snippet in\n{stderr}");
+        assert!(
+            stderr.contains(&located),
+            "{what}: expected {located} in\n{stderr}"
+        );
+        assert!(
+            stderr.contains(words),
+            "{what}: expected `{words}` in\n{stderr}"
+        );
+        assert!(
+            stderr.contains('^'),
+            "{what}: expected a caret snippet in\n{stderr}"
+        );
     }
 }
 

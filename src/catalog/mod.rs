@@ -146,7 +146,11 @@ mod tests {
             assert_eq!(s.kind, k.name());
             assert!(!s.ports.is_empty(), "{} has no port", s.kind);
             assert!(s.image.contains(':'), "{} image is not pinned", s.kind);
-            assert!(!s.image.ends_with(":latest"), "{} image is not pinned", s.kind);
+            assert!(
+                !s.image.ends_with(":latest"),
+                "{} image is not pinned",
+                s.kind
+            );
         }
     }
 }

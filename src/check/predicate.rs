@@ -47,7 +47,9 @@ impl Predicate {
             };
             let (lo, hi) = (number(lo, t)?, number(hi, t)?);
             if lo > hi {
-                return Err(format!("`{t}`: the lower bound {lo} is above the upper bound {hi}"));
+                return Err(format!(
+                    "`{t}`: the lower bound {lo} is above the upper bound {hi}"
+                ));
             }
             return Ok(Predicate::Between(lo, hi));
         }
@@ -163,7 +165,10 @@ mod tests {
 
     #[test]
     fn parses_every_operator() {
-        assert_eq!(Predicate::parse("== 400").unwrap(), Predicate::Eq(json!(400)));
+        assert_eq!(
+            Predicate::parse("== 400").unwrap(),
+            Predicate::Eq(json!(400))
+        );
         assert_eq!(Predicate::parse(">= 1").unwrap(), Predicate::Ge(1.0));
         assert_eq!(Predicate::parse("<=1").unwrap(), Predicate::Le(1.0));
         assert_eq!(Predicate::parse("> 0").unwrap(), Predicate::Gt(0.0));
@@ -173,7 +178,10 @@ mod tests {
             Predicate::parse("between 0.3 0.4").unwrap(),
             Predicate::Between(0.3, 0.4)
         );
-        assert_eq!(Predicate::parse("== h2").unwrap(), Predicate::Eq(json!("h2")));
+        assert_eq!(
+            Predicate::parse("== h2").unwrap(),
+            Predicate::Eq(json!("h2"))
+        );
     }
 
     #[test]
@@ -185,12 +193,37 @@ mod tests {
 
     #[test]
     fn evaluates_numbers_booleans_and_strings() {
-        assert!(Predicate::parse("== 400").unwrap().holds(&json!(400)).unwrap());
-        assert!(!Predicate::parse("== 400").unwrap().holds(&json!(399)).unwrap());
-        assert!(Predicate::parse("between 0.3 0.4").unwrap().holds(&json!(0.4)).unwrap());
+        assert!(
+            Predicate::parse("== 400")
+                .unwrap()
+                .holds(&json!(400))
+                .unwrap()
+        );
+        assert!(
+            !Predicate::parse("== 400")
+                .unwrap()
+                .holds(&json!(399))
+                .unwrap()
+        );
+        assert!(
+            Predicate::parse("between 0.3 0.4")
+                .unwrap()
+                .holds(&json!(0.4))
+                .unwrap()
+        );
         assert!(!Predicate::parse("> 1").unwrap().holds(&json!(1)).unwrap());
-        assert!(Predicate::from_scalar(&json!(true)).unwrap().holds(&json!(true)).unwrap());
-        assert!(Predicate::parse("== h2").unwrap().holds(&json!("h2")).unwrap());
+        assert!(
+            Predicate::from_scalar(&json!(true))
+                .unwrap()
+                .holds(&json!(true))
+                .unwrap()
+        );
+        assert!(
+            Predicate::parse("== h2")
+                .unwrap()
+                .holds(&json!("h2"))
+                .unwrap()
+        );
         assert!(Predicate::parse("> 1").unwrap().holds(&json!("x")).is_err());
     }
 }

@@ -26,7 +26,12 @@ Exit codes: 0 passed, 1 a check failed, 2 bad input, 3 environment (Docker, imag
 #[command(name = "infralab", version, after_help = EXAMPLES)]
 pub struct Cli {
     /// Folder of lab files [default: ./labs, else the catalog shipped with infralab]
-    #[arg(long = "labs", global = true, env = "INFRALAB_LABS", value_name = "DIR")]
+    #[arg(
+        long = "labs",
+        global = true,
+        env = "INFRALAB_LABS",
+        value_name = "DIR"
+    )]
     pub labs_dir: Option<PathBuf>,
     /// When to colour output (NO_COLOR and non-terminals turn it off in auto)
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
@@ -70,7 +75,9 @@ pub enum Command {
         lab: String,
     },
     /// Run labs: start services, run every scenario, check expectations, tear down
-    #[command(after_help = "Examples:\n  infralab run distributed-locking\n  infralab run distributed-locking --scenario setnx\n  infralab run --all --format json --junit report.xml")]
+    #[command(
+        after_help = "Examples:\n  infralab run distributed-locking\n  infralab run distributed-locking --scenario setnx\n  infralab run --all --format json --junit report.xml"
+    )]
     Run {
         /// Lab names, file stems or paths
         labs: Vec<String>,
@@ -96,7 +103,9 @@ pub enum Command {
         images: ImageArgs,
     },
     /// Start a lab's services and leave them running; prints connection strings
-    #[command(after_help = "Example:\n  infralab up distributed-locking && redis-cli -u redis://127.0.0.1:PORT")]
+    #[command(
+        after_help = "Example:\n  infralab up distributed-locking && redis-cli -u redis://127.0.0.1:PORT"
+    )]
     Up {
         /// Lab name, file stem or path
         lab: String,
@@ -110,14 +119,18 @@ pub enum Command {
         lab: String,
     },
     /// Remove containers and networks of runs whose process is gone
-    #[command(after_help = "Examples:\n  infralab gc\n  infralab gc --all   # also `up` runs and runs still in progress")]
+    #[command(
+        after_help = "Examples:\n  infralab gc\n  infralab gc --all   # also `up` runs and runs still in progress"
+    )]
     Gc {
         /// Remove every infralab resource, kept `up` runs included
         #[arg(long)]
         all: bool,
     },
     /// Check lab files without Docker (all labs when no file is given)
-    #[command(after_help = "Examples:\n  infralab validate\n  infralab validate labs/messaging/*.yaml")]
+    #[command(
+        after_help = "Examples:\n  infralab validate\n  infralab validate labs/messaging/*.yaml"
+    )]
     Validate {
         /// Lab files
         files: Vec<PathBuf>,
@@ -144,7 +157,9 @@ pub enum ImagesCommand {
     /// Show each kind's official and local image and whether they are present
     List,
     /// Build local images from Debian packages (reuses an unchanged recipe)
-    #[command(after_help = "Examples:\n  infralab images build redis\n  infralab images build --all")]
+    #[command(
+        after_help = "Examples:\n  infralab images build redis\n  infralab images build --all"
+    )]
     Build {
         /// Kinds to build
         kinds: Vec<String>,

@@ -22,13 +22,26 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::List { format } => list(&labs_dir, format),
         Command::Show { lab } => show(&load(&labs_dir, &lab)?),
         Command::Validate { files } => validate(&labs_dir, files),
-        Command::Run { labs, all, scenarios, format, junit, json, scenario_timeout, images } => {
+        Command::Run {
+            labs,
+            all,
+            scenarios,
+            format,
+            junit,
+            json,
+            scenario_timeout,
+            images,
+        } => {
             let files = if all {
                 lab::discover(&labs_dir)
             } else if labs.is_empty() {
-                return Err(CliError::Input("name at least one lab, or use --all (`infralab list` shows them)".into()));
+                return Err(CliError::Input(
+                    "name at least one lab, or use --all (`infralab list` shows them)".into(),
+                ));
             } else {
-                labs.iter().map(|l| find(&labs_dir, l)).collect::<Result<_, _>>()?
+                labs.iter()
+                    .map(|l| find(&labs_dir, l))
+                    .collect::<Result<_, _>>()?
             };
             // Every lab must be valid before anything starts.
             let mut loaded = Vec::new();
@@ -42,24 +55,44 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             if !errors.0.is_empty() {
                 return Err(errors.into());
             }
-            let opts = RunOptions { source: images.images, scenarios, scenario_timeout };
+            let opts = RunOptions {
+                source: images.images,
+                scenarios,
+                scenario_timeout,
+            };
             run(loaded, &opts, format, junit, json, color).await
         }
         Command::Up { lab, images } => up(&load(&labs_dir, &lab)?, images.images, color).await,
         Command::Down { lab } => {
-            let name = find(&labs_dir, &lab).ok().and_then(|f| Lab::load(&f).ok()).map(|l| l.name).unwrap_or(lab);
+            let name = find(&labs_dir, &lab)
+                .ok()
+                .and_then(|f| Lab::load(&f).ok())
+                .map(|l| l.name)
+                .unwrap_or(lab);
             let engine = Engine::connect().await?;
             let n = gc::down(&engine, &name).await?;
-            eprintln!("{name}: removed {n} running stack{}", if n == 1 { "" } else { "s" });
+            eprintln!(
+                "{name}: removed {n} running stack{}",
+                if n == 1 { "" } else { "s" }
+            );
             Ok(exit::PASSED)
         }
         Command::Gc { all } => {
             let engine = Engine::connect().await?;
             let removed = gc::gc(&engine, all).await?;
             for r in &removed {
-                println!("removed run {} of lab {} (pid {})", r.run_id, r.lab, r.pid.map(|p| p.to_string()).unwrap_or("?".into()));
+                println!(
+                    "removed run {} of lab {} (pid {})",
+                    r.run_id,
+                    r.lab,
+                    r.pid.map(|p| p.to_string()).unwrap_or("?".into())
+                );
             }
-            eprintln!("gc: {} run{} removed", removed.len(), if removed.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "gc: {} run{} removed",
+                removed.len(),
+                if removed.len() == 1 { "" } else { "s" }
+            );
             Ok(exit::PASSED)
         }
         Command::Images { command } => images_cmd(command, color).await,
@@ -82,7 +115,10 @@ fn labs_dir(given: Option<&Path>) -> PathBuf {
 
 fn find(dir: &Path, wanted: &str) -> Result<PathBuf, CliError> {
     lab::find(dir, wanted).ok_or_else(|| {
-        CliError::Input(format!("no lab named `{wanted}` in {}; `infralab list` shows the labs", dir.display()))
+        CliError::Input(format!(
+            "no lab named `{wanted}` in {}; `infralab list` shows the labs",
+            dir.display()
+        ))
     })
 }
 
@@ -109,7 +145,10 @@ fn list(dir: &Path, format: Format) -> Result<i32, CliError> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&items).unwrap_or_default()
+        );
         return Ok(exit::PASSED);
     }
     let width = labs.iter().map(|l| l.name.len()).max().unwrap_or(0);
@@ -133,8 +172,17 @@ fn list(dir: &Path, format: Format) -> Result<i32, CliError> {
 fn show(lab: &Lab) -> Result<i32, CliError> {
     let mut out = String::new();
     let section = sections::find(&lab.section).map(|s| s.1).unwrap_or("");
-    out += &format!("{}\n{}\n\n", lab.title, "=".repeat(lab.title.chars().count()));
-    out += &format!("lab:      {}  ({section})\nfile:     {}\n\n{}\n", lab.name, lab.file.display(), lab.summary);
+    out += &format!(
+        "{}\n{}\n\n",
+        lab.title,
+        "=".repeat(lab.title.chars().count())
+    );
+    out += &format!(
+        "lab:      {}  ({section})\nfile:     {}\n\n{}\n",
+        lab.name,
+        lab.file.display(),
+        lab.summary
+    );
     if let Some(b) = &lab.briefing {
         out += &format!("\n{}\n", b.trim_end());
     }
@@ -145,8 +193,15 @@ fn show(lab: &Lab) -> Result<i32, CliError> {
     for s in &lab.services {
         let spec = catalog::spec(&s.kind);
         let image = s.image.clone().unwrap_or_else(|| spec.image.clone());
-        let replicas = if s.replicas > 1 { format!(" ×{}", s.replicas) } else { String::new() };
-        out += &format!("  {}{replicas}: {} ({image}), {}\n", s.name, s.kind, spec.summary);
+        let replicas = if s.replicas > 1 {
+            format!(" ×{}", s.replicas)
+        } else {
+            String::new()
+        };
+        out += &format!(
+            "  {}{replicas}: {} ({image}), {}\n",
+            s.name, s.kind, spec.summary
+        );
     }
     let ex = lab.exercise;
     out += &format!("\nExercise: {}: {}\n", ex.name(), ex.summary());
@@ -160,7 +215,11 @@ fn show(lab: &Lab) -> Result<i32, CliError> {
         let changed: Vec<String> = s
             .params
             .iter()
-            .filter(|(k, v)| ex.params().iter().any(|p| p.name == k.as_str() && p.default != **v))
+            .filter(|(k, v)| {
+                ex.params()
+                    .iter()
+                    .any(|p| p.name == k.as_str() && p.default != **v)
+            })
             .map(|(k, v)| format!("{k}={}", terminal::format_value(v)))
             .collect();
         if !changed.is_empty() {
@@ -180,24 +239,40 @@ fn show(lab: &Lab) -> Result<i32, CliError> {
     if let Some(a) = &lab.answer {
         out += &format!("\nWhat to look for: {}\n", a.trim_end());
     }
-    out += &format!("\nRun it:   infralab run {}\nExplore:  infralab up {}\n", lab.name, lab.name);
+    out += &format!(
+        "\nRun it:   infralab run {}\nExplore:  infralab up {}\n",
+        lab.name, lab.name
+    );
     print!("{out}");
     Ok(exit::PASSED)
 }
 
 fn validate(dir: &Path, files: Vec<PathBuf>) -> Result<i32, CliError> {
-    let files = if files.is_empty() { lab::discover(dir) } else { files };
+    let files = if files.is_empty() {
+        lab::discover(dir)
+    } else {
+        files
+    };
     let mut errors = LabErrors::default();
     for f in &files {
         match Lab::load(f) {
-            Ok(l) => println!("ok    {}  ({}, {} scenarios)", f.display(), l.name, l.scenarios.len()),
+            Ok(l) => println!(
+                "ok    {}  ({}, {} scenarios)",
+                f.display(),
+                l.name,
+                l.scenarios.len()
+            ),
             Err(e) => {
                 println!("error {}", f.display());
                 errors.0.extend(e.0);
             }
         }
     }
-    if errors.0.is_empty() { Ok(exit::PASSED) } else { Err(errors.into()) }
+    if errors.0.is_empty() {
+        Ok(exit::PASSED)
+    } else {
+        Err(errors.into())
+    }
 }
 
 /// Resolves when the user interrupts (Ctrl-C) or the process is asked to stop.
@@ -251,10 +326,18 @@ async fn run(
     if report.labs.iter().any(|l| l.error.is_some()) {
         return Ok(exit::ENVIRONMENT);
     }
-    Ok(if report.verdict == crate::check::Verdict::Pass { exit::PASSED } else { exit::CHECK_FAILED })
+    Ok(if report.verdict == crate::check::Verdict::Pass {
+        exit::PASSED
+    } else {
+        exit::CHECK_FAILED
+    })
 }
 
-async fn up(lab: &Lab, source: images::Source, color: terminal::ColorChoice) -> Result<i32, CliError> {
+async fn up(
+    lab: &Lab,
+    source: images::Source,
+    color: terminal::ColorChoice,
+) -> Result<i32, CliError> {
     let engine = Engine::connect().await?;
     let progress = Progress::new(color);
     let run_id = stack::new_run_id();
@@ -281,7 +364,10 @@ async fn images_cmd(command: ImagesCommand, color: terminal::ColorChoice) -> Res
     let engine = Engine::connect().await?;
     match command {
         ImagesCommand::List => {
-            println!("{:10} {:8} {:28} {:8} LOCAL IMAGE", "KIND", "OFFICIAL", "IMAGE", "LOCAL");
+            println!(
+                "{:10} {:8} {:28} {:8} LOCAL IMAGE",
+                "KIND", "OFFICIAL", "IMAGE", "LOCAL"
+            );
             for k in catalog::KINDS {
                 let s = images::status(&engine.docker, catalog::spec(k.name())).await;
                 let yes = |b: bool| if b { "present" } else { "-" };
@@ -297,8 +383,14 @@ async fn images_cmd(command: ImagesCommand, color: terminal::ColorChoice) -> Res
             Ok(exit::PASSED)
         }
         ImagesCommand::Build { kinds, all, force } => {
-            let names: Vec<String> =
-                if all || kinds.is_empty() { catalog::kind_names().iter().map(|s| s.to_string()).collect() } else { kinds };
+            let names: Vec<String> = if all || kinds.is_empty() {
+                catalog::kind_names()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            } else {
+                kinds
+            };
             for n in &names {
                 if catalog::kind(n).is_none() {
                     return Err(CliError::Input(format!(
@@ -341,27 +433,42 @@ async fn doctor() -> Result<i32, CliError> {
     let mm = which("mmdebstrap");
     println!(
         "mmdebstrap  {}",
-        mm.map(|p| p.display().to_string())
-            .unwrap_or_else(|| "missing (needed to build local images: sudo apt-get install mmdebstrap)".into())
+        mm.map(|p| p.display().to_string()).unwrap_or_else(|| {
+            "missing (needed to build local images: sudo apt-get install mmdebstrap)".into()
+        })
     );
     for k in catalog::KINDS {
         let s = images::status(&engine.docker, catalog::spec(k.name())).await;
         let state = match (s.official_present, s.local_present) {
             (true, _) => format!("official {} present", s.official),
             (false, true) => format!("local {} present", s.local_tag),
-            (false, false) => format!("no image yet (pulled or built on first use; `infralab images build {}`)", s.kind),
+            (false, false) => format!(
+                "no image yet (pulled or built on first use; `infralab images build {}`)",
+                s.kind
+            ),
         };
         println!("{:11} {state}", s.kind);
     }
     let runs = gc::runs(&engine).await?;
     let orphans = runs.iter().filter(|r| !r.keep && !r.owner_alive()).count();
-    println!("runs        {} on the engine, {orphans} orphaned{}", runs.len(), if orphans > 0 { " (`infralab gc` removes them)" } else { "" });
+    println!(
+        "runs        {} on the engine, {orphans} orphaned{}",
+        runs.len(),
+        if orphans > 0 {
+            " (`infralab gc` removes them)"
+        } else {
+            ""
+        }
+    );
     Ok(exit::PASSED)
 }
 
 fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
 }
 
 async fn serve(role: &str, port: u16) -> Result<i32, CliError> {

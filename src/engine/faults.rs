@@ -16,7 +16,16 @@ pub async fn apply(stack: &Stack, target: &Started, action: FaultAction) -> Resu
     let c = target.container.as_str();
     let result = match action {
         FaultAction::Kill => {
-            docker.kill_container(c, Some(KillContainerOptionsBuilder::default().signal("SIGKILL").build())).await
+            docker
+                .kill_container(
+                    c,
+                    Some(
+                        KillContainerOptionsBuilder::default()
+                            .signal("SIGKILL")
+                            .build(),
+                    ),
+                )
+                .await
         }
         FaultAction::Stop => docker.stop_container(c, None).await,
         FaultAction::Start => docker.start_container(c, None).await,
@@ -27,7 +36,10 @@ pub async fn apply(stack: &Stack, target: &Started, action: FaultAction) -> Resu
             docker
                 .disconnect_network(
                     &stack.network,
-                    NetworkDisconnectRequest { container: c.to_string(), force: Some(true) },
+                    NetworkDisconnectRequest {
+                        container: c.to_string(),
+                        force: Some(true),
+                    },
                 )
                 .await
         }
@@ -36,9 +48,18 @@ pub async fn apply(stack: &Stack, target: &Started, action: FaultAction) -> Resu
     match result {
         Ok(()) => {}
         Err(e) if already_done(&e) => {}
-        Err(e) => return Err(EnvError::new(format!("fault {} on `{}`: {e}", action.name(), target.instance))),
+        Err(e) => {
+            return Err(EnvError::new(format!(
+                "fault {} on `{}`: {e}",
+                action.name(),
+                target.instance
+            )));
+        }
     }
-    if matches!(action, FaultAction::Start | FaultAction::Restart | FaultAction::Unpause) {
+    if matches!(
+        action,
+        FaultAction::Start | FaultAction::Restart | FaultAction::Unpause
+    ) {
         wait_ready(stack, target).await?;
     }
     Ok(())
@@ -53,7 +74,10 @@ async fn connect(stack: &Stack, target: &Started) -> Result<(), bollard::errors:
             &stack.network,
             NetworkConnectRequest {
                 container: target.container.clone(),
-                endpoint_config: Some(EndpointSettings { aliases: Some(target.aliases.clone()), ..Default::default() }),
+                endpoint_config: Some(EndpointSettings {
+                    aliases: Some(target.aliases.clone()),
+                    ..Default::default()
+                }),
             },
         )
         .await

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 
 use super::stack::remove_labelled;
-use super::{EnvError, Engine, labels};
+use super::{Engine, EnvError, labels};
 
 /// One run found on the engine.
 #[derive(Debug, Clone)]
@@ -37,12 +37,21 @@ pub async fn runs(engine: &Engine) -> Result<Vec<RunInfo>, EnvError> {
     let mut found: BTreeMap<String, RunInfo> = BTreeMap::new();
     let containers = engine
         .docker
-        .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
         .await
         .map_err(|e| EnvError::new(format!("cannot list containers: {e}")))?;
     let networks = engine
         .docker
-        .list_networks(Some(ListNetworksOptionsBuilder::default().filters(&filters).build()))
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
         .await
         .map_err(|e| EnvError::new(format!("cannot list networks: {e}")))?;
     let label_sets = containers
@@ -50,7 +59,9 @@ pub async fn runs(engine: &Engine) -> Result<Vec<RunInfo>, EnvError> {
         .filter_map(|c| c.labels)
         .chain(networks.into_iter().filter_map(|n| n.labels));
     for l in label_sets {
-        let Some(run_id) = l.get(labels::RUN) else { continue };
+        let Some(run_id) = l.get(labels::RUN) else {
+            continue;
+        };
         found.entry(run_id.clone()).or_insert_with(|| RunInfo {
             run_id: run_id.clone(),
             lab: l.get(labels::LAB).cloned().unwrap_or_default(),

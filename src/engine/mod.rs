@@ -29,18 +29,27 @@ pub struct EnvError {
 impl EnvError {
     /// An error without a hint.
     pub fn new(message: impl Into<String>) -> Self {
-        EnvError { message: message.into(), hint: None }
+        EnvError {
+            message: message.into(),
+            hint: None,
+        }
     }
 
     /// An error with a fix.
     pub fn hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        EnvError { message: message.into(), hint: Some(hint.into()) }
+        EnvError {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
     }
 }
 
 impl From<crate::images::ImageError> for EnvError {
     fn from(e: crate::images::ImageError) -> Self {
-        EnvError { message: e.message, hint: e.hint }
+        EnvError {
+            message: e.message,
+            hint: e.hint,
+        }
     }
 }
 
@@ -59,7 +68,8 @@ impl Engine {
     /// Connects (honouring DOCKER_HOST), negotiates the API version with the
     /// engine so older engines work, and pings it.
     pub async fn connect() -> Result<Engine, EnvError> {
-        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+        let host =
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
         let unreachable = |e: &dyn std::fmt::Display| {
             EnvError::hint(
                 format!("cannot reach the Docker engine at {host}: {e}"),
@@ -67,7 +77,10 @@ impl Engine {
             )
         };
         let docker = Docker::connect_with_defaults().map_err(|e| unreachable(&e))?;
-        let docker = docker.negotiate_version().await.map_err(|e| unreachable(&e))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| unreachable(&e))?;
         docker.ping().await.map_err(|e| unreachable(&e))?;
         let v = docker.version().await.map_err(|e| unreachable(&e))?;
         let version = format!(
@@ -75,7 +88,11 @@ impl Engine {
             v.version.unwrap_or_default(),
             docker.client_version()
         );
-        Ok(Engine { docker, host, version })
+        Ok(Engine {
+            docker,
+            host,
+            version,
+        })
     }
 }
 
@@ -84,6 +101,9 @@ impl Engine {
 pub fn already_done(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
-        bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409 | 304, .. }
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404 | 409 | 304,
+            ..
+        }
     )
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::StreamExt;
 
-use super::{EnvError, Engine};
+use super::{Engine, EnvError};
 use crate::catalog::{Endpoint, ServiceKind};
 
 const FIRST_PAUSE: Duration = Duration::from_millis(20);
@@ -34,7 +34,7 @@ pub async fn wait(
             Err(why) => why,
         };
         // Checking the container costs a round trip: do it every few attempts.
-        if attempts % 4 == 0 {
+        if attempts.is_multiple_of(4) {
             check_running(engine, &endpoint.container, &endpoint.service).await?;
         }
         if Instant::now() + pause > deadline {
@@ -71,7 +71,11 @@ async fn check_running(engine: &Engine, container: &str, service: &str) -> Resul
         format!(
             "`{service}` exited during start (exit code {}){}\n--- last log lines ---\n{logs}",
             state.exit_code.unwrap_or_default(),
-            state.error.filter(|e| !e.is_empty()).map(|e| format!(": {e}")).unwrap_or_default(),
+            state
+                .error
+                .filter(|e| !e.is_empty())
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default(),
         ),
         "check the service's `command`, `env` and files in the lab file",
     ))
@@ -79,11 +83,19 @@ async fn check_running(engine: &Engine, container: &str, service: &str) -> Resul
 
 /// The last `n` lines the container wrote (stdout and stderr).
 pub async fn last_logs(engine: &Engine, container: &str, n: usize) -> String {
-    let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&n.to_string()).build();
+    let opts = LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .tail(&n.to_string())
+        .build();
     let mut stream = engine.docker.logs(container, Some(opts));
     let mut text = String::new();
     while let Some(Ok(chunk)) = stream.next().await {
         text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
     }
-    if text.trim().is_empty() { "(no output)".into() } else { text.trim_end().to_string() }
+    if text.trim().is_empty() {
+        "(no output)".into()
+    } else {
+        text.trim_end().to_string()
+    }
 }

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding,
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+    PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -13,7 +14,7 @@ use bollard::query_parameters::{
 };
 use futures_util::future::try_join_all;
 
-use super::{EnvError, Engine, already_done, labels, ready};
+use super::{Engine, EnvError, already_done, labels, ready};
 use crate::catalog::{self, ContainerPlan, Endpoint};
 use crate::images::{self, Source};
 use crate::lab::{Lab, ServicePlan};
@@ -89,15 +90,24 @@ impl Stack {
         reporter: &dyn Reporter,
     ) -> Result<Stack, EnvError> {
         // Images first, one resolution per distinct (kind, override), concurrently.
-        let mut wanted: Vec<(String, Option<String>)> =
-            lab.services.iter().map(|s| (s.kind.clone(), s.image.clone())).collect();
+        let mut wanted: Vec<(String, Option<String>)> = lab
+            .services
+            .iter()
+            .map(|s| (s.kind.clone(), s.image.clone()))
+            .collect();
         wanted.sort();
         wanted.dedup();
         let resolved = try_join_all(wanted.iter().map(|(kind, image)| async move {
             let spec = catalog::spec(kind);
-            images::resolve(&engine.docker, spec, image.as_deref(), opts.source, reporter)
-                .await
-                .map(|r| ((kind.clone(), image.clone()), r))
+            images::resolve(
+                &engine.docker,
+                spec,
+                image.as_deref(),
+                opts.source,
+                reporter,
+            )
+            .await
+            .map(|r| ((kind.clone(), image.clone()), r))
         }))
         .await?;
         let images: HashMap<_, _> = resolved.into_iter().collect();
@@ -118,23 +128,39 @@ impl Stack {
         for plan in &lab.services {
             let image = &images[&(plan.kind.clone(), plan.image.clone())];
             for replica in 1..=plan.replicas {
-                let instance =
-                    if plan.replicas > 1 { format!("{}-{replica}", plan.name) } else { plan.name.clone() };
-                jobs.push(start_one(engine, run_id, &lab.name, &network, plan, instance, image, opts, reporter));
+                let instance = if plan.replicas > 1 {
+                    format!("{}-{replica}", plan.name)
+                } else {
+                    plan.name.clone()
+                };
+                jobs.push(start_one(
+                    engine, run_id, &lab.name, &network, plan, instance, image, opts, reporter,
+                ));
             }
         }
         let services = try_join_all(jobs).await?;
-        Ok(Stack { engine: engine.clone(), run_id: run_id.to_string(), network, services })
+        Ok(Stack {
+            engine: engine.clone(),
+            run_id: run_id.to_string(),
+            network,
+            services,
+        })
     }
 
     /// Endpoints by instance name, for exercises.
     pub fn endpoints(&self) -> BTreeMap<String, Endpoint> {
-        self.services.iter().map(|s| (s.instance.clone(), s.endpoint.clone())).collect()
+        self.services
+            .iter()
+            .map(|s| (s.instance.clone(), s.endpoint.clone()))
+            .collect()
     }
 
     /// Containers of a service or of one instance, for faults.
     pub fn targets(&self, name: &str) -> Vec<&Started> {
-        self.services.iter().filter(|s| s.service == name || s.instance == name).collect()
+        self.services
+            .iter()
+            .filter(|s| s.service == name || s.instance == name)
+            .collect()
     }
 }
 
@@ -171,7 +197,12 @@ async fn start_one(
         local_image: image.starts_with("infralab/"),
         env,
         cmd: plan.command.clone().or_else(|| spec.command.clone()),
-        host_ports: spec.ports.iter().map(|(n, _)| n.clone()).zip(host_ports).collect(),
+        host_ports: spec
+            .ports
+            .iter()
+            .map(|(n, _)| n.clone())
+            .zip(host_ports)
+            .collect(),
         instance: instance.clone(),
     };
     kind.prepare(&mut cplan);
@@ -200,7 +231,11 @@ async fn start_one(
             .map_err(|e| EnvError::new(format!("lab file {}: {e}", source.display())))?;
         binds.push(format!("{}:{target}:ro", source.display()));
     }
-    let aliases = if instance == plan.name { vec![instance.clone()] } else { vec![plan.name.clone(), instance.clone()] };
+    let aliases = if instance == plan.name {
+        vec![instance.clone()]
+    } else {
+        vec![plan.name.clone(), instance.clone()]
+    };
     let body = ContainerCreateBody {
         image: Some(cplan.image.clone()),
         hostname: Some(instance.clone()),
@@ -219,27 +254,41 @@ async fn start_one(
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 network.to_string(),
-                EndpointSettings { aliases: Some(aliases.clone()), ..Default::default() },
+                EndpointSettings {
+                    aliases: Some(aliases.clone()),
+                    ..Default::default()
+                },
             )])),
         }),
         ..Default::default()
     };
     engine
         .docker
-        .create_container(Some(CreateContainerOptionsBuilder::default().name(&container).build()), body)
+        .create_container(
+            Some(
+                CreateContainerOptionsBuilder::default()
+                    .name(&container)
+                    .build(),
+            ),
+            body,
+        )
         .await
         .map_err(|e| EnvError::new(format!("cannot create container for `{instance}`: {e}")))?;
-    engine.docker.start_container(&container, None).await.map_err(|e| {
-        let text = e.to_string();
-        if text.contains("already allocated") || text.contains("address already in use") {
-            EnvError::hint(
-                format!("cannot start `{instance}`: a host port is busy ({text})"),
-                "free the port or run again (infralab picks new ephemeral ports each run)",
-            )
-        } else {
-            EnvError::new(format!("cannot start `{instance}`: {text}"))
-        }
-    })?;
+    engine
+        .docker
+        .start_container(&container, None)
+        .await
+        .map_err(|e| {
+            let text = e.to_string();
+            if text.contains("already allocated") || text.contains("address already in use") {
+                EnvError::hint(
+                    format!("cannot start `{instance}`: a host port is busy ({text})"),
+                    "free the port or run again (infralab picks new ephemeral ports each run)",
+                )
+            } else {
+                EnvError::new(format!("cannot start `{instance}`: {text}"))
+            }
+        })?;
 
     let mut endpoint = Endpoint {
         service: instance.clone(),
@@ -253,7 +302,11 @@ async fn start_one(
     endpoint.url = catalog::render_url(&spec.url, &endpoint, &spec.ports[0].0);
     ready::wait(engine, kind, &endpoint, plan.ready_timeout).await?;
     let ready_ms = started_at.elapsed().as_millis() as u64;
-    reporter.event(&Event::ServiceReady { service: instance.clone(), url: endpoint.url.clone(), ms: ready_ms });
+    reporter.event(&Event::ServiceReady {
+        service: instance.clone(),
+        url: endpoint.url.clone(),
+        ms: ready_ms,
+    });
     Ok(Started {
         service: plan.name.clone(),
         instance,
@@ -287,18 +340,27 @@ pub async fn remove_labelled(engine: &Engine, filter: &str) -> Result<usize, Env
     let filters = HashMap::from([("label", vec![filter])]);
     let containers = engine
         .docker
-        .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
         .await
         .map_err(|e| EnvError::new(format!("cannot list containers: {e}")))?;
     let removals = containers.iter().filter_map(|c| c.id.clone()).map(|id| {
-        let paused = containers
-            .iter()
-            .any(|c| c.id.as_deref() == Some(&id) && c.state.as_ref().map(|s| s.to_string()) == Some("paused".into()));
+        let paused = containers.iter().any(|c| {
+            c.id.as_deref() == Some(&id)
+                && c.state.as_ref().map(|s| s.to_string()) == Some("paused".into())
+        });
         async move {
             if paused {
                 let _ = engine.docker.unpause_container(&id).await;
             }
-            let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+            let opts = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
             match engine.docker.remove_container(&id, Some(opts)).await {
                 Ok(()) => Ok(1),
                 Err(e) if already_done(&e) => Ok(0),
@@ -309,7 +371,11 @@ pub async fn remove_labelled(engine: &Engine, filter: &str) -> Result<usize, Env
     let mut removed: usize = try_join_all(removals).await?.into_iter().sum();
     let networks = engine
         .docker
-        .list_networks(Some(ListNetworksOptionsBuilder::default().filters(&filters).build()))
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
         .await
         .map_err(|e| EnvError::new(format!("cannot list networks: {e}")))?;
     for n in networks {

@@ -51,7 +51,12 @@ pub struct ParamSpec {
 impl ParamSpec {
     /// An integer parameter.
     pub fn int(name: &'static str, min: i64, max: i64, default: i64, doc: &'static str) -> Self {
-        ParamSpec { name, kind: ParamKind::Int { min, max }, default: Value::from(default), doc }
+        ParamSpec {
+            name,
+            kind: ParamKind::Int { min, max },
+            default: Value::from(default),
+            doc,
+        }
     }
 
     /// A choice among words.
@@ -61,12 +66,22 @@ impl ParamSpec {
         default: &'static str,
         doc: &'static str,
     ) -> Self {
-        ParamSpec { name, kind: ParamKind::Choice(options), default: Value::from(default), doc }
+        ParamSpec {
+            name,
+            kind: ParamKind::Choice(options),
+            default: Value::from(default),
+            doc,
+        }
     }
 
     /// A boolean parameter.
     pub fn flag(name: &'static str, default: bool, doc: &'static str) -> Self {
-        ParamSpec { name, kind: ParamKind::Bool, default: Value::from(default), doc }
+        ParamSpec {
+            name,
+            kind: ParamKind::Bool,
+            default: Value::from(default),
+            doc,
+        }
     }
 
     /// Checks a value written in a lab; the error says what was expected.
@@ -77,15 +92,24 @@ impl ParamSpec {
                 if (*min..=*max).contains(&n) {
                     Ok(())
                 } else {
-                    Err(format!("`{}` must be between {min} and {max}, found {n}", self.name))
+                    Err(format!(
+                        "`{}` must be between {min} and {max}, found {n}",
+                        self.name
+                    ))
                 }
             }
-            (ParamKind::Int { .. }, v) => Err(format!("`{}` expects a whole number, found {v}", self.name)),
+            (ParamKind::Int { .. }, v) => {
+                Err(format!("`{}` expects a whole number, found {v}", self.name))
+            }
             (ParamKind::Float, Value::Number(_)) => Ok(()),
             (ParamKind::Float, v) => Err(format!("`{}` expects a number, found {v}", self.name)),
             (ParamKind::Bool, Value::Bool(_)) => Ok(()),
-            (ParamKind::Bool, v) => Err(format!("`{}` expects true or false, found {v}", self.name)),
-            (ParamKind::Choice(options), Value::String(s)) if options.contains(&s.as_str()) => Ok(()),
+            (ParamKind::Bool, v) => {
+                Err(format!("`{}` expects true or false, found {v}", self.name))
+            }
+            (ParamKind::Choice(options), Value::String(s)) if options.contains(&s.as_str()) => {
+                Ok(())
+            }
             (ParamKind::Choice(options), v) => Err(format!(
                 "`{}` expects one of {}, found {v}",
                 self.name,
@@ -141,11 +165,14 @@ impl Timeline {
     pub fn record(&self, source: &str, what: impl Into<String>) {
         let at_ms = self.start.elapsed().as_millis() as u64;
         let what = what.into();
-        self.events.lock().expect("timeline lock").push(TimelineEvent {
-            at_ms,
-            source: source.to_string(),
-            what: what.clone(),
-        });
+        self.events
+            .lock()
+            .expect("timeline lock")
+            .push(TimelineEvent {
+                at_ms,
+                source: source.to_string(),
+                what: what.clone(),
+            });
         self.marks.send_modify(|m| m.push(what));
     }
 
@@ -174,27 +201,44 @@ impl Ctx {
         namespace: String,
         timeline: Timeline,
     ) -> Self {
-        Ctx { params, services, namespace, timeline }
+        Ctx {
+            params,
+            services,
+            namespace,
+            timeline,
+        }
     }
 
     /// An integer parameter (validated before the run).
     pub fn int(&self, name: &str) -> i64 {
-        self.params.get(name).and_then(Value::as_i64).unwrap_or_default()
+        self.params
+            .get(name)
+            .and_then(Value::as_i64)
+            .unwrap_or_default()
     }
 
     /// A number parameter.
     pub fn float(&self, name: &str) -> f64 {
-        self.params.get(name).and_then(Value::as_f64).unwrap_or_default()
+        self.params
+            .get(name)
+            .and_then(Value::as_f64)
+            .unwrap_or_default()
     }
 
     /// A boolean parameter.
     pub fn flag(&self, name: &str) -> bool {
-        self.params.get(name).and_then(Value::as_bool).unwrap_or_default()
+        self.params
+            .get(name)
+            .and_then(Value::as_bool)
+            .unwrap_or_default()
     }
 
     /// A text or choice parameter.
     pub fn text(&self, name: &str) -> &str {
-        self.params.get(name).and_then(Value::as_str).unwrap_or_default()
+        self.params
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     }
 
     /// The first service of a kind (validation guarantees one exists).

@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use redis::AsyncCommands;
 use serde_json::Value;
 
-use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec, percentile_ms};
+use super::{
+    Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec, percentile_ms,
+};
 
 /// The `redis-lock` exercise.
 pub struct RedisLock;
@@ -69,28 +71,79 @@ impl Exercise for RedisLock {
 
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::int("workers", 1, 256, 8, "concurrent workers, each with its own connection"),
+            ParamSpec::int(
+                "workers",
+                1,
+                256,
+                8,
+                "concurrent workers, each with its own connection",
+            ),
             ParamSpec::int("increments", 1, 100_000, 50, "increments per worker"),
-            ParamSpec::choice("strategy", &["none", "setnx"], "setnx", "how the critical section is guarded"),
+            ParamSpec::choice(
+                "strategy",
+                &["none", "setnx"],
+                "setnx",
+                "how the critical section is guarded",
+            ),
             ParamSpec::int("ttl_ms", 1, 600_000, 5000, "lock lease (PX)"),
-            ParamSpec::int("hold_ms", 0, 10_000, 0, "work time between reading and writing the counter"),
+            ParamSpec::int(
+                "hold_ms",
+                0,
+                10_000,
+                0,
+                "work time between reading and writing the counter",
+            ),
             ParamSpec::int("retry_ms", 0, 1000, 1, "pause before retrying a busy lock"),
-            ParamSpec::flag("fencing", false, "writes carry a fence token; stale holders are refused"),
+            ParamSpec::flag(
+                "fencing",
+                false,
+                "writes carry a fence token; stale holders are refused",
+            ),
         ]
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
         &[
-            ObsSpec { name: "final_counter", doc: "counter value read back from Redis at the end" },
-            ObsSpec { name: "expected_counter", doc: "workers × increments" },
-            ObsSpec { name: "lost_updates", doc: "expected_counter − final_counter (fenced rejections excluded)" },
-            ObsSpec { name: "max_concurrent_holders", doc: "most workers inside the critical section at once, counted by Redis" },
-            ObsSpec { name: "acquisitions", doc: "successful lock acquisitions" },
-            ObsSpec { name: "retries", doc: "failed acquisition attempts" },
-            ObsSpec { name: "lock_lost", doc: "releases that found the lease gone or taken by another worker" },
-            ObsSpec { name: "fenced_rejections", doc: "increments refused by the storage because a newer fence token had been seen" },
-            ObsSpec { name: "acquire_p50_ms", doc: "median time to acquire the lock" },
-            ObsSpec { name: "acquire_p99_ms", doc: "99th percentile time to acquire the lock" },
+            ObsSpec {
+                name: "final_counter",
+                doc: "counter value read back from Redis at the end",
+            },
+            ObsSpec {
+                name: "expected_counter",
+                doc: "workers × increments",
+            },
+            ObsSpec {
+                name: "lost_updates",
+                doc: "expected_counter − final_counter (fenced rejections excluded)",
+            },
+            ObsSpec {
+                name: "max_concurrent_holders",
+                doc: "most workers inside the critical section at once, counted by Redis",
+            },
+            ObsSpec {
+                name: "acquisitions",
+                doc: "successful lock acquisitions",
+            },
+            ObsSpec {
+                name: "retries",
+                doc: "failed acquisition attempts",
+            },
+            ObsSpec {
+                name: "lock_lost",
+                doc: "releases that found the lease gone or taken by another worker",
+            },
+            ObsSpec {
+                name: "fenced_rejections",
+                doc: "increments refused by the storage because a newer fence token had been seen",
+            },
+            ObsSpec {
+                name: "acquire_p50_ms",
+                doc: "median time to acquire the lock",
+            },
+            ObsSpec {
+                name: "acquire_p99_ms",
+                doc: "99th percentile time to acquire the lock",
+            },
         ]
     }
 
@@ -107,13 +160,22 @@ impl Exercise for RedisLock {
             fence: format!("{ns}:fence"),
             last_fence: format!("{ns}:last-fence"),
         };
-        let mut setup = client.get_multiplexed_async_connection().await.doing("connecting to redis")?;
-        let _: () = setup.set(&keys.counter, 0).await.doing("resetting the counter")?;
+        let mut setup = client
+            .get_multiplexed_async_connection()
+            .await
+            .doing("connecting to redis")?;
+        let _: () = setup
+            .set(&keys.counter, 0)
+            .await
+            .doing("resetting the counter")?;
 
         ctx.mark("workers-started");
         let mut tasks = tokio::task::JoinSet::new();
         for worker in 0..workers {
-            let conn = client.get_multiplexed_async_connection().await.doing("connecting a worker")?;
+            let conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .doing("connecting a worker")?;
             let keys = keys.clone();
             let cfg = Config {
                 locked: ctx.text("strategy") == "setnx",
@@ -138,24 +200,45 @@ impl Exercise for RedisLock {
         }
         ctx.mark("workers-finished");
 
-        let final_counter: i64 = setup.get(&keys.counter).await.doing("reading the counter")?;
+        let final_counter: i64 = setup
+            .get(&keys.counter)
+            .await
+            .doing("reading the counter")?;
         let expected = workers * increments;
         let _: () = setup
-            .del(&[&keys.counter, &keys.lock, &keys.holders, &keys.fence, &keys.last_fence])
+            .del(&[
+                &keys.counter,
+                &keys.lock,
+                &keys.holders,
+                &keys.fence,
+                &keys.last_fence,
+            ])
             .await
             .doing("cleaning up keys")?;
         let mut lat = total.latencies;
         Ok(Observations::from([
             ("final_counter".into(), Value::from(final_counter)),
             ("expected_counter".into(), Value::from(expected)),
-            ("lost_updates".into(), Value::from(expected - final_counter - total.rejected as i64)),
-            ("max_concurrent_holders".into(), Value::from(total.max_holders)),
+            (
+                "lost_updates".into(),
+                Value::from(expected - final_counter - total.rejected as i64),
+            ),
+            (
+                "max_concurrent_holders".into(),
+                Value::from(total.max_holders),
+            ),
             ("acquisitions".into(), Value::from(total.acquisitions)),
             ("retries".into(), Value::from(total.retries)),
             ("lock_lost".into(), Value::from(total.lock_lost)),
             ("fenced_rejections".into(), Value::from(total.rejected)),
-            ("acquire_p50_ms".into(), Value::from(percentile_ms(&mut lat, 50.0))),
-            ("acquire_p99_ms".into(), Value::from(percentile_ms(&mut lat, 99.0))),
+            (
+                "acquire_p50_ms".into(),
+                Value::from(percentile_ms(&mut lat, 50.0)),
+            ),
+            (
+                "acquire_p99_ms".into(),
+                Value::from(percentile_ms(&mut lat, 99.0)),
+            ),
         ]))
     }
 }
@@ -211,7 +294,13 @@ async fn work(
             stats.latencies.push(started.elapsed());
             stats.acquisitions += 1;
         }
-        let fence: i64 = if cfg.fencing { conn.incr(&keys.fence, 1).await.doing("taking a fence token")? } else { 0 };
+        let fence: i64 = if cfg.fencing {
+            conn.incr(&keys.fence, 1)
+                .await
+                .doing("taking a fence token")?
+        } else {
+            0
+        };
         let holders: i64 = conn.incr(&keys.holders, 1).await.doing("entering")?;
         stats.max_holders = stats.max_holders.max(holders);
 
@@ -244,7 +333,10 @@ async fn work(
                 .doing("fenced write")?;
             stats.rejected += u64::from(written == 0);
         } else {
-            let _: () = conn.set(&keys.counter, value + 1).await.doing("writing the counter")?;
+            let _: () = conn
+                .set(&keys.counter, value + 1)
+                .await
+                .doing("writing the counter")?;
         }
 
         let _: i64 = conn.decr(&keys.holders, 1).await.doing("leaving")?;

@@ -29,7 +29,10 @@ pub fn suite() -> String {
 
 fn codename_from_os_release(text: &str) -> Option<String> {
     text.lines().find_map(|l| {
-        let v = l.strip_prefix("VERSION_CODENAME=")?.trim().trim_matches('"');
+        let v = l
+            .strip_prefix("VERSION_CODENAME=")?
+            .trim()
+            .trim_matches('"');
         (!v.is_empty()).then(|| v.to_string())
     })
 }
@@ -51,7 +54,9 @@ pub fn host_sources(suite: &str) -> (String, String) {
         files.extend(more);
     }
     for file in files {
-        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
         match file.extension().and_then(|e| e.to_str()) {
             Some("sources") => deb822.push_str(&filter_deb822(&text, suite)),
             _ if file.file_name().is_some_and(|n| n == "sources.list") => {
@@ -76,7 +81,10 @@ pub(crate) fn filter_one_line(text: &str, suite: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
-        let Some(rest) = line.strip_prefix("deb ").or_else(|| line.strip_prefix("deb\t")) else {
+        let Some(rest) = line
+            .strip_prefix("deb ")
+            .or_else(|| line.strip_prefix("deb\t"))
+        else {
             continue;
         };
         let rest = rest.trim_start();
@@ -90,7 +98,9 @@ pub(crate) fn filter_one_line(text: &str, suite: &str) -> String {
             rest
         };
         let mut words = after_opts.split_whitespace();
-        let (Some(_uri), Some(s)) = (words.next(), words.next()) else { continue };
+        let (Some(_uri), Some(s)) = (words.next(), words.next()) else {
+            continue;
+        };
         if suite_matches(s, suite) {
             out.push_str(line);
             out.push('\n');
@@ -128,7 +138,10 @@ pub(crate) fn filter_deb822(text: &str, suite: &str) -> String {
             }
         }
         let get = |key: &str| {
-            fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone())
+            fields
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.clone())
         };
         if get("Enabled").is_some_and(|v| v.eq_ignore_ascii_case("no")) {
             continue;
@@ -216,7 +229,9 @@ impl FileLock {
 /// The first executable called `name` on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {

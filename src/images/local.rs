@@ -93,11 +93,17 @@ pub(crate) async fn ensure_mmdebstrap(progress: &Progress<'_>) -> Result<(), Ima
             run_logged(apt(&["install", "-y", "mmdebstrap"]), &log, limit, |_| {}).await
         };
         again.await.map_err(|e| {
-            ImageError::hint(format!("could not install mmdebstrap with apt-get: {e}"), hint)
+            ImageError::hint(
+                format!("could not install mmdebstrap with apt-get: {e}"),
+                hint,
+            )
         })?;
     }
     if host::which("mmdebstrap").is_none() {
-        return Err(ImageError::hint("apt-get ran but mmdebstrap is still not on PATH", hint));
+        return Err(ImageError::hint(
+            "apt-get ran but mmdebstrap is still not on PATH",
+            hint,
+        ));
     }
     Ok(())
 }
@@ -143,12 +149,19 @@ pub(crate) async fn cargo_binary(
     }
     cmd.arg("--root").arg(&root).arg(&ci.krate);
     let log = logs_dir()?.join(format!("cargo-{}-{}.log", ci.krate, ci.version));
-    run_logged(cmd, &log, CARGO_TIMEOUT, |_| {}).await.map_err(|e| {
-        ImageError::hint(
-            format!("cargo install {} {} failed: {e}\nfull log: {}", ci.krate, ci.version, log.display()),
-            rebuild.clone(),
-        )
-    })?;
+    run_logged(cmd, &log, CARGO_TIMEOUT, |_| {})
+        .await
+        .map_err(|e| {
+            ImageError::hint(
+                format!(
+                    "cargo install {} {} failed: {e}\nfull log: {}",
+                    ci.krate,
+                    ci.version,
+                    log.display()
+                ),
+                rebuild.clone(),
+            )
+        })?;
     if !bin.is_file() {
         return Err(ImageError::new(format!(
             "cargo install {} finished but {} is missing (is `bin: {}` right?)",
@@ -178,7 +191,11 @@ pub(crate) fn stage(
 ) -> Result<Vec<Upload>, ImageError> {
     let mut uploads = Vec::new();
     if let Some((bin, name)) = cargo_bin {
-        uploads.push(Upload { host: bin.to_path_buf(), inside: format!("/usr/local/bin/{name}"), mode: "0755" });
+        uploads.push(Upload {
+            host: bin.to_path_buf(),
+            inside: format!("/usr/local/bin/{name}"),
+            mode: "0755",
+        });
     }
     for (i, (path, content)) in spec.local.files.iter().enumerate() {
         if !path.starts_with('/') {
@@ -190,8 +207,16 @@ pub(crate) fn stage(
         let host = staging.join(format!("file-{i}"));
         std::fs::write(&host, content)
             .map_err(|e| ImageError::new(format!("cannot write {}: {e}", host.display())))?;
-        let mode = if spec.local.executables.contains(path) { "0755" } else { "0644" };
-        uploads.push(Upload { host, inside: path.clone(), mode });
+        let mode = if spec.local.executables.contains(path) {
+            "0755"
+        } else {
+            "0644"
+        };
+        uploads.push(Upload {
+            host,
+            inside: path.clone(),
+            mode,
+        });
     }
     Ok(uploads)
 }
@@ -230,10 +255,16 @@ pub(crate) fn mmdebstrap_args(
         ));
     }
     for exe in r.executables.iter().filter(|e| !r.files.contains_key(*e)) {
-        a.push(format!("--customize-hook=chroot \"$1\" chmod 0755 {}", sh_quote(exe)));
+        a.push(format!(
+            "--customize-hook=chroot \"$1\" chmod 0755 {}",
+            sh_quote(exe)
+        ));
     }
     for cmd in &r.run {
-        a.push(format!("--customize-hook=chroot \"$1\" sh -ec {}", sh_quote(cmd)));
+        a.push(format!(
+            "--customize-hook=chroot \"$1\" sh -ec {}",
+            sh_quote(cmd)
+        ));
     }
     // mmdebstrap's own cleanup empties the apt lists and caches afterwards; logs
     // of the package installation are of no use in an image.
@@ -284,8 +315,17 @@ pub(crate) async fn build_rootfs_image(
     let work = tempfile::Builder::new()
         .prefix(&format!("build-{}-", spec.kind))
         .tempdir_in(&work_root)
-        .map_err(|e| ImageError::new(format!("cannot create a directory in {}: {e}", work_root.display())))?;
-    let uploads = stage(spec, work.path(), cargo_bin.as_ref().map(|(p, n)| (p.as_path(), n.as_str())))?;
+        .map_err(|e| {
+            ImageError::new(format!(
+                "cannot create a directory in {}: {e}",
+                work_root.display()
+            ))
+        })?;
+    let uploads = stage(
+        spec,
+        work.path(),
+        cargo_bin.as_ref().map(|(p, n)| (p.as_path(), n.as_str())),
+    )?;
 
     let suite = host::suite();
     let (list, deb822) = host::host_sources(&suite);
@@ -299,7 +339,9 @@ pub(crate) async fn build_rootfs_image(
         }
     }
     if mirrors.is_empty() {
-        tracing::warn!("no apt source of the host serves {suite}; mmdebstrap uses its default mirror");
+        tracing::warn!(
+            "no apt source of the host serves {suite}; mmdebstrap uses its default mirror"
+        );
     }
 
     let tar = work.path().join("rootfs.tar");
@@ -322,7 +364,11 @@ pub(crate) async fn build_rootfs_image(
     .await
     .map_err(|e| {
         ImageError::hint(
-            format!("mmdebstrap failed for the local {} image: {e}\nfull log: {}", spec.kind, log.display()),
+            format!(
+                "mmdebstrap failed for the local {} image: {e}\nfull log: {}",
+                spec.kind,
+                log.display()
+            ),
             format!("infralab images build {}", spec.kind),
         )
     })?;
@@ -352,9 +398,12 @@ async fn import(
     let body = bollard::body_try_stream(ReaderStream::with_capacity(tar, 1 << 20));
     let mut stream = docker.create_image(Some(opts), Some(body), None);
     while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| ImageError::new(format!("docker import of {tag} failed: {e}")))?;
+        let info =
+            item.map_err(|e| ImageError::new(format!("docker import of {tag} failed: {e}")))?;
         if let Some(err) = info.error_detail.and_then(|d| d.message) {
-            return Err(ImageError::new(format!("docker import of {tag} failed: {err}")));
+            return Err(ImageError::new(format!(
+                "docker import of {tag} failed: {err}"
+            )));
         }
     }
     Ok(())
@@ -371,8 +420,12 @@ pub(crate) async fn add_self_layer(
     labels: &[(&str, &str)],
     progress: &Progress<'_>,
 ) -> Result<(), ImageError> {
-    let exe = recipe::self_exe().map_err(|e| ImageError::new(format!("cannot find the infralab binary: {e}")))?;
-    progress.step(format!("adding {} as /usr/local/bin/infralab", exe.display()));
+    let exe = recipe::self_exe()
+        .map_err(|e| ImageError::new(format!("cannot find the infralab binary: {e}")))?;
+    progress.step(format!(
+        "adding {} as /usr/local/bin/infralab",
+        exe.display()
+    ));
     let file = tokio::fs::File::open(&exe)
         .await
         .map_err(|e| ImageError::new(format!("cannot open {}: {e}", exe.display())))?;
@@ -385,7 +438,10 @@ pub(crate) async fn add_self_layer(
     let name = format!("infralab-imagebuild-{}-{}", spec.kind, std::process::id());
     // A leftover from a killed build of this same pid would block the name.
     let _ = docker
-        .remove_container(&name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+        .remove_container(
+            &name,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
         .await;
     docker
         .create_container(
@@ -401,7 +457,9 @@ pub(crate) async fn add_self_layer(
     let result = async {
         let tar = tar_header("usr/local/bin/infralab", size, 0o755);
         let padding = vec![0u8; (512 - (size % 512) as usize) % 512 + 1024];
-        let body = std::io::Cursor::new(tar).chain(file.take(size)).chain(std::io::Cursor::new(padding));
+        let body = std::io::Cursor::new(tar)
+            .chain(file.take(size))
+            .chain(std::io::Cursor::new(padding));
         docker
             .upload_to_container(
                 &name,
@@ -409,15 +467,27 @@ pub(crate) async fn add_self_layer(
                 bollard::body_try_stream(ReaderStream::with_capacity(body, 1 << 20)),
             )
             .await
-            .map_err(|e| ImageError::new(format!("cannot copy the infralab binary into {name}: {e}")))?;
+            .map_err(|e| {
+                ImageError::new(format!("cannot copy the infralab binary into {name}: {e}"))
+            })?;
         let (repo, t) = tag.rsplit_once(':').expect("local tags have a tag part");
         let config = ContainerConfig {
-            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             ..Default::default()
         };
         docker
             .commit_container(
-                CommitContainerOptionsBuilder::default().container(&name).repo(repo).tag(t).pause(false).build(),
+                CommitContainerOptionsBuilder::default()
+                    .container(&name)
+                    .repo(repo)
+                    .tag(t)
+                    .pause(false)
+                    .build(),
                 config,
             )
             .await
@@ -426,7 +496,10 @@ pub(crate) async fn add_self_layer(
     }
     .await;
     if let Err(e) = docker
-        .remove_container(&name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+        .remove_container(
+            &name,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
         .await
     {
         tracing::warn!("cannot remove build container {name}: {e}");
@@ -469,7 +542,10 @@ fn logs_dir() -> Result<PathBuf, ImageError> {
 }
 
 fn lock_error(e: std::io::Error) -> ImageError {
-    ImageError::new(format!("cannot lock {}: {e}", host::cache_dir().join("locks").display()))
+    ImageError::new(format!(
+        "cannot lock {}: {e}",
+        host::cache_dir().join("locks").display()
+    ))
 }
 
 /// Runs a command to completion within `limit`, writing its output to `log`,
@@ -481,11 +557,20 @@ pub(crate) async fn run_logged(
     mut on_line: impl FnMut(&str),
 ) -> Result<(), String> {
     let program = cmd.as_std().get_program().to_string_lossy().into_owned();
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {program}: {e}"))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
     let mut out = BufReader::new(child.stdout.take().expect("piped"));
     let mut err = BufReader::new(child.stderr.take().expect("piped"));
-    let mut log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).ok();
+    let mut log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .ok();
     let mut tail: VecDeque<String> = VecDeque::new();
     let work = async {
         let (mut out_buf, mut err_buf) = (Vec::new(), Vec::new());
@@ -525,7 +610,10 @@ pub(crate) async fn run_logged(
         )),
         Ok(Err(e)) => Err(format!("{program}: {e}")),
         Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => Err(format!("{program} failed ({status}); last output:\n{}", tail_text())),
+        Ok(Ok(status)) => Err(format!(
+            "{program} failed ({status}); last output:\n{}",
+            tail_text()
+        )),
     }
 }
 
@@ -536,7 +624,9 @@ mod tests {
     fn spec() -> KindSpec {
         let mut s = crate::catalog::spec("redis").clone();
         s.local.files.insert("/etc/it's.conf".into(), "x".into());
-        s.local.files.insert("/usr/local/bin/start".into(), "#!/bin/sh\n".into());
+        s.local
+            .files
+            .insert("/usr/local/bin/start".into(), "#!/bin/sh\n".into());
         s.local.executables = vec!["/usr/local/bin/start".into(), "/usr/bin/other".into()];
         s.local.run = vec!["echo 'hi' > /x".into()];
         s
@@ -545,7 +635,12 @@ mod tests {
     #[test]
     fn staging_writes_files_with_modes() {
         let dir = tempfile::tempdir().unwrap();
-        let up = stage(&spec(), dir.path(), Some((Path::new("/c/bin/tansu"), "tansu"))).unwrap();
+        let up = stage(
+            &spec(),
+            dir.path(),
+            Some((Path::new("/c/bin/tansu"), "tansu")),
+        )
+        .unwrap();
         assert_eq!(up[0].inside, "/usr/local/bin/tansu");
         assert_eq!(up[0].mode, "0755");
         assert_eq!(up[1].inside, "/etc/it's.conf");
@@ -565,21 +660,42 @@ mod tests {
     #[test]
     fn mmdebstrap_command_line() {
         let s = spec();
-        let up = vec![Upload { host: "/st/file-0".into(), inside: "/etc/it's.conf".into(), mode: "0644" }];
-        let a = mmdebstrap_args(&s, "bookworm", &up, Path::new("/w/rootfs.tar"), &["/w/host.sources".into()]);
+        let up = vec![Upload {
+            host: "/st/file-0".into(),
+            inside: "/etc/it's.conf".into(),
+            mode: "0644",
+        }];
+        let a = mmdebstrap_args(
+            &s,
+            "bookworm",
+            &up,
+            Path::new("/w/rootfs.tar"),
+            &["/w/host.sources".into()],
+        );
         assert!(a.contains(&"--variant=minbase".to_string()));
         assert!(a.contains(&"--include=redis-server".to_string()));
         assert!(a.iter().any(|x| x == r#"--customize-hook=chroot "$1" sh -c 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"' sh '/etc/it'\''s.conf' 0644 < '/st/file-0'"#));
-        assert!(a.contains(&r#"--customize-hook=chroot "$1" chmod 0755 '/usr/bin/other'"#.to_string()));
-        assert!(a.contains(&r#"--customize-hook=chroot "$1" sh -ec 'echo '\''hi'\'' > /x'"#.to_string()));
-        assert_eq!(&a[a.len() - 3..], ["bookworm", "/w/rootfs.tar", "/w/host.sources"]);
+        assert!(
+            a.contains(&r#"--customize-hook=chroot "$1" chmod 0755 '/usr/bin/other'"#.to_string())
+        );
+        assert!(a.contains(
+            &r#"--customize-hook=chroot "$1" sh -ec 'echo '\''hi'\'' > /x'"#.to_string()
+        ));
+        assert_eq!(
+            &a[a.len() - 3..],
+            ["bookworm", "/w/rootfs.tar", "/w/host.sources"]
+        );
         assert!(!a.iter().any(|x| x.contains("://")), "no mirror is named");
     }
 
     #[test]
     fn phases_are_recognised() {
         assert_eq!(
-            mmdebstrap_phase("I: installing remaining packages inside the chroot...", "redis-server").as_deref(),
+            mmdebstrap_phase(
+                "I: installing remaining packages inside the chroot...",
+                "redis-server"
+            )
+            .as_deref(),
             Some("mmdebstrap: installing redis-server")
         );
         assert_eq!(mmdebstrap_phase("I: done", "x"), None);
@@ -603,13 +719,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("x.log");
         let mut cmd = tokio::process::Command::new("sh");
-        cmd.args(["-c", "exec 1>&2; for i in $(seq 1 30); do echo line$i; done; echo oops; exit 3"]);
+        cmd.args([
+            "-c",
+            "exec 1>&2; for i in $(seq 1 30); do echo line$i; done; echo oops; exit 3",
+        ]);
         let mut seen = 0;
-        let err = run_logged(cmd, &log, Duration::from_secs(10), |_| seen += 1).await.unwrap_err();
+        let err = run_logged(cmd, &log, Duration::from_secs(10), |_| seen += 1)
+            .await
+            .unwrap_err();
         assert_eq!(seen, 31);
-        assert!(err.contains("oops") && err.contains("line30") && !err.contains("line10\n"), "{err}");
+        assert!(
+            err.contains("oops") && err.contains("line30") && !err.contains("line10\n"),
+            "{err}"
+        );
         assert!(std::fs::read_to_string(&log).unwrap().contains("line1\n"));
         let ok = tokio::process::Command::new("true");
-        assert!(run_logged(ok, &log, Duration::from_secs(10), |_| {}).await.is_ok());
+        assert!(
+            run_logged(ok, &log, Duration::from_secs(10), |_| {})
+                .await
+                .is_ok()
+        );
     }
 }

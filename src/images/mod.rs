@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::query_parameters::{CreateImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
+use bollard::query_parameters::{
+    CreateImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
+};
 use futures_util::StreamExt;
 
 use crate::catalog::KindSpec;
@@ -59,12 +61,18 @@ pub struct ImageError {
 impl ImageError {
     /// An error without a fix to suggest.
     pub fn new(message: impl Into<String>) -> Self {
-        ImageError { message: message.into(), hint: None }
+        ImageError {
+            message: message.into(),
+            hint: None,
+        }
     }
 
     /// An error with the command that fixes it.
     pub fn hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        ImageError { message: message.into(), hint: Some(hint.into()) }
+        ImageError {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
     }
 }
 
@@ -106,8 +114,12 @@ pub async fn resolve(
         return match pull(docker, image).await {
             Ok(()) => Ok(image.to_string()),
             Err(e) => Err(ImageError::hint(
-                format!("image {image} (set in the lab for a {kind} service) is not present and cannot be pulled: {e}"),
-                format!("docker pull {image} (or docker load it), or drop `image:` to use the {kind} default"),
+                format!(
+                    "image {image} (set in the lab for a {kind} service) is not present and cannot be pulled: {e}"
+                ),
+                format!(
+                    "docker pull {image} (or docker load it), or drop `image:` to use the {kind} default"
+                ),
             )),
         };
     }
@@ -142,14 +154,18 @@ pub async fn resolve(
                 Err(e) => e,
             };
             tracing::info!("{official} cannot be pulled ({pull_error}); building {tag}");
-            build_local(docker, spec, false, reporter).await.map_err(|e| ImageError {
-                message: format!(
-                    "{official} is not present and cannot be pulled ({pull_error}), \
+            build_local(docker, spec, false, reporter)
+                .await
+                .map_err(|e| ImageError {
+                    message: format!(
+                        "{official} is not present and cannot be pulled ({pull_error}), \
                      and building the local image {tag} failed: {}",
-                    e.message
-                ),
-                hint: e.hint.or_else(|| Some(format!("infralab images build {kind}"))),
-            })
+                        e.message
+                    ),
+                    hint: e
+                        .hint
+                        .or_else(|| Some(format!("infralab images build {kind}"))),
+                })
         }
     }
 }
@@ -158,7 +174,10 @@ pub async fn resolve(
 /// one process build it once: the second waits and then finds it present.
 fn build_mutex(tag: &str) -> Arc<tokio::sync::Mutex<()>> {
     static LOCKS: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
-    let mut map = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    let mut map = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     map.entry(tag.to_string()).or_default().clone()
 }
 
@@ -181,41 +200,72 @@ pub async fn build_local(
     }
     let _lock = host::FileLock::acquire(&format!("image-{}", spec.kind))
         .await
-        .map_err(|e| ImageError::new(format!("cannot lock {}: {e}", cache_dir().join("locks").display())))?;
+        .map_err(|e| {
+            ImageError::new(format!(
+                "cannot lock {}: {e}",
+                cache_dir().join("locks").display()
+            ))
+        })?;
     // Another process may have built it while we waited for the lock.
     if !force && local_present(docker, spec, &tag).await? {
         return Ok(tag);
     }
     let started = Instant::now();
-    let progress = local::Progress { kind: &spec.kind, image: &tag, reporter };
+    let progress = local::Progress {
+        kind: &spec.kind,
+        image: &tag,
+        reporter,
+    };
     let previous = image_id(docker, &tag).await;
     let hash = recipe_hash(spec);
     let base = base_tag(spec);
     if spec.local.copy_self {
         let base_hash = recipe::base_hash(spec);
         if force || !labelled(docker, &base, recipe::LABEL_BASE, &base_hash).await? {
-            let labels = [(recipe::LABEL_BASE, base_hash.as_str()), (recipe::LABEL_KIND, spec.kind.as_str())];
+            let labels = [
+                (recipe::LABEL_BASE, base_hash.as_str()),
+                (recipe::LABEL_KIND, spec.kind.as_str()),
+            ];
             local::build_rootfs_image(docker, spec, &base, &labels, &progress).await?;
         }
-        let labels = [(recipe::LABEL_RECIPE, hash.as_str()), (recipe::LABEL_KIND, spec.kind.as_str())];
+        let labels = [
+            (recipe::LABEL_RECIPE, hash.as_str()),
+            (recipe::LABEL_KIND, spec.kind.as_str()),
+        ];
         local::add_self_layer(docker, spec, &base, &tag, &labels, &progress).await?;
     } else {
-        let labels = [(recipe::LABEL_RECIPE, hash.as_str()), (recipe::LABEL_KIND, spec.kind.as_str())];
+        let labels = [
+            (recipe::LABEL_RECIPE, hash.as_str()),
+            (recipe::LABEL_KIND, spec.kind.as_str()),
+        ];
         local::build_rootfs_image(docker, spec, &tag, &labels, &progress).await?;
     }
     if !local_present(docker, spec, &tag).await? {
-        return Err(ImageError::new(format!("{tag} was built but Docker does not show it with label {}", recipe::LABEL_RECIPE)));
+        return Err(ImageError::new(format!(
+            "{tag} was built but Docker does not show it with label {}",
+            recipe::LABEL_RECIPE
+        )));
     }
     // A forced rebuild leaves the old image untagged: remove it if unused.
     if let Some(old) = previous
         && image_id(docker, &tag).await.as_ref() != Some(&old)
     {
-        let _ = docker.remove_image(&old, None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+        let _ = docker
+            .remove_image(
+                &old,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
     }
     prune(docker, spec, &tag, &base).await;
     let ms = started.elapsed().as_millis() as u64;
     tracing::info!(kind = %spec.kind, image = %tag, ms, "local image built");
-    reporter.event(&Event::ImageBuilt { kind: spec.kind.clone(), image: tag.clone(), ms });
+    reporter.event(&Event::ImageBuilt {
+        kind: spec.kind.clone(),
+        image: tag.clone(),
+        ms,
+    });
     Ok(tag)
 }
 
@@ -228,7 +278,10 @@ pub async fn build_all(
     reporter: &dyn Reporter,
 ) -> Vec<(String, Result<String, ImageError>)> {
     futures_util::stream::iter(specs.iter().map(|spec| async move {
-        (spec.kind.clone(), build_local(docker, spec, force, reporter).await)
+        (
+            spec.kind.clone(),
+            build_local(docker, spec, force, reporter).await,
+        )
     }))
     .buffered(2)
     .collect()
@@ -251,7 +304,11 @@ pub async fn status(docker: &Docker, spec: &KindSpec) -> ImageStatus {
 /// Makes sure mmdebstrap is installed: installs it with apt-get when we are root
 /// on a Debian-family host, else fails with the command that installs it.
 pub async fn ensure_mmdebstrap(reporter: &dyn Reporter) -> Result<(), ImageError> {
-    let progress = local::Progress { kind: "mmdebstrap", image: "mmdebstrap", reporter };
+    let progress = local::Progress {
+        kind: "mmdebstrap",
+        image: "mmdebstrap",
+        reporter,
+    };
     local::ensure_mmdebstrap(&progress).await
 }
 
@@ -259,8 +316,12 @@ pub async fn ensure_mmdebstrap(reporter: &dyn Reporter) -> Result<(), ImageError
 pub async fn present(docker: &Docker, image: &str) -> Result<bool, ImageError> {
     match docker.inspect_image(image).await {
         Ok(_) => Ok(true),
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
-        Err(e) => Err(ImageError::new(format!("cannot inspect image {image}: {e}"))),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(false),
+        Err(e) => Err(ImageError::new(format!(
+            "cannot inspect image {image}: {e}"
+        ))),
     }
 }
 
@@ -271,15 +332,24 @@ async fn local_present(docker: &Docker, spec: &KindSpec, tag: &str) -> Result<bo
 
 /// Whether `image` exists with label `key` = `value` (the tag holds only a
 /// prefix of the hash; the label settles it).
-async fn labelled(docker: &Docker, image: &str, key: &str, value: &str) -> Result<bool, ImageError> {
+async fn labelled(
+    docker: &Docker,
+    image: &str,
+    key: &str,
+    value: &str,
+) -> Result<bool, ImageError> {
     match docker.inspect_image(image).await {
         Ok(i) => Ok(i
             .config
             .and_then(|c| c.labels)
             .and_then(|l| l.get(key).cloned())
             .is_some_and(|v| v == value)),
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
-        Err(e) => Err(ImageError::new(format!("cannot inspect image {image}: {e}"))),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(false),
+        Err(e) => Err(ImageError::new(format!(
+            "cannot inspect image {image}: {e}"
+        ))),
     }
 }
 
@@ -295,7 +365,10 @@ fn split_ref(image: &str) -> (String, String) {
     }
     let last = image.rfind('/').map_or(0, |i| i + 1);
     match image[last..].rfind(':') {
-        Some(i) => (image[..last + i].to_string(), image[last + i + 1..].to_string()),
+        Some(i) => (
+            image[..last + i].to_string(),
+            image[last + i + 1..].to_string(),
+        ),
         None => (image.to_string(), "latest".to_string()),
     }
 }
@@ -310,17 +383,24 @@ pub async fn pull(docker: &Docker, image: &str) -> Result<(), String> {
     }
     tracing::info!("pulling {image}");
     let mut stream = docker.create_image(Some(opts.build()), None, None);
-    let check = |item: Option<Result<bollard::models::CreateImageInfo, bollard::errors::Error>>| match item {
-        Some(Ok(info)) => match info.error_detail.and_then(|d| d.message) {
-            Some(m) => Err(m),
-            None => Ok(true),
-        },
-        Some(Err(e)) => Err(e.to_string()),
-        None => Ok(false),
-    };
+    let check =
+        |item: Option<Result<bollard::models::CreateImageInfo, bollard::errors::Error>>| match item
+        {
+            Some(Ok(info)) => match info.error_detail.and_then(|d| d.message) {
+                Some(m) => Err(m),
+                None => Ok(true),
+            },
+            Some(Err(e)) => Err(e.to_string()),
+            None => Ok(false),
+        };
     let first = tokio::time::timeout(PULL_ANSWER_TIMEOUT, stream.next())
         .await
-        .map_err(|_| format!("no answer from the registry within {}s", PULL_ANSWER_TIMEOUT.as_secs()))?;
+        .map_err(|_| {
+            format!(
+                "no answer from the registry within {}s",
+                PULL_ANSWER_TIMEOUT.as_secs()
+            )
+        })?;
     if check(first)? {
         let rest = async {
             while check(stream.next().await)? {}
@@ -328,7 +408,12 @@ pub async fn pull(docker: &Docker, image: &str) -> Result<(), String> {
         };
         tokio::time::timeout(PULL_TIMEOUT, rest)
             .await
-            .map_err(|_| format!("pull did not finish within {}", humantime::format_duration(PULL_TIMEOUT)))??;
+            .map_err(|_| {
+                format!(
+                    "pull did not finish within {}",
+                    humantime::format_duration(PULL_TIMEOUT)
+                )
+            })??;
     }
     match present(docker, image).await {
         Ok(true) => Ok(()),
@@ -344,7 +429,14 @@ pub async fn pull(docker: &Docker, image: &str) -> Result<(), String> {
 async fn prune(docker: &Docker, spec: &KindSpec, keep_tag: &str, keep_base: &str) {
     let repo = recipe::repo(&spec.kind);
     let filters = HashMap::from([("reference", vec![format!("{repo}:*")])]);
-    let images = match docker.list_images(Some(ListImagesOptionsBuilder::default().filters(&filters).build())).await {
+    let images = match docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+    {
         Ok(i) => i,
         Err(e) => {
             tracing::debug!("cannot list {repo} images to prune: {e}");
@@ -359,9 +451,13 @@ async fn prune(docker: &Docker, spec: &KindSpec, keep_tag: &str, keep_base: &str
             continue;
         }
         for t in &image.repo_tags {
-            let ours = t.starts_with(&format!("{repo}:local-")) || t.starts_with(&format!("{repo}:base-"));
+            let ours =
+                t.starts_with(&format!("{repo}:local-")) || t.starts_with(&format!("{repo}:base-"));
             if ours && t != keep_tag && t != keep_base {
-                match docker.remove_image(t, Some(RemoveImageOptionsBuilder::default().build()), None).await {
+                match docker
+                    .remove_image(t, Some(RemoveImageOptionsBuilder::default().build()), None)
+                    .await
+                {
                     Ok(_) => tracing::info!("removed superseded image {t}"),
                     Err(e) => tracing::debug!("kept superseded image {t}: {e}"),
                 }
@@ -377,11 +473,23 @@ mod tests {
     #[test]
     fn refs_split_into_name_and_tag() {
         assert_eq!(split_ref("redis:7.4.2"), ("redis".into(), "7.4.2".into()));
-        assert_eq!(split_ref("apache/kafka:3.9.0"), ("apache/kafka".into(), "3.9.0".into()));
+        assert_eq!(
+            split_ref("apache/kafka:3.9.0"),
+            ("apache/kafka".into(), "3.9.0".into())
+        );
         assert_eq!(split_ref("nginx"), ("nginx".into(), "latest".into()));
-        assert_eq!(split_ref("reg.local:5000/x/y"), ("reg.local:5000/x/y".into(), "latest".into()));
-        assert_eq!(split_ref("reg.local:5000/y:1"), ("reg.local:5000/y".into(), "1".into()));
-        assert_eq!(split_ref("redis@sha256:abc"), ("redis@sha256:abc".into(), String::new()));
+        assert_eq!(
+            split_ref("reg.local:5000/x/y"),
+            ("reg.local:5000/x/y".into(), "latest".into())
+        );
+        assert_eq!(
+            split_ref("reg.local:5000/y:1"),
+            ("reg.local:5000/y".into(), "1".into())
+        );
+        assert_eq!(
+            split_ref("redis@sha256:abc"),
+            ("redis@sha256:abc".into(), String::new())
+        );
     }
 
     #[test]

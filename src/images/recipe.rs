@@ -64,8 +64,13 @@ pub(crate) fn hash_recipe(kind: &str, recipe: &LocalRecipe, suite: &str) -> Stri
         suite: &'a str,
         recipe: &'a LocalRecipe,
     }
-    let json = serde_json::to_string(&Input { format: FORMAT_VERSION, kind, suite, recipe })
-        .expect("a recipe always serialises");
+    let json = serde_json::to_string(&Input {
+        format: FORMAT_VERSION,
+        kind,
+        suite,
+        recipe,
+    })
+    .expect("a recipe always serialises");
     sha256_hex(json.as_bytes())
 }
 
@@ -100,11 +105,13 @@ fn self_exe_hash() -> Result<String, String> {
     static HASH: OnceLock<Result<String, String>> = OnceLock::new();
     HASH.get_or_init(|| {
         let path = self_exe().map_err(|e| e.to_string())?;
-        let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut file =
+            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| format!("{}: {e}", path.display()))?;
+            let n = std::io::Read::read(&mut file, &mut buf)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             if n == 0 {
                 break;
             }
@@ -137,10 +144,16 @@ fn dockerfile_quote(value: &str) -> String {
 pub fn changes(recipe: &LocalRecipe, labels: &[(&str, &str)]) -> Vec<String> {
     let mut out = Vec::new();
     if !recipe.entrypoint.is_empty() {
-        out.push(format!("ENTRYPOINT {}", serde_json::to_string(&recipe.entrypoint).unwrap()));
+        out.push(format!(
+            "ENTRYPOINT {}",
+            serde_json::to_string(&recipe.entrypoint).unwrap()
+        ));
     }
     if !recipe.cmd.is_empty() {
-        out.push(format!("CMD {}", serde_json::to_string(&recipe.cmd).unwrap()));
+        out.push(format!(
+            "CMD {}",
+            serde_json::to_string(&recipe.cmd).unwrap()
+        ));
     }
     if !recipe.env.contains_key("PATH") {
         out.push("ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -172,7 +185,10 @@ mod tests {
         let b = hash_recipe("redis", &redis().clone(), "bookworm");
         assert_eq!(a, b);
         assert_eq!(a.len(), 64);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
     }
 
     #[test]
@@ -221,7 +237,8 @@ mod tests {
     fn changes_use_json_arrays_and_quote_values() {
         let mut r = redis();
         r.entrypoint = vec!["/entry.sh".into()];
-        r.env.insert("GREETING".into(), "say \"hi\" to $USER".into());
+        r.env
+            .insert("GREETING".into(), "say \"hi\" to $USER".into());
         let c = changes(&r, &[(LABEL_RECIPE, "abc")]);
         assert_eq!(c[0], r#"ENTRYPOINT ["/entry.sh"]"#);
         assert_eq!(c[1], r#"CMD ["redis-server","--save",""]"#);

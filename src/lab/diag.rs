@@ -29,12 +29,24 @@ impl LabError {
             .then(|| source.lines().nth(line - 1))
             .flatten()
             .map(|text| (text.to_string(), token_width(text, col)));
-        LabError { path: path.to_path_buf(), line, col, message: message.into(), snippet }
+        LabError {
+            path: path.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+            snippet,
+        }
     }
 
     /// An error about the whole file (unreadable, empty).
     pub fn file(path: &Path, message: impl Into<String>) -> Self {
-        LabError { path: path.to_path_buf(), line: 0, col: 0, message: message.into(), snippet: None }
+        LabError {
+            path: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: message.into(),
+            snippet: None,
+        }
     }
 }
 
@@ -48,7 +60,11 @@ fn token_width(line: &str, col: usize) -> usize {
     } else {
         rest.find([',', '}', ']', '#']).unwrap_or(rest.len())
     };
-    rest[..width.min(rest.len())].trim_end().chars().count().max(1)
+    rest[..width.min(rest.len())]
+        .trim_end()
+        .chars()
+        .count()
+        .max(1)
 }
 
 impl fmt::Display for LabError {

@@ -138,15 +138,23 @@ impl FaultAction {
 
     /// The action's name.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, a)| *a == self).map(|(n, _)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
     }
 }
 
 impl Lab {
     /// Loads and validates one lab file.
     pub fn load(path: &Path) -> Result<Lab, LabErrors> {
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| LabErrors(vec![LabError::file(path, format!("cannot read the lab file: {e}"))]))?;
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            LabErrors(vec![LabError::file(
+                path,
+                format!("cannot read the lab file: {e}"),
+            )])
+        })?;
         validate::validate(path, &source)
     }
 }
@@ -156,7 +164,9 @@ pub fn discover(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let p = entry.path();
             if p.is_dir() {
@@ -177,7 +187,10 @@ pub fn find(dir: &Path, wanted: &str) -> Option<PathBuf> {
         return Some(as_path.to_path_buf());
     }
     let files = discover(dir);
-    if let Some(p) = files.iter().find(|p| p.file_stem().and_then(|s| s.to_str()) == Some(wanted)) {
+    if let Some(p) = files
+        .iter()
+        .find(|p| p.file_stem().and_then(|s| s.to_str()) == Some(wanted))
+    {
         return Some(p.clone());
     }
     files.into_iter().find(|p| {

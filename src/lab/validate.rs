@@ -21,24 +21,41 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error(&mut self, loc: Location, message: impl Into<String>) {
-        self.errors.push(LabError::at(self.path, self.source, loc, message));
+        self.errors
+            .push(LabError::at(self.path, self.source, loc, message));
     }
 }
 
 /// Parses and validates a lab file's text.
 pub fn validate(path: &Path, source: &str) -> Result<Lab, LabErrors> {
-    let raw: RawLab = serde_saphyr::from_str(source).map_err(|e| LabErrors(vec![parse_error(path, source, &e)]))?;
-    let mut v = Validator { path, source, errors: Vec::new() };
+    let raw: RawLab = serde_saphyr::from_str(source)
+        .map_err(|e| LabErrors(vec![parse_error(path, source, &e)]))?;
+    let mut v = Validator {
+        path,
+        source,
+        errors: Vec::new(),
+    };
 
     let name = &raw.name.value;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-        v.error(raw.name.referenced, format!("lab name `{name}` must be lower-case letters, digits and dashes"));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        v.error(
+            raw.name.referenced,
+            format!("lab name `{name}` must be lower-case letters, digits and dashes"),
+        );
     }
     if sections::find(&raw.section.value).is_none() {
         let known: Vec<&str> = sections::SECTIONS.iter().map(|s| s.0).collect();
         v.error(
             raw.section.referenced,
-            format!("unknown section `{}`; expected one of: {}", raw.section.value, known.join(", ")),
+            format!(
+                "unknown section `{}`; expected one of: {}",
+                raw.section.value,
+                known.join(", ")
+            ),
         );
     }
 
@@ -46,7 +63,9 @@ pub fn validate(path: &Path, source: &str) -> Result<Lab, LabErrors> {
     let service_names: BTreeSet<String> = services
         .iter()
         .flat_map(|s| {
-            let replicas = (1..=s.replicas).filter(|_| s.replicas > 1).map(|i| format!("{}-{i}", s.name));
+            let replicas = (1..=s.replicas)
+                .filter(|_| s.replicas > 1)
+                .map(|i| format!("{}-{i}", s.name));
             std::iter::once(s.name.clone()).chain(replicas)
         })
         .collect();
@@ -56,7 +75,11 @@ pub fn validate(path: &Path, source: &str) -> Result<Lab, LabErrors> {
         let known: Vec<&str> = exercise::EXERCISES.iter().map(|e| e.name()).collect();
         v.error(
             raw.exercise.referenced,
-            format!("unknown exercise `{}`; expected one of: {}", raw.exercise.value, known.join(", ")),
+            format!(
+                "unknown exercise `{}`; expected one of: {}",
+                raw.exercise.value,
+                known.join(", ")
+            ),
         );
         return Err(LabErrors(v.errors));
     };
@@ -64,7 +87,10 @@ pub fn validate(path: &Path, source: &str) -> Result<Lab, LabErrors> {
         if !services.iter().any(|s| s.kind == *need) {
             v.error(
                 raw.services.referenced,
-                format!("exercise `{}` needs a service of kind `{need}`, and this lab has none", exercise.name()),
+                format!(
+                    "exercise `{}` needs a service of kind `{need}`, and this lab has none",
+                    exercise.name()
+                ),
             );
         }
     }
@@ -76,15 +102,27 @@ pub fn validate(path: &Path, source: &str) -> Result<Lab, LabErrors> {
     check_params(&mut v, exercise, &raw.params, &mut base);
 
     if raw.scenarios.value.is_empty() {
-        v.error(raw.scenarios.referenced, "a lab needs at least one scenario");
+        v.error(
+            raw.scenarios.referenced,
+            "a lab needs at least one scenario",
+        );
     }
     let mut seen = BTreeSet::new();
     let mut scenarios = Vec::new();
     for s in &raw.scenarios.value {
         if !seen.insert(s.value.name.value.clone()) {
-            v.error(s.value.name.referenced, format!("scenario `{}` is defined twice", s.value.name.value));
+            v.error(
+                s.value.name.referenced,
+                format!("scenario `{}` is defined twice", s.value.name.value),
+            );
         }
-        scenarios.push(validate_scenario(&mut v, exercise, &s.value, &base, &service_names));
+        scenarios.push(validate_scenario(
+            &mut v,
+            exercise,
+            &s.value,
+            &base,
+            &service_names,
+        ));
     }
 
     if !v.errors.is_empty() {
@@ -131,9 +169,20 @@ fn validate_services(v: &mut Validator, raw: &RawLab) -> Vec<ServicePlan> {
     let lab_dir = v.path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut plans = Vec::new();
     for (name, service) in &raw.services.value {
-        let RawService { kind, image, env, command, replicas, ready_timeout, files } = &service.value;
+        let RawService {
+            kind,
+            image,
+            env,
+            command,
+            replicas,
+            ready_timeout,
+            files,
+        } = &service.value;
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            v.error(service.referenced, format!("service name `{name}` must be letters, digits and dashes"));
+            v.error(
+                service.referenced,
+                format!("service name `{name}` must be letters, digits and dashes"),
+            );
         }
         if catalog::kind(&kind.value).is_none() {
             v.error(
@@ -151,7 +200,10 @@ fn validate_services(v: &mut Validator, raw: &RawLab) -> Vec<ServicePlan> {
         if let Some(r) = replicas
             && !(1..=16).contains(&r.value)
         {
-            v.error(r.referenced, format!("replicas must be between 1 and 16, found {}", r.value));
+            v.error(
+                r.referenced,
+                format!("replicas must be between 1 and 16, found {}", r.value),
+            );
         }
         let timeout = match ready_timeout {
             Some(t) => duration::parse(&t.value).unwrap_or_else(|e| {
@@ -168,13 +220,23 @@ fn validate_services(v: &mut Validator, raw: &RawLab) -> Vec<ServicePlan> {
         let mut mounts = BTreeMap::new();
         for (target, source) in files {
             let rel = Path::new(&source.value);
-            let escapes = rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir));
+            let escapes =
+                rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir));
             if escapes {
-                v.error(source.referenced, format!("`{}` must be a path inside the lab's folder", source.value));
+                v.error(
+                    source.referenced,
+                    format!("`{}` must be a path inside the lab's folder", source.value),
+                );
             } else if !lab_dir.join(rel).is_file() {
-                v.error(source.referenced, format!("`{}` does not exist next to the lab file", source.value));
+                v.error(
+                    source.referenced,
+                    format!("`{}` does not exist next to the lab file", source.value),
+                );
             } else if !target.starts_with('/') {
-                v.error(source.referenced, format!("mount target `{target}` must be an absolute path"));
+                v.error(
+                    source.referenced,
+                    format!("mount target `{target}` must be an absolute path"),
+                );
             } else {
                 mounts.insert(target.clone(), lab_dir.join(rel));
             }
@@ -255,7 +317,11 @@ fn validate_scenario(
         }
     }
 
-    let faults = raw.faults.iter().filter_map(|f| validate_fault(v, f, services)).collect();
+    let faults = raw
+        .faults
+        .iter()
+        .filter_map(|f| validate_fault(v, f, services))
+        .collect();
     Scenario {
         name: raw.name.value.clone(),
         description: raw.description.clone(),
@@ -265,12 +331,31 @@ fn validate_scenario(
     }
 }
 
-fn validate_fault(v: &mut Validator, fault: &Spanned<RawFault>, services: &BTreeSet<String>) -> Option<Fault> {
-    let RawFault { at, after, action, service } = &fault.value;
-    let action_parsed = FaultAction::ALL.iter().find(|(n, _)| *n == action.value).map(|(_, a)| *a);
+fn validate_fault(
+    v: &mut Validator,
+    fault: &Spanned<RawFault>,
+    services: &BTreeSet<String>,
+) -> Option<Fault> {
+    let RawFault {
+        at,
+        after,
+        action,
+        service,
+    } = &fault.value;
+    let action_parsed = FaultAction::ALL
+        .iter()
+        .find(|(n, _)| *n == action.value)
+        .map(|(_, a)| *a);
     if action_parsed.is_none() {
         let names: Vec<&str> = FaultAction::ALL.iter().map(|(n, _)| *n).collect();
-        v.error(action.referenced, format!("unknown fault action `{}`; expected one of: {}", action.value, names.join(", ")));
+        v.error(
+            action.referenced,
+            format!(
+                "unknown fault action `{}`; expected one of: {}",
+                action.value,
+                names.join(", ")
+            ),
+        );
     }
     if !services.contains(&service.value) {
         v.error(
@@ -292,11 +377,18 @@ fn validate_fault(v: &mut Validator, fault: &Spanned<RawFault>, services: &BTree
         },
         (None, Some(after)) => Some(When::After(after.value.clone())),
         _ => {
-            v.error(fault.referenced, "a fault needs exactly one of `at: DURATION` or `after: MILESTONE`");
+            v.error(
+                fault.referenced,
+                "a fault needs exactly one of `at: DURATION` or `after: MILESTONE`",
+            );
             None
         }
     };
-    Some(Fault { when: when?, action: action_parsed?, service: service.value.clone() })
+    Some(Fault {
+        when: when?,
+        action: action_parsed?,
+        service: service.value.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -348,8 +440,14 @@ scenarios:
             .replace("workers: 2", "wrokers: 2")
             .replace("lost_updates: \"> 0\"", "lost: \"> 0\"");
         let e = errors(&text);
-        assert!(e.iter().any(|e| e.message.contains("no parameter `wrokers`") && e.line == 8));
-        assert!(e.iter().any(|e| e.message.contains("does not observe `lost`") && e.line == 12));
+        assert!(
+            e.iter()
+                .any(|e| e.message.contains("no parameter `wrokers`") && e.line == 8)
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.message.contains("does not observe `lost`") && e.line == 12)
+        );
         let e = errors(&GOOD.replace("\"> 0\"", "\"~ 0\""));
         assert!(e[0].message.contains("not a predicate"), "{}", e[0]);
         assert_eq!(e[0].line, 12);

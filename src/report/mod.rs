@@ -101,15 +101,35 @@ pub struct TimelineEvent {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A lab begins.
-    LabStarted { lab: String, title: String, scenarios: usize },
+    LabStarted {
+        lab: String,
+        title: String,
+        scenarios: usize,
+    },
     /// A local image is being built (long: seconds to minutes).
-    ImageBuild { kind: String, image: String, step: String },
+    ImageBuild {
+        kind: String,
+        image: String,
+        step: String,
+    },
     /// A local image is built.
-    ImageBuilt { kind: String, image: String, ms: u64 },
+    ImageBuilt {
+        kind: String,
+        image: String,
+        ms: u64,
+    },
     /// A service's container was created and is being probed.
-    ServiceStarting { service: String, kind: String, image: String },
+    ServiceStarting {
+        service: String,
+        kind: String,
+        image: String,
+    },
     /// A service answered its protocol probe.
-    ServiceReady { service: String, url: String, ms: u64 },
+    ServiceReady {
+        service: String,
+        url: String,
+        ms: u64,
+    },
     /// A scenario begins.
     ScenarioStarted { lab: String, scenario: String },
     /// A scenario ended.

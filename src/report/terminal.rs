@@ -519,7 +519,7 @@ impl Progress {
             }
             Event::TornDown { lab, removed } => Action::Line(st.dim(&format!(
                 "removed {} of {lab}",
-                plural(*removed, "container", "containers")
+                plural(*removed, "container or network", "containers and networks")
             ))),
         }
     }
@@ -879,7 +879,7 @@ mod tests {
              ✓ setnx PASS 1.2 s\n\
              ✗ no-lock FAIL 870 ms  lost_updates: expected > 0, observed 0\n\
              ✗ distributed-locking FAIL (4.2 s)\n\
-             removed 1 container of distributed-locking\n"
+             removed 1 container or network of distributed-locking\n"
         );
     }
 }

@@ -13,7 +13,9 @@ pub fn labs_dir() -> PathBuf {
 /// A command for the infralab binary, with colour off and the catalog set.
 pub fn infralab() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_infralab"));
-    c.env("NO_COLOR", "1").env("INFRALAB_LABS", labs_dir()).env_remove("RUST_LOG");
+    c.env("NO_COLOR", "1")
+        .env("INFRALAB_LABS", labs_dir())
+        .env_remove("RUST_LOG");
     c
 }
 
@@ -71,10 +73,18 @@ pub fn labelled(filter: &str) -> (Vec<String>, Vec<String>) {
     let ids = |what: &[&str]| {
         let out = Command::new("docker")
             .args(what)
-            .args(["--filter", &format!("label={filter}"), "--format", "{{.ID}}"])
+            .args([
+                "--filter",
+                &format!("label={filter}"),
+                "--format",
+                "{{.ID}}",
+            ])
             .output()
             .expect("docker cli");
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect::<Vec<_>>()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
     };
     (ids(&["ps", "-a"]), ids(&["network", "ls"]))
 }
@@ -90,5 +100,6 @@ pub fn assert_nothing_left(lab: &str) {
 
 /// The JSON report printed by `run --format json`.
 pub fn json_report(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not a JSON report ({e}):\n{}", text(out)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not a JSON report ({e}):\n{}", text(out)))
 }
