@@ -26,8 +26,8 @@ const MISTAKES: &[(&str, &str, &str, &str, &str)] = &[
         "unknown key",
         "summary: s",
         "summary: s\nsumary: typo",
-        "6:1",
-        "sumary",
+        "5:1",
+        "unknown field `sumary`",
     ),
     (
         "unknown kind",

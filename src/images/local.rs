@@ -79,6 +79,7 @@ pub(crate) async fn ensure_mmdebstrap(progress: &Progress<'_>) -> Result<(), Ima
     }
     progress.step("installing mmdebstrap (apt-get install -y mmdebstrap)");
     let log = logs_dir()?.join("apt-get.log");
+    let _ = std::fs::remove_file(&log);
     let apt = |args: &[&str]| {
         let mut c = tokio::process::Command::new(&apt_get);
         c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
@@ -149,6 +150,7 @@ pub(crate) async fn cargo_binary(
     }
     cmd.arg("--root").arg(&root).arg(&ci.krate);
     let log = logs_dir()?.join(format!("cargo-{}-{}.log", ci.krate, ci.version));
+    let _ = std::fs::remove_file(&log);
     run_logged(cmd, &log, CARGO_TIMEOUT, |_| {})
         .await
         .map_err(|e| {
@@ -282,6 +284,8 @@ fn mmdebstrap_phase(line: &str, packages: &str) -> Option<String> {
         "apt-get update".to_string()
     } else if l.starts_with("downloading packages") {
         "downloading packages".to_string()
+    } else if l.starts_with("extracting archives") {
+        "extracting packages".to_string()
     } else if l.starts_with("installing essential packages") {
         "installing essential packages".to_string()
     } else if l.starts_with("installing remaining packages") {
@@ -351,14 +355,24 @@ pub(crate) async fn build_rootfs_image(
     } else {
         spec.local.packages.join(", ")
     };
-    progress.step(format!("mmdebstrap {suite}: {packages}"));
+    if spec.local.packages.is_empty() {
+        progress.step(format!("mmdebstrap {suite}: minimal base system"));
+    } else {
+        progress.step(format!("mmdebstrap {suite}: {packages}"));
+    }
     tracing::debug!(?args, "mmdebstrap");
     let log = logs_dir()?.join(format!("mmdebstrap-{}.log", spec.kind));
     let mut cmd = tokio::process::Command::new("mmdebstrap");
     cmd.args(&args);
+    let _ = std::fs::remove_file(&log);
+    let mut last_phase = String::new();
     run_logged(cmd, &log, MMDEBSTRAP_TIMEOUT, |line| {
-        if let Some(p) = mmdebstrap_phase(line, &packages) {
-            progress.step(p);
+        // One step per phase (each customize hook prints the same phase).
+        if let Some(p) = mmdebstrap_phase(line, &packages)
+            && p != last_phase
+        {
+            progress.step(p.clone());
+            last_phase = p;
         }
     })
     .await

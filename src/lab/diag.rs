@@ -58,7 +58,9 @@ fn token_width(line: &str, col: usize) -> usize {
         let q = rest.chars().next().unwrap_or('"');
         rest[1..].find(q).map(|i| i + 2).unwrap_or(rest.len())
     } else {
-        rest.find([',', '}', ']', '#']).unwrap_or(rest.len())
+        let end = rest.find([',', '}', ']', '#']).unwrap_or(rest.len());
+        // A mapping key: underline the key, not its value.
+        rest[..end].find(": ").unwrap_or(end)
     };
     rest[..width.min(rest.len())]
         .trim_end()
@@ -121,5 +123,6 @@ mod tests {
         assert_eq!(token_width("    kind: redis7", 11), 6);
         assert_eq!(token_width("  expect: { x: \"> 0\" }", 16), 5);
         assert_eq!(token_width("  params: { workers: 8, y: 1 }", 22), 1);
+        assert_eq!(token_width("sumary: typo", 1), 6);
     }
 }
