@@ -9,13 +9,13 @@ use crate::report::terminal::ColorChoice;
 
 const EXAMPLES: &str = "\
 Examples:
-  infralab list                                   labs by section
-  infralab show distributed-locking               the briefing: question, services, scenarios
-  infralab run distributed-locking                start, run every scenario, check, tear down
-  infralab run --all --format json --junit out.xml  the whole catalog, for CI
-  infralab up distributed-locking                 keep the services running; prints connection strings
-  infralab down distributed-locking               remove them
-  infralab validate labs/my-lab.yaml              check a lab file without Docker
+  infralab list                               labs by section
+  infralab show distributed-locking           briefing: question, services, scenarios
+  infralab run distributed-locking            start, run every scenario, check, tear down
+  infralab run --all --junit out.xml          the whole catalog, as CI runs it
+  infralab up distributed-locking             keep services running, print connection strings
+  infralab down distributed-locking           remove them
+  infralab validate labs/my-lab.yaml          check a lab file without Docker
 
 Exit codes: 0 passed, 1 a check failed, 2 bad input, 3 environment (Docker, images, timeouts).";
 
