@@ -40,7 +40,7 @@ fn codename_from_os_release(text: &str) -> Option<String> {
 /// The host's apt sources that serve `suite` (and `suite-updates`,
 /// `suite-security` …), as (one-line `.list` text, deb822 `.sources` text).
 ///
-/// mmdebstrap without a mirror argument falls back to deb.debian.org; handing it
+/// mmdebstrap without a mirror argument falls back to a public default mirror; handing it
 /// the host's own entries instead makes a local mirror or apt cache of the host
 /// work, without naming any mirror here. Other repositories (third-party suites)
 /// are left out: they are not needed and may not be reachable.

@@ -562,6 +562,20 @@ fn lock_error(e: std::io::Error) -> ImageError {
     ))
 }
 
+/// Sends SIGTERM to a child that is given up on (timeout, or the caller's
+/// future dropped on Ctrl-C) rather than SIGKILL: mmdebstrap then unmounts
+/// /proc and /dev inside its chroot and removes its temporary directory.
+struct TermOnDrop(Option<u32>);
+
+impl Drop for TermOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // SAFETY: kill has no memory effects; the pid is our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+}
+
 /// Runs a command to completion within `limit`, writing its output to `log`,
 /// passing each line to `on_line`, and on failure returning the last lines.
 pub(crate) async fn run_logged(
@@ -573,11 +587,11 @@ pub(crate) async fn run_logged(
     let program = cmd.as_std().get_program().to_string_lossy().into_owned();
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let mut term = TermOnDrop(child.id());
     let mut out = BufReader::new(child.stdout.take().expect("piped"));
     let mut err = BufReader::new(child.stderr.take().expect("piped"));
     let mut log_file = std::fs::OpenOptions::new()
@@ -615,6 +629,9 @@ pub(crate) async fn run_logged(
         child.wait().await
     };
     let result = tokio::time::timeout(limit, work).await;
+    if result.is_ok() {
+        term.0 = None; // it has exited (or cannot be waited for)
+    }
     let tail_text = || tail.iter().cloned().collect::<Vec<_>>().join("\n");
     match result {
         Err(_) => Err(format!(
@@ -753,5 +770,39 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn run_logged_gives_up_after_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("terminated");
+        let mut cmd = tokio::process::Command::new("sh");
+        // The shell records the SIGTERM it gets when the limit passes.
+        let script = format!(
+            "trap 'touch {}; exit 1' TERM; echo started; while :; do sleep 0.05; done",
+            marker.display()
+        );
+        cmd.args(["-c", &script]);
+        let started = std::time::Instant::now();
+        let err = run_logged(
+            cmd,
+            &dir.path().join("x.log"),
+            Duration::from_millis(500),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.contains("did not finish") && err.contains("started"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        for _ in 0..50 {
+            if marker.exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the command was not sent SIGTERM");
     }
 }

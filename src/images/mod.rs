@@ -107,6 +107,9 @@ pub async fn resolve(
     reporter: &dyn Reporter,
 ) -> Result<String, ImageError> {
     let kind = &spec.kind;
+    if spec.local.copy_self {
+        recipe::warm_self_hash().await;
+    }
     if let Some(image) = override_image {
         if present(docker, image).await? {
             return Ok(image.to_string());
@@ -192,6 +195,9 @@ pub async fn build_local(
     force: bool,
     reporter: &dyn Reporter,
 ) -> Result<String, ImageError> {
+    if spec.local.copy_self {
+        recipe::warm_self_hash().await;
+    }
     let tag = local_tag(spec);
     let mutex = build_mutex(&tag);
     let _guard = mutex.lock().await;
@@ -290,6 +296,9 @@ pub async fn build_all(
 
 /// Presence of the official and the current local image, for `infralab images list`.
 pub async fn status(docker: &Docker, spec: &KindSpec) -> ImageStatus {
+    if spec.local.copy_self {
+        recipe::warm_self_hash().await;
+    }
     let tag = local_tag(spec);
     ImageStatus {
         kind: spec.kind.clone(),
@@ -390,6 +399,9 @@ pub async fn pull(docker: &Docker, image: &str) -> Result<(), String> {
                 Some(m) => Err(m),
                 None => Ok(true),
             },
+            Some(Err(bollard::errors::Error::DockerResponseServerError { message, .. })) => {
+                Err(message)
+            }
             Some(Err(e)) => Err(e.to_string()),
             None => Ok(false),
         };

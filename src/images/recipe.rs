@@ -99,27 +99,75 @@ pub fn self_exe() -> std::io::Result<PathBuf> {
     std::env::current_exe()
 }
 
-/// sha256 of the binary's content, computed once per process (the binary cannot
-/// change under a running process in a way that matters to it).
+/// sha256 of the binary's content, computed once per process. Hashing a debug
+/// build (~150 MB) takes seconds, so the result is also remembered in
+/// `cache_dir()/self-hash` keyed by the file's device, inode, size and mtime:
+/// every process of the same build skips it, and a rebuild (new mtime) rehashes.
 fn self_exe_hash() -> Result<String, String> {
     static HASH: OnceLock<Result<String, String>> = OnceLock::new();
     HASH.get_or_init(|| {
         let path = self_exe().map_err(|e| e.to_string())?;
-        let mut file =
-            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+        let meta = std::fs::metadata(&path).map_err(fail)?;
+        let key = file_key(&path, &meta);
+        let memo = super::host::cache_dir().join("self-hash");
+        let known = std::fs::read_to_string(&memo).unwrap_or_default();
+        if let Some(hash) = known
+            .lines()
+            .find_map(|l| l.strip_prefix(&key)?.strip_prefix(' '))
+            .filter(|h| h.len() == 64)
+        {
+            return Ok(hash.to_string());
+        }
+        let mut file = std::fs::File::open(&path).map_err(fail)?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = std::io::Read::read(&mut file, &mut buf)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let n = std::io::Read::read(&mut file, &mut buf).map_err(fail)?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
         }
-        Ok(hex::encode(hasher.finalize()))
+        let hash = hex::encode(hasher.finalize());
+        if let Some(dir) = memo.parent()
+            && std::fs::create_dir_all(dir).is_ok()
+        {
+            // Write then rename, so a concurrent reader never sees half a line.
+            let tmp = memo.with_extension(format!("{}.tmp", std::process::id()));
+            // The last few builds are remembered (tests and the CLI may differ).
+            let mut lines: Vec<&str> = known.lines().filter(|l| !l.is_empty()).collect();
+            let keep_from = lines.len().saturating_sub(7);
+            lines.drain(..keep_from);
+            let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            text.push_str(&format!("{key} {hash}\n"));
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, &memo);
+            }
+        }
+        Ok(hash)
     })
     .clone()
+}
+
+/// Computes the `copy_self` binary's hash now, on a blocking thread, so the
+/// first [`recipe_hash`] of a process does not stall the async runtime.
+pub async fn warm_self_hash() {
+    let _ = tokio::task::spawn_blocking(self_exe_hash).await;
+}
+
+/// Identity of a file version: path, device, inode, size and mtime (ns).
+fn file_key(path: &std::path::Path, meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}|{}|{}|{}|{}.{}",
+        path.display(),
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    )
 }
 
 /// Quotes a value for a Dockerfile instruction (`ENV`, `LABEL`) as given to
