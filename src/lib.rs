@@ -5,6 +5,7 @@
 //! measures observations, [`check`] turns them into verdicts and [`report`]
 //! renders them. [`runner`] wires the steps; [`cli`] is the command line.
 
+pub mod agent;
 pub mod catalog;
 pub mod check;
 pub mod cli;

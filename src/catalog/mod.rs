@@ -5,6 +5,12 @@
 //! probe the service at protocol level. Kinds return plain data; only `engine`
 //! talks to Docker.
 
+pub mod agent;
+pub mod kafka;
+pub mod mosquitto;
+pub mod nginx;
+pub mod postgres;
+pub mod rabbitmq;
 pub mod redis;
 pub mod spec;
 
@@ -89,7 +95,15 @@ pub struct ContainerPlan {
 }
 
 /// The only list of kinds.
-pub static KINDS: &[&dyn ServiceKind] = &[&redis::Redis];
+pub static KINDS: &[&dyn ServiceKind] = &[
+    &redis::Redis,
+    &postgres::Postgres,
+    &rabbitmq::Rabbitmq,
+    &kafka::Kafka,
+    &mosquitto::Mosquitto,
+    &nginx::Nginx,
+    &agent::Agent,
+];
 
 /// Looks a kind up by name.
 pub fn kind(name: &str) -> Option<&'static dyn ServiceKind> {

@@ -129,11 +129,18 @@ impl KindSpec {
             summary: x.summary,
             image: compose_default(&service.image),
             ports: x.ports.into_iter().collect(),
-            env: service.environment.clone(),
-            command: service.command.clone(),
+            env: service
+                .environment
+                .iter()
+                .map(|(k, v)| (k.clone(), unescape(v)))
+                .collect(),
+            command: service
+                .command
+                .as_ref()
+                .map(|c| c.iter().map(|a| unescape(a)).collect()),
             url: x.url,
             ready_timeout,
-            local: x.local,
+            local: unescape_recipe(x.local),
         })
     }
 
@@ -141,6 +148,23 @@ impl KindSpec {
     pub fn primary_port(&self) -> u16 {
         self.ports[0].1
     }
+}
+
+/// Compose's escape for a literal `$` is `$$`. Compose interpolates the whole
+/// file, `x-infralab` included, so the shell scripts of local recipes double
+/// every `$` and infralab undoes it as Compose would.
+fn unescape(value: &str) -> String {
+    value.replace("$$", "$")
+}
+
+fn unescape_recipe(mut r: LocalRecipe) -> LocalRecipe {
+    let all = |v: &mut Vec<String>| v.iter_mut().for_each(|s| *s = unescape(s));
+    r.files.values_mut().for_each(|c| *c = unescape(c));
+    r.env.values_mut().for_each(|c| *c = unescape(c));
+    all(&mut r.entrypoint);
+    all(&mut r.cmd);
+    all(&mut r.run);
+    r
 }
 
 /// Resolves Compose's `${VAR:-default}` to its default (infralab picks the image itself).
@@ -163,5 +187,28 @@ mod tests {
     fn image_default_is_taken_from_interpolation() {
         assert_eq!(compose_default("${X:-redis:7.4.2}"), "redis:7.4.2");
         assert_eq!(compose_default("nginx:1.27"), "nginx:1.27");
+    }
+
+    #[test]
+    fn doubled_dollars_are_literal_dollars() {
+        let text = r#"
+services:
+  k:
+    image: k:1
+    environment: { A: "p$$w" }
+x-infralab:
+  kind: k
+  summary: s
+  ports: { p: 1 }
+  url: "x"
+  ready_timeout: 1s
+  local:
+    run: ['echo "$$HOME"']
+    files: { /x.sh: "exec \"$$@\"" }
+"#;
+        let s = KindSpec::parse("k.yaml", text).unwrap();
+        assert_eq!(s.env["A"], "p$w");
+        assert_eq!(s.local.run, vec![r#"echo "$HOME""#]);
+        assert_eq!(s.local.files["/x.sh"], r#"exec "$@""#);
     }
 }

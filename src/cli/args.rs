@@ -144,10 +144,11 @@ pub enum Command {
     Doctor,
     /// Run the project's own backend inside a lab container (the `agent` kind)
     Serve {
-        /// Role to play (e.g. http)
+        /// Role to play
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::agent::ROLES))]
         role: String,
         /// Port to listen on
-        #[arg(long, default_value_t = 8080)]
+        #[arg(long, default_value_t = crate::agent::DEFAULT_PORT)]
         port: u16,
     },
 }

@@ -472,6 +472,8 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 async fn serve(role: &str, port: u16) -> Result<i32, CliError> {
-    let _ = (role, port);
-    Err(CliError::Input("serve: not available yet".into()))
+    crate::agent::serve(role, port)
+        .await
+        .map(|()| exit::PASSED)
+        .map_err(|e| CliError::Env(crate::engine::EnvError::new(format!("serve {role}: {e:#}"))))
 }

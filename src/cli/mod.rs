@@ -59,8 +59,11 @@ pub fn run() -> i32 {
 }
 
 fn init_tracing(verbose: u8) {
+    // Client libraries log their own connection errors (a readiness probe
+    // retrying, a fault cutting a connection): expected here, so only
+    // infralab's own warnings show unless -v asks for more.
     let default = match verbose {
-        0 => "warn",
+        0 => "infralab=warn",
         1 => "infralab=debug,info",
         _ => "trace",
     };

@@ -5,6 +5,14 @@
 //! Docker. Running it returns observations measured on the real services and
 //! records milestones in the scenario timeline.
 
+pub mod ack_redelivery;
+mod amqp;
+pub mod event_pipeline;
+pub mod http2_multiplexing;
+pub mod https;
+pub mod kafka_groups;
+pub mod mqtt_telemetry;
+pub mod queue_vs_pubsub;
 pub mod redis_lock;
 
 use std::collections::BTreeMap;
@@ -290,7 +298,16 @@ pub trait Exercise: Send + Sync {
 }
 
 /// The only list of exercises.
-pub static EXERCISES: &[&dyn Exercise] = &[&redis_lock::RedisLock];
+pub static EXERCISES: &[&dyn Exercise] = &[
+    &redis_lock::RedisLock,
+    &queue_vs_pubsub::QueueVsPubsub,
+    &ack_redelivery::AckRedelivery,
+    &https::Https,
+    &http2_multiplexing::Http2Multiplexing,
+    &mqtt_telemetry::MqttTelemetry,
+    &kafka_groups::KafkaGroups,
+    &event_pipeline::EventPipeline,
+];
 
 /// Looks an exercise up by name.
 pub fn exercise(name: &str) -> Option<&'static dyn Exercise> {

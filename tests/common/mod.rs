@@ -60,6 +60,35 @@ pub fn temp_lab(catalog_file: &str, suffix: &str, edit: impl Fn(String) -> Strin
     TempLab { dir, path, name }
 }
 
+/// Like [`temp_lab`], and copies the files next to the catalog lab too (configs
+/// and certificates its services mount with `files:`), keeping their relative
+/// paths. Other lab files (`*.yaml`) in that folder are not copied.
+pub fn temp_lab_with_files(
+    catalog_file: &str,
+    suffix: &str,
+    edit: impl Fn(String) -> String,
+) -> TempLab {
+    fn copy_dir(from: &Path, to: &Path) {
+        for entry in std::fs::read_dir(from).expect("lab folder") {
+            let path = entry.expect("dir entry").path();
+            let target = to.join(path.file_name().expect("file name"));
+            if path.is_dir() {
+                std::fs::create_dir_all(&target).expect("create folder");
+                copy_dir(&path, &target);
+            } else if !matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) {
+                std::fs::copy(&path, &target).expect("copy lab file");
+            }
+        }
+    }
+    let lab = temp_lab(catalog_file, suffix, edit);
+    let folder = labs_dir().join(catalog_file);
+    copy_dir(folder.parent().expect("lab folder"), lab.dir.path());
+    lab
+}
+
 /// Writes a lab file with the given text into a temp folder.
 pub fn write_lab(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -1,0 +1,320 @@
+//! `http2-multiplexing`: N slow requests through Nginx (TLS) to the agent, over
+//! HTTP/1.1 with a bounded number of connections, or over HTTP/2.
+//!
+//! HTTP/1.1 carries one request at a time on a connection: with `pool: 1` the
+//! requests queue behind each other and take about `requests × delay_ms`; to
+//! run them at once a client needs as many connections as requests in flight.
+//! HTTP/2, negotiated with ALPN during the TLS handshake, multiplexes every
+//! request as its own stream over a single connection: they all wait at once
+//! and take about one `delay_ms`.
+//!
+//! Connections are counted by Nginx, not guessed by the client: every answer
+//! carries `$connection` (the serial number of the TCP connection it arrived
+//! on) and `$server_protocol`. The client opens its connections before the
+//! clock starts, so `wall_ms` measures the requests, not the handshakes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+
+use super::https::{TlsConn, client_config, connect_tls, lab_ca, tls_port};
+use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
+
+/// The name the client connects as (the lab certificate's name).
+const SERVER_NAME: &str = "localhost";
+
+/// Header in which the lab's Nginx reports `$connection`.
+const CONNECTION_HEADER: &str = "x-connection";
+
+/// Header in which the lab's Nginx reports `$server_protocol`.
+const PROTOCOL_HEADER: &str = "x-protocol";
+
+/// The `http2-multiplexing` exercise.
+pub struct Http2Multiplexing;
+
+/// What Nginx said about one request.
+struct Seen {
+    connection: String,
+    protocol: String,
+}
+
+#[async_trait]
+impl Exercise for Http2Multiplexing {
+    fn name(&self) -> &'static str {
+        "http2-multiplexing"
+    }
+
+    fn summary(&self) -> &'static str {
+        "concurrent slow requests through Nginx over HTTP/1.1 with a small pool, or multiplexed over one HTTP/2 connection"
+    }
+
+    fn needs(&self) -> &'static [&'static str] {
+        &["nginx", "agent"]
+    }
+
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::choice(
+                "protocol",
+                &["http1", "http2"],
+                "http2",
+                "what the client offers in ALPN: `http1` only HTTP/1.1, `http2` h2 first",
+            ),
+            ParamSpec::int("requests", 1, 256, 8, "requests sent at once"),
+            ParamSpec::int(
+                "pool",
+                1,
+                64,
+                1,
+                "HTTP/1.1 only: connections the client may open (one request in flight on each)",
+            ),
+            ParamSpec::int(
+                "delay_ms",
+                1,
+                10_000,
+                200,
+                "how long the agent takes to answer each request",
+            ),
+        ]
+    }
+
+    fn observations(&self) -> &'static [ObsSpec] {
+        &[
+            ObsSpec {
+                name: "connections_used",
+                doc: "distinct TCP connections the requests arrived on, counted by Nginx ($connection)",
+            },
+            ObsSpec {
+                name: "negotiated_protocol",
+                doc: "protocol Nginx served the requests with: `h2` or `http/1.1` ($server_protocol)",
+            },
+            ObsSpec {
+                name: "alpn",
+                doc: "protocol agreed in the TLS handshake (ALPN), as the client saw it",
+            },
+            ObsSpec {
+                name: "wall_ms",
+                doc: "from the first request sent to the last answer read",
+            },
+            ObsSpec {
+                name: "ratio",
+                doc: "wall_ms ÷ delay_ms: about `requests` when they queue on one connection, about 1 when they all run at once",
+            },
+            ObsSpec {
+                name: "requests_per_connection",
+                doc: "requests ÷ connections_used",
+            },
+        ]
+    }
+
+    async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
+        let nginx = ctx.service("nginx")?;
+        let port = tls_port(nginx)?;
+        let requests = ctx.int("requests") as usize;
+        let delay_ms = ctx.int("delay_ms") as u64;
+        let pool = (ctx.int("pool") as usize).min(requests);
+        let alpn: &[&str] = match ctx.text("protocol") {
+            "http1" => &["http/1.1"],
+            _ => &["h2", "http/1.1"],
+        };
+        let config = client_config(lab_ca()?, rustls::ALL_VERSIONS, alpn)?;
+        let first = connect(port, config.clone()).await?;
+        let agreed = first.alpn();
+        let path = format!("/delay/{delay_ms}");
+        // Generous: every request one after another, plus slack.
+        let deadline = Duration::from_millis(delay_ms) * requests as u32 + Duration::from_secs(30);
+
+        let (seen, wall) = if agreed == "h2" {
+            // One connection; every request is a stream on it, all at once.
+            let (send, conn) = hyper::client::conn::http2::handshake(
+                TokioExecutor::new(),
+                TokioIo::new(first.stream),
+            )
+            .await
+            .doing("starting HTTP/2")?;
+            tokio::spawn(conn);
+            ctx.mark("requests-started");
+            let started = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..requests {
+                let mut send = send.clone();
+                let uri = format!("https://{SERVER_NAME}{path}");
+                tasks.spawn(async move {
+                    send.ready()
+                        .await
+                        .doing("waiting for the HTTP/2 connection")?;
+                    let request = hyper::Request::get(uri)
+                        .body(Empty::<Bytes>::new())
+                        .doing("building a request")?;
+                    let response = send.send_request(request).await.doing("HTTP/2 request")?;
+                    read(response).await
+                });
+            }
+            let seen = within(deadline, collect(tasks)).await?;
+            (seen, started.elapsed())
+        } else {
+            // HTTP/1.1: `pool` connections, each carrying one request at a time.
+            let mut conns = vec![first];
+            while conns.len() < pool {
+                conns.push(connect(port, config.clone()).await?);
+            }
+            let mut senders = Vec::new();
+            for conn in conns {
+                let (send, driver) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(conn.stream))
+                        .await
+                        .doing("starting HTTP/1.1")?;
+                tokio::spawn(driver);
+                senders.push(send);
+            }
+            ctx.mark("requests-started");
+            let started = Instant::now();
+            let next = Arc::new(AtomicUsize::new(0));
+            let mut tasks = tokio::task::JoinSet::new();
+            for mut send in senders {
+                let next = next.clone();
+                let path = path.clone();
+                tasks.spawn(async move {
+                    let mut seen = Vec::new();
+                    while next.fetch_add(1, Ordering::SeqCst) < requests {
+                        send.ready()
+                            .await
+                            .doing("waiting for the HTTP/1.1 connection")?;
+                        let request = hyper::Request::get(path.as_str())
+                            .header(hyper::header::HOST, SERVER_NAME)
+                            .body(Empty::<Bytes>::new())
+                            .doing("building a request")?;
+                        let response =
+                            send.send_request(request).await.doing("HTTP/1.1 request")?;
+                        seen.extend(read(response).await?);
+                    }
+                    Ok(seen)
+                });
+            }
+            let seen = within(deadline, collect(tasks)).await?;
+            (seen, started.elapsed())
+        };
+        ctx.mark("requests-finished");
+
+        if seen.len() != requests {
+            return Err(ExerciseError(format!(
+                "{} answers for {requests} requests",
+                seen.len()
+            )));
+        }
+        let connections: BTreeSet<&str> = seen.iter().map(|s| s.connection.as_str()).collect();
+        let protocols: BTreeSet<String> = seen.iter().map(|s| alpn_id(&s.protocol)).collect();
+        let protocol = protocols.into_iter().collect::<Vec<_>>().join(",");
+        let wall_ms = round2(wall.as_secs_f64() * 1000.0);
+        Ok(Observations::from([
+            ("connections_used".into(), Value::from(connections.len())),
+            ("negotiated_protocol".into(), Value::from(protocol)),
+            ("alpn".into(), Value::from(agreed)),
+            ("wall_ms".into(), Value::from(wall_ms)),
+            (
+                "ratio".into(),
+                Value::from(round2(wall_ms / delay_ms as f64)),
+            ),
+            (
+                "requests_per_connection".into(),
+                Value::from(round2(requests as f64 / connections.len() as f64)),
+            ),
+        ]))
+    }
+}
+
+/// A verified TLS connection to Nginx.
+async fn connect(port: u16, config: Arc<rustls::ClientConfig>) -> Result<TlsConn, ExerciseError> {
+    connect_tls(port, SERVER_NAME, config)
+        .await?
+        .map_err(|r| ExerciseError(format!("the TLS handshake with nginx failed: {}", r.detail)))
+}
+
+/// Reads an answer to the end and notes what Nginx said about it.
+async fn read(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> Result<Vec<Seen>, ExerciseError> {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.doing("reading an answer")?.to_bytes();
+    if parts.status != hyper::StatusCode::OK {
+        return Err(ExerciseError(format!(
+            "nginx answered {}: {}",
+            parts.status,
+            String::from_utf8_lossy(&body).trim()
+        )));
+    }
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                ExerciseError(format!(
+                    "nginx's answer has no `{name}` header: the lab's nginx.conf must add it"
+                ))
+            })
+    };
+    Ok(vec![Seen {
+        connection: header(CONNECTION_HEADER)?,
+        protocol: header(PROTOCOL_HEADER)?,
+    }])
+}
+
+/// Waits for every task; the first error wins.
+async fn collect(
+    mut tasks: tokio::task::JoinSet<Result<Vec<Seen>, ExerciseError>>,
+) -> Result<Vec<Seen>, ExerciseError> {
+    let mut all = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        all.extend(joined.map_err(|e| ExerciseError(format!("a request task panicked: {e}")))??);
+    }
+    Ok(all)
+}
+
+async fn within<T>(
+    deadline: Duration,
+    fut: impl std::future::Future<Output = Result<T, ExerciseError>>,
+) -> Result<T, ExerciseError> {
+    tokio::time::timeout(deadline, fut)
+        .await
+        .map_err(|_| ExerciseError(format!("the requests took longer than {deadline:?}")))?
+}
+
+/// `$server_protocol` as an ALPN id: `HTTP/2.0` → `h2`, `HTTP/1.1` → `http/1.1`.
+fn alpn_id(server_protocol: &str) -> String {
+    match server_protocol {
+        "HTTP/2.0" => "h2".into(),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_protocols_read_as_alpn_ids() {
+        assert_eq!(alpn_id("HTTP/2.0"), "h2");
+        assert_eq!(alpn_id("HTTP/1.1"), "http/1.1");
+        assert_eq!(alpn_id("HTTP/1.0"), "http/1.0");
+    }
+
+    #[test]
+    fn the_defaults_are_valid_parameters() {
+        for p in Http2Multiplexing.params() {
+            p.check(&p.default).unwrap();
+        }
+    }
+}

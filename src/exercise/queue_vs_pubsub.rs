@@ -1,0 +1,819 @@
+//! `queue-vs-pubsub`: one producer, K consumers, M messages, three ways.
+//!
+//! - `work-queue`: one RabbitMQ queue that all K consumers read (competing
+//!   consumers, manual acks, `basic.qos` prefetch). Each message goes to one
+//!   consumer; with prefetch 1 a consumer gets the next message only after
+//!   acknowledging the last, so the work spreads evenly.
+//! - `fanout`: a RabbitMQ fanout exchange with one queue per consumer, bound
+//!   when the consumer subscribes. Each consumer gets every message.
+//! - `redis-pubsub`: Redis `PUBLISH`/`SUBSCRIBE`. Each subscriber connected at
+//!   publish time gets every message; nothing is kept for anyone else.
+//!
+//! Every payload carries its id and send time, so what each consumer actually
+//! received (ids, duplicates, gaps) and how long delivery took is measured on
+//! the messages themselves. Consumers stop once nothing has arrived for
+//! `idle_ms` after the producer finished.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::uri::AMQPUri;
+use lapin::{Acker, BasicProperties, Channel, Connection, ExchangeKind, PublisherConfirm};
+use redis::AsyncCommands;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::amqp;
+use super::{
+    Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec, percentile_ms,
+};
+
+/// The `queue-vs-pubsub` exercise.
+pub struct QueueVsPubsub;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    WorkQueue,
+    Fanout,
+    RedisPubsub,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Mode {
+        match s {
+            "fanout" => Mode::Fanout,
+            "redis-pubsub" => Mode::RedisPubsub,
+            _ => Mode::WorkQueue,
+        }
+    }
+
+    /// Whether every subscriber is meant to get every message.
+    fn broadcast(self) -> bool {
+        self != Mode::WorkQueue
+    }
+}
+
+#[async_trait]
+impl Exercise for QueueVsPubsub {
+    fn name(&self) -> &'static str {
+        "queue-vs-pubsub"
+    }
+
+    fn summary(&self) -> &'static str {
+        "one producer, K consumers: a RabbitMQ work queue, a fanout exchange, or Redis pub/sub"
+    }
+
+    fn needs(&self) -> &'static [&'static str] {
+        &["rabbitmq", "redis"]
+    }
+
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::choice(
+                "mode",
+                &["work-queue", "fanout", "redis-pubsub"],
+                "work-queue",
+                "how messages reach the consumers",
+            ),
+            ParamSpec::int(
+                "consumers",
+                1,
+                64,
+                4,
+                "consumers (K), each on its own connection",
+            ),
+            ParamSpec::int("messages", 1, 100_000, 400, "messages published (M)"),
+            ParamSpec::int(
+                "rate",
+                0,
+                1_000_000,
+                0,
+                "publish rate in messages per second; 0 = as fast as the broker takes them",
+            ),
+            ParamSpec::int(
+                "work_ms",
+                0,
+                1000,
+                2,
+                "work per message in a consumer, before it acknowledges",
+            ),
+            ParamSpec::int(
+                "prefetch",
+                0,
+                10_000,
+                1,
+                "RabbitMQ consumer prefetch (basic.qos); 0 = unlimited",
+            ),
+            ParamSpec::flag(
+                "late_subscriber",
+                false,
+                "one more subscriber joins after half of the messages were published",
+            ),
+            ParamSpec::flag(
+                "publish_before_subscribe",
+                false,
+                "publish everything first, then let the K consumers subscribe",
+            ),
+            ParamSpec::int(
+                "idle_ms",
+                50,
+                60_000,
+                500,
+                "consumers stop after this long without a delivery once publishing is done",
+            ),
+        ]
+    }
+
+    fn observations(&self) -> &'static [ObsSpec] {
+        &[
+            ObsSpec {
+                name: "published",
+                doc: "messages the producer published (M)",
+            },
+            ObsSpec {
+                name: "delivered_total",
+                doc: "deliveries to all subscribers together (the late subscriber's included)",
+            },
+            ObsSpec {
+                name: "per_consumer",
+                doc: "deliveries to each of the K consumers, in subscription order",
+            },
+            ObsSpec {
+                name: "min_per_consumer",
+                doc: "fewest deliveries any of the K consumers got",
+            },
+            ObsSpec {
+                name: "max_per_consumer",
+                doc: "most deliveries any of the K consumers got",
+            },
+            ObsSpec {
+                name: "duplicates",
+                doc: "deliveries of a message id the same receiver (work queue: anyone) had already got",
+            },
+            ObsSpec {
+                name: "missing",
+                doc: "message ids never received (work queue: by anyone; broadcast: summed over the K consumers)",
+            },
+            ObsSpec {
+                name: "fairness",
+                doc: "max/min deliveries per consumer (a consumer with none counts as 1)",
+            },
+            ObsSpec {
+                name: "late_subscriber_received",
+                doc: "deliveries to the late subscriber (only with late_subscriber: true)",
+            },
+            ObsSpec {
+                name: "msgs_per_s",
+                doc: "deliveries per second, from the first publish to the last delivery",
+            },
+            ObsSpec {
+                name: "latency_p50_ms",
+                doc: "median time from publish to delivery (send time stamped in the payload; \
+                      includes waiting behind earlier messages)",
+            },
+            ObsSpec {
+                name: "latency_p99_ms",
+                doc: "99th percentile time from publish to delivery",
+            },
+        ]
+    }
+
+    async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
+        let mode = Mode::parse(ctx.text("mode"));
+        let cfg = Config {
+            mode,
+            consumers: ctx.int("consumers") as usize,
+            messages: ctx.int("messages") as u32,
+            rate: ctx.int("rate") as u32,
+            work: Duration::from_millis(ctx.int("work_ms") as u64),
+            late_subscriber: ctx.flag("late_subscriber"),
+            publish_first: ctx.flag("publish_before_subscribe"),
+            idle: Duration::from_millis(ctx.int("idle_ms") as u64),
+            origin: Instant::now(),
+        };
+        let mut broker = Broker::setup(ctx, mode, ctx.int("prefetch")).await?;
+        let result = drive(ctx, &cfg, &mut broker).await;
+        broker.cleanup().await;
+        result
+    }
+}
+
+struct Config {
+    mode: Mode,
+    consumers: usize,
+    messages: u32,
+    /// Messages per second, 0 = unpaced.
+    rate: u32,
+    work: Duration,
+    late_subscriber: bool,
+    publish_first: bool,
+    idle: Duration,
+    /// Send and receive times are measured from here.
+    origin: Instant,
+}
+
+/// What one subscriber received.
+#[derive(Default)]
+struct Tally {
+    ids: Vec<u32>,
+    latencies: Vec<Duration>,
+}
+
+/// When the last delivery arrived and when anything last happened (µs since origin).
+#[derive(Default)]
+struct Activity {
+    last_delivery_us: AtomicU64,
+    last_event_us: AtomicU64,
+}
+
+impl Activity {
+    fn event(&self, origin: Instant) {
+        self.last_event_us
+            .fetch_max(origin.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn delivery(&self, origin: Instant) {
+        let now = origin.elapsed().as_micros() as u64;
+        self.last_delivery_us.fetch_max(now, Ordering::Relaxed);
+        self.last_event_us.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// The producer's side of the broker, and what the exercise declared on it.
+// A few values per scenario, never stored in bulk: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Broker {
+    Amqp {
+        uri: AMQPUri,
+        namespace: String,
+        mode: Mode,
+        prefetch: i64,
+        conn: Connection,
+        ch: Channel,
+        /// Queue (work queue) or exchange (fanout) the producer publishes to.
+        target: String,
+        pending: Vec<PublisherConfirm>,
+    },
+    Redis {
+        client: redis::Client,
+        conn: redis::aio::MultiplexedConnection,
+        channel: String,
+    },
+}
+
+/// A subscriber whose connection is open; subscribing is a separate step so
+/// the moment it joins can be chosen.
+// A few values per scenario, never stored in bulk: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Opened {
+    Amqp { conn: Connection, ch: Channel },
+    Redis(redis::aio::PubSub),
+}
+
+/// A subscribed consumer's message source.
+// A few values per scenario, never stored in bulk: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Source {
+    Amqp {
+        conn: Connection,
+        ch: Channel,
+        consumer: lapin::Consumer,
+        /// Its own queue (fanout), deleted when it stops.
+        own_queue: Option<String>,
+    },
+    Redis(redis::aio::PubSub),
+}
+
+impl Broker {
+    async fn setup(ctx: &Ctx, mode: Mode, prefetch: i64) -> Result<Broker, ExerciseError> {
+        let ns = &ctx.namespace;
+        if mode == Mode::RedisPubsub {
+            let endpoint = ctx.service("redis")?;
+            let client = redis::Client::open(endpoint.url.as_str()).doing("redis url")?;
+            let conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .doing("connecting the producer to redis")?;
+            return Ok(Broker::Redis {
+                client,
+                conn,
+                channel: format!("{ns}:pubsub"),
+            });
+        }
+        let uri = amqp::parse_uri(&ctx.service("rabbitmq")?.url)?;
+        let conn = amqp::connect(&uri, &format!("{ns} producer")).await?;
+        let ch = amqp::confirming_channel(&conn).await?;
+        let target = if mode == Mode::WorkQueue {
+            let queue = format!("{ns}:work-queue");
+            amqp::declare_shared_queue(&ch, &queue).await?;
+            queue
+        } else {
+            let exchange = format!("{ns}:fanout");
+            ch.exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .doing("declaring the fanout exchange")?;
+            exchange
+        };
+        Ok(Broker::Amqp {
+            uri,
+            namespace: ns.clone(),
+            mode,
+            prefetch,
+            conn,
+            ch,
+            target,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Opens subscriber `i`'s connection.
+    async fn open(&self, i: usize) -> Result<Opened, ExerciseError> {
+        match self {
+            Broker::Amqp {
+                uri,
+                namespace,
+                prefetch,
+                ..
+            } => {
+                let conn = amqp::connect(uri, &format!("{namespace} consumer {i}")).await?;
+                let ch = conn
+                    .create_channel()
+                    .await
+                    .doing("opening a consumer channel")?;
+                amqp::prefetch(&ch, *prefetch).await?;
+                Ok(Opened::Amqp { conn, ch })
+            }
+            Broker::Redis { client, .. } => Ok(Opened::Redis(
+                client
+                    .get_async_pubsub()
+                    .await
+                    .doing("connecting a subscriber to redis")?,
+            )),
+        }
+    }
+
+    /// Subscribes an opened subscriber; returns once the broker confirmed it.
+    async fn subscribe(&self, opened: Opened, i: usize) -> Result<Source, ExerciseError> {
+        match (self, opened) {
+            (Broker::Amqp { mode, target, .. }, Opened::Amqp { conn, ch }) => {
+                let (queue, own_queue) = if *mode == Mode::Fanout {
+                    let queue = format!("{target}:sub-{i}");
+                    ch.queue_declare(
+                        queue.as_str().into(),
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            auto_delete: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .doing("declaring a subscriber queue")?;
+                    ch.queue_bind(
+                        queue.as_str().into(),
+                        target.as_str().into(),
+                        "".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .doing("binding a subscriber queue to the exchange")?;
+                    (queue.clone(), Some(queue))
+                } else {
+                    (target.clone(), None)
+                };
+                let consumer = ch
+                    .basic_consume(
+                        queue.as_str().into(),
+                        format!("sub-{i}").as_str().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .doing("starting a consumer (basic.consume)")?;
+                Ok(Source::Amqp {
+                    conn,
+                    ch,
+                    consumer,
+                    own_queue,
+                })
+            }
+            (Broker::Redis { channel, .. }, Opened::Redis(mut pubsub)) => {
+                pubsub
+                    .subscribe(channel)
+                    .await
+                    .doing("subscribing to the redis channel")?;
+                Ok(Source::Redis(pubsub))
+            }
+            _ => Err(ExerciseError("subscriber of the wrong broker".into())),
+        }
+    }
+
+    async fn publish(&mut self, id: u32, origin: Instant) -> Result<(), ExerciseError> {
+        let data = amqp::payload(id, origin);
+        match self {
+            Broker::Amqp {
+                mode,
+                ch,
+                target,
+                pending,
+                ..
+            } => {
+                let (exchange, key) = if *mode == Mode::WorkQueue {
+                    ("", target.as_str())
+                } else {
+                    (target.as_str(), "")
+                };
+                let confirm = ch
+                    .basic_publish(
+                        exchange.into(),
+                        key.into(),
+                        BasicPublishOptions::default(),
+                        &data,
+                        BasicProperties::default(),
+                    )
+                    .await
+                    .doing("publishing")?;
+                pending.push(confirm);
+            }
+            Broker::Redis { conn, channel, .. } => {
+                let _receivers: i64 = conn
+                    .publish(channel.as_str(), data)
+                    .await
+                    .doing("publishing")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the broker has taken every message published so far.
+    async fn flush(&mut self) -> Result<(), ExerciseError> {
+        if let Broker::Amqp { pending, .. } = self {
+            for confirm in pending.drain(..) {
+                let c = confirm.await.doing("waiting for a publisher confirm")?;
+                if !c.is_ack() {
+                    return Err(ExerciseError("the broker refused a message (nack)".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes what the exercise declared (best effort) and closes the producer.
+    async fn cleanup(self) {
+        if let Broker::Amqp {
+            mode,
+            conn,
+            ch,
+            target,
+            ..
+        } = self
+        {
+            if mode == Mode::WorkQueue {
+                let _ = ch
+                    .queue_delete(target.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            } else {
+                let _ = ch
+                    .exchange_delete(target.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+            let _ = conn.close(200, "OK".into()).await;
+        }
+    }
+}
+
+impl Source {
+    /// The next message and, for AMQP, its acker.
+    async fn next(&mut self) -> Option<Result<(Vec<u8>, Option<Acker>), ExerciseError>> {
+        match self {
+            Source::Amqp { consumer, .. } => consumer.next().await.map(|d| {
+                d.map(|d| (d.data, Some(d.acker)))
+                    .doing("receiving from rabbitmq")
+            }),
+            Source::Redis(pubsub) => pubsub
+                .on_message()
+                .next()
+                .await
+                .map(|m| Ok((m.get_payload_bytes().to_vec(), None))),
+        }
+    }
+
+    async fn close(self) {
+        if let Source::Amqp {
+            conn,
+            ch,
+            own_queue,
+            ..
+        } = self
+        {
+            if let Some(q) = own_queue {
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            let _ = conn.close(200, "OK".into()).await;
+        }
+    }
+}
+
+/// A consumer: receive, note id and latency, work, acknowledge; until told to stop.
+async fn consume(
+    mut source: Source,
+    origin: Instant,
+    work: Duration,
+    activity: Arc<Activity>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Tally, ExerciseError> {
+    let mut tally = Tally::default();
+    loop {
+        let item = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            item = source.next() => item,
+        };
+        let Some(item) = item else { break };
+        let (data, acker) = item?;
+        activity.delivery(origin);
+        let (id, latency) = amqp::read_payload(&data, origin)?;
+        tally.ids.push(id);
+        tally.latencies.push(latency);
+        if !work.is_zero() {
+            tokio::time::sleep(work).await;
+        }
+        if let Some(acker) = acker {
+            acker
+                .ack(BasicAckOptions::default())
+                .await
+                .doing("acknowledging")?;
+        }
+        activity.event(origin);
+    }
+    source.close().await;
+    Ok(tally)
+}
+
+type Consumer = JoinHandle<Result<Tally, ExerciseError>>;
+
+async fn drive(
+    ctx: &Ctx,
+    cfg: &Config,
+    broker: &mut Broker,
+) -> Result<Observations, ExerciseError> {
+    let origin = cfg.origin;
+    let activity = Arc::new(Activity::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let spawn = |source: Source| -> Consumer {
+        tokio::spawn(consume(
+            source,
+            origin,
+            cfg.work,
+            activity.clone(),
+            stop_rx.clone(),
+        ))
+    };
+
+    // Connections first, so subscribing is one quick step for everyone.
+    let mut opened = Vec::with_capacity(cfg.consumers);
+    for i in 0..cfg.consumers {
+        opened.push(broker.open(i).await?);
+    }
+    let mut consumers: Vec<Consumer> = Vec::with_capacity(cfg.consumers);
+    if !cfg.publish_first {
+        for (i, o) in opened.drain(..).enumerate() {
+            consumers.push(spawn(broker.subscribe(o, i).await?));
+        }
+        ctx.mark("consumers-subscribed");
+    }
+
+    let late_at = cfg.late_subscriber.then_some(cfg.messages / 2);
+    let mut late: Option<Consumer> = None;
+    ctx.mark("publishing");
+    let first_publish = origin.elapsed();
+    for id in 0..cfg.messages {
+        if late_at == Some(id) {
+            // Everything before this point has reached the broker before the
+            // late subscriber exists.
+            broker.flush().await?;
+            let o = broker.open(cfg.consumers).await?;
+            late = Some(spawn(broker.subscribe(o, cfg.consumers).await?));
+            ctx.mark("late-subscriber-joined");
+        }
+        if cfg.rate > 0 {
+            let due = origin + first_publish + Duration::from_secs_f64(id as f64 / cfg.rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        broker.publish(id, origin).await?;
+    }
+    broker.flush().await?;
+    ctx.mark("published");
+    activity.event(origin);
+
+    if cfg.publish_first {
+        for (i, o) in opened.drain(..).enumerate() {
+            consumers.push(spawn(broker.subscribe(o, i).await?));
+        }
+        ctx.mark("consumers-subscribed");
+        activity.event(origin);
+    }
+
+    // Stop once nothing has happened for `idle`.
+    let tick = (cfg.idle / 5).min(Duration::from_millis(20));
+    loop {
+        tokio::time::sleep(tick).await;
+        let last = Duration::from_micros(activity.last_event_us.load(Ordering::Relaxed));
+        if origin.elapsed().saturating_sub(last) >= cfg.idle {
+            break;
+        }
+    }
+    let _ = stop_tx.send(true);
+    let mut tallies = Vec::with_capacity(consumers.len());
+    for c in consumers {
+        tallies.push(join(c).await?);
+    }
+    let late = match late {
+        Some(c) => Some(join(c).await?),
+        None => None,
+    };
+    ctx.mark("consumers-stopped");
+
+    let last_delivery = Duration::from_micros(activity.last_delivery_us.load(Ordering::Relaxed));
+    let window = last_delivery.saturating_sub(first_publish);
+    Ok(observe(cfg, &tallies, late.as_ref(), window))
+}
+
+async fn join(c: Consumer) -> Result<Tally, ExerciseError> {
+    c.await
+        .map_err(|e| ExerciseError(format!("consumer panicked: {e}")))?
+}
+
+/// Turns what the consumers received into observations.
+fn observe(
+    cfg: &Config,
+    tallies: &[Tally],
+    late: Option<&Tally>,
+    window: Duration,
+) -> Observations {
+    let m = cfg.messages as usize;
+    let per_consumer: Vec<usize> = tallies.iter().map(|t| t.ids.len()).collect();
+    let late_n = late.map_or(0, |t| t.ids.len());
+    let delivered_total = per_consumer.iter().sum::<usize>() + late_n;
+
+    let (duplicates, missing) = if cfg.mode.broadcast() {
+        // Each consumer should have every message exactly once.
+        tallies.iter().fold((0, 0), |(dups, miss), t| {
+            let unique = unique_in_range(&t.ids, cfg.messages);
+            (dups + t.ids.len() - unique, miss + m - unique)
+        })
+    } else {
+        // All consumers together should have every message exactly once.
+        let all: Vec<u32> = tallies
+            .iter()
+            .chain(late)
+            .flat_map(|t| t.ids.iter().copied())
+            .collect();
+        let unique = unique_in_range(&all, cfg.messages);
+        (all.len() - unique, m - unique)
+    };
+
+    let min = per_consumer.iter().copied().min().unwrap_or(0);
+    let max = per_consumer.iter().copied().max().unwrap_or(0);
+    let fairness = round(max.max(1) as f64 / min.max(1) as f64, 2);
+    let msgs_per_s = if window.is_zero() {
+        0.0
+    } else {
+        round(delivered_total as f64 / window.as_secs_f64(), 1)
+    };
+    let mut latencies: Vec<Duration> = tallies
+        .iter()
+        .chain(late)
+        .flat_map(|t| t.latencies.iter().copied())
+        .collect();
+
+    let mut obs = Observations::from([
+        ("published".into(), Value::from(cfg.messages)),
+        ("delivered_total".into(), Value::from(delivered_total)),
+        ("per_consumer".into(), Value::from(per_consumer)),
+        ("min_per_consumer".into(), Value::from(min)),
+        ("max_per_consumer".into(), Value::from(max)),
+        ("duplicates".into(), Value::from(duplicates)),
+        ("missing".into(), Value::from(missing)),
+        ("fairness".into(), Value::from(fairness)),
+        ("msgs_per_s".into(), Value::from(msgs_per_s)),
+        (
+            "latency_p50_ms".into(),
+            Value::from(percentile_ms(&mut latencies, 50.0)),
+        ),
+        (
+            "latency_p99_ms".into(),
+            Value::from(percentile_ms(&mut latencies, 99.0)),
+        ),
+    ]);
+    if cfg.late_subscriber {
+        obs.insert("late_subscriber_received".into(), Value::from(late_n));
+    }
+    obs
+}
+
+fn unique_in_range(ids: &[u32], messages: u32) -> usize {
+    ids.iter()
+        .filter(|&&id| id < messages)
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(mode: Mode, messages: u32, late_subscriber: bool) -> Config {
+        Config {
+            mode,
+            consumers: 2,
+            messages,
+            rate: 0,
+            work: Duration::ZERO,
+            late_subscriber,
+            publish_first: false,
+            idle: Duration::from_millis(100),
+            origin: Instant::now(),
+        }
+    }
+
+    fn tally(ids: &[u32]) -> Tally {
+        Tally {
+            ids: ids.to_vec(),
+            latencies: ids
+                .iter()
+                .map(|&i| Duration::from_millis(i as u64))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_work_queue_counts_each_message_once_across_consumers() {
+        let c = cfg(Mode::WorkQueue, 6, false);
+        let obs = observe(
+            &c,
+            &[tally(&[0, 2, 4]), tally(&[1, 3, 3])],
+            None,
+            Duration::from_secs(1),
+        );
+        assert_eq!(obs["delivered_total"], 6);
+        assert_eq!(obs["duplicates"], 1);
+        assert_eq!(obs["missing"], 1); // 5 never arrived
+        assert_eq!(obs["per_consumer"], serde_json::json!([3, 3]));
+        assert_eq!(obs["fairness"], 1.0);
+        assert_eq!(obs["msgs_per_s"], 6.0);
+        assert!(!obs.contains_key("late_subscriber_received"));
+    }
+
+    #[test]
+    fn broadcast_counts_gaps_per_consumer_and_leaves_the_late_subscriber_out() {
+        let c = cfg(Mode::RedisPubsub, 4, true);
+        let obs = observe(
+            &c,
+            &[tally(&[0, 1, 2, 3]), tally(&[0, 1, 3])],
+            Some(&tally(&[2, 3])),
+            Duration::from_secs(1),
+        );
+        assert_eq!(obs["delivered_total"], 9);
+        assert_eq!(obs["missing"], 1);
+        assert_eq!(obs["duplicates"], 0);
+        assert_eq!(obs["late_subscriber_received"], 2);
+        assert_eq!(obs["fairness"], 1.33);
+        assert_eq!(obs["min_per_consumer"], 3);
+    }
+
+    #[test]
+    fn a_starved_consumer_makes_fairness_large() {
+        let c = cfg(Mode::WorkQueue, 5, false);
+        let obs = observe(
+            &c,
+            &[tally(&[0, 1, 2, 3, 4]), tally(&[])],
+            None,
+            Duration::ZERO,
+        );
+        assert_eq!(obs["fairness"], 5.0);
+        assert_eq!(obs["msgs_per_s"], 0.0);
+    }
+}
