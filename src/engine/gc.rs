@@ -1,10 +1,8 @@
 //! `infralab gc` and `infralab down`: removing runs whose owner is gone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
-
-use super::stack::remove_labelled;
+use super::stack::{list_labelled, remove_labelled};
 use super::{Engine, EnvError, labels};
 
 /// One run found on the engine.
@@ -33,27 +31,8 @@ impl RunInfo {
 
 /// Every run that has a labelled container or network.
 pub async fn runs(engine: &Engine) -> Result<Vec<RunInfo>, EnvError> {
-    let filters = HashMap::from([("label", vec![labels::RUN])]);
     let mut found: BTreeMap<String, RunInfo> = BTreeMap::new();
-    let containers = engine
-        .docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .map_err(|e| EnvError::new(format!("cannot list containers: {e}")))?;
-    let networks = engine
-        .docker
-        .list_networks(Some(
-            ListNetworksOptionsBuilder::default()
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .map_err(|e| EnvError::new(format!("cannot list networks: {e}")))?;
+    let (containers, networks) = list_labelled(engine, labels::RUN).await?;
     let label_sets = containers
         .into_iter()
         .filter_map(|c| c.labels)

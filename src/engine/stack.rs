@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
-    PortBinding,
+    ContainerCreateBody, ContainerSummary, EndpointSettings, HostConfig, Network,
+    NetworkCreateRequest, NetworkingConfig, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -333,10 +333,12 @@ fn reserve_ports(n: usize) -> Result<Vec<u16>, EnvError> {
         .map_err(|e| EnvError::new(format!("cannot reserve a loopback port: {e}")))
 }
 
-/// Removes every container and network labelled with `filter` (e.g.
-/// `io.infralab.run=ID`). Idempotent: what is already gone is fine. Returns
-/// how many resources were removed.
-pub async fn remove_labelled(engine: &Engine, filter: &str) -> Result<usize, EnvError> {
+/// Containers (stopped ones too) and networks carrying a label filter
+/// (`io.infralab.run` for all runs, `io.infralab.run=ID` for one).
+pub async fn list_labelled(
+    engine: &Engine,
+    filter: &str,
+) -> Result<(Vec<ContainerSummary>, Vec<Network>), EnvError> {
     let filters = HashMap::from([("label", vec![filter])]);
     let containers = engine
         .docker
@@ -348,12 +350,27 @@ pub async fn remove_labelled(engine: &Engine, filter: &str) -> Result<usize, Env
         ))
         .await
         .map_err(|e| EnvError::new(format!("cannot list containers: {e}")))?;
-    let removals = containers.iter().filter_map(|c| c.id.clone()).map(|id| {
-        let paused = containers.iter().any(|c| {
-            c.id.as_deref() == Some(&id)
-                && c.state.as_ref().map(|s| s.to_string()) == Some("paused".into())
-        });
-        async move {
+    let networks = engine
+        .docker
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(|e| EnvError::new(format!("cannot list networks: {e}")))?;
+    Ok((containers, networks))
+}
+
+/// Removes every container and network labelled with `filter` (e.g.
+/// `io.infralab.run=ID`). Idempotent: what is already gone is fine. Returns
+/// how many resources were removed.
+pub async fn remove_labelled(engine: &Engine, filter: &str) -> Result<usize, EnvError> {
+    let (containers, networks) = list_labelled(engine, filter).await?;
+    let removals = containers.into_iter().filter_map(|c| {
+        // A paused container is unpaused first: some engines refuse to kill it.
+        let paused = c.state.as_ref().is_some_and(|s| s.to_string() == "paused");
+        c.id.map(|id| async move {
             if paused {
                 let _ = engine.docker.unpause_container(&id).await;
             }
@@ -366,18 +383,9 @@ pub async fn remove_labelled(engine: &Engine, filter: &str) -> Result<usize, Env
                 Err(e) if already_done(&e) => Ok(0),
                 Err(e) => Err(EnvError::new(format!("cannot remove container {id}: {e}"))),
             }
-        }
+        })
     });
     let mut removed: usize = try_join_all(removals).await?.into_iter().sum();
-    let networks = engine
-        .docker
-        .list_networks(Some(
-            ListNetworksOptionsBuilder::default()
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .map_err(|e| EnvError::new(format!("cannot list networks: {e}")))?;
     for n in networks {
         let Some(id) = n.id else { continue };
         match engine.docker.remove_network(&id).await {
