@@ -233,7 +233,7 @@ impl Exercise for KafkaGroups {
                 .into_iter()
                 .map(|m| consume(m, &cfg, base, &stop, ctx)),
         );
-        let driver = async {
+        let drive = async {
             wait_stable(&live, &cfg, &stop).await?;
             if !live.is_empty() {
                 ctx.mark("groups-stable");
@@ -256,21 +256,10 @@ impl Exercise for KafkaGroups {
             .await;
             let produced_at = Instant::now();
             ctx.mark("produced");
-            let sent = match sent {
-                Ok(()) => cfg.messages,
-                Err(e) => {
-                    stop.cancel();
-                    return Err(e);
-                }
-            };
+            sent?;
+            let sent = cfg.messages;
 
-            let late_members = match start_members(&bootstrap, &topic, &late, &cfg) {
-                Ok(m) => m,
-                Err(e) => {
-                    stop.cancel();
-                    return Err(e);
-                }
-            };
+            let late_members = start_members(&bootstrap, &topic, &late, &cfg)?;
             let late_run = join_all(
                 late_members
                     .into_iter()
@@ -290,6 +279,14 @@ impl Exercise for KafkaGroups {
             let (late_errors, waited) = tokio::join!(late_run, waiter);
             waited?;
             Ok((sent, produce_start, late_errors))
+        };
+        // Whatever goes wrong in the driver, the members must stop too.
+        let driver = async {
+            let driven = drive.await;
+            if driven.is_err() {
+                stop.cancel();
+            }
+            driven
         };
         let (live_errors, driven) = tokio::join!(live_run, driver);
         let (sent, produce_start, late_errors) = driven?;
@@ -631,7 +628,7 @@ async fn consume(
         // after the message was processed.
         let _ = member.consumer.store_offset_from_message(&msg);
         mine += 1;
-        if cfg.commit && mine % cfg.commit_every == 0 {
+        if cfg.commit && mine.is_multiple_of(cfg.commit_every) {
             let _ = member.consumer.commit_consumer_state(CommitMode::Async);
         }
         if leaver && mine == cfg.leave_after {

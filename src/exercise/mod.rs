@@ -14,6 +14,7 @@ pub mod kafka_groups;
 pub mod mqtt_telemetry;
 pub mod queue_vs_pubsub;
 pub mod redis_lock;
+pub mod smoke;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -307,6 +308,7 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &mqtt_telemetry::MqttTelemetry,
     &kafka_groups::KafkaGroups,
     &event_pipeline::EventPipeline,
+    &smoke::Smoke,
 ];
 
 /// Looks an exercise up by name.
