@@ -17,7 +17,7 @@ fn distributed_locking_passes_and_leaves_nothing() {
     let scenarios = report["labs"][0]["scenarios"]
         .as_array()
         .expect("scenarios");
-    assert_eq!(scenarios.len(), 4);
+    assert_eq!(scenarios.len(), 6);
     let by_name = |n: &str| scenarios.iter().find(|s| s["name"] == n).expect(n);
     // Observed values, not constants: the race and the lock show in the numbers.
     assert!(
@@ -37,6 +37,20 @@ fn distributed_locking_passes_and_leaves_nothing() {
             .unwrap()
             > 1
     );
+    // The pause fault really froze Redis past a 500 ms lease: a holder lost its lock.
+    let freeze = by_name("redis-freezes-past-the-lease");
+    assert!(
+        freeze["observations"]["lock_lost"].as_i64().unwrap() > 0,
+        "{freeze}"
+    );
+    let faults: Vec<&str> = freeze["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["source"] == "fault")
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(faults, ["pause redis", "unpause redis"]);
     for s in scenarios {
         assert_eq!(s["verdict"], "pass", "{s}");
     }

@@ -461,11 +461,35 @@ mod tests {
 
     const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/labs/protocols/tls");
 
-    /// Writes a new lab CA and server certificate into `labs/protocols/tls/`.
-    /// The CA's key is not kept: nothing else can ever be signed by it.
-    #[test]
-    #[ignore = "rewrites labs/protocols/tls/: run by hand to renew the lab's certificates"]
-    fn regenerate_lab_certificates() {
+    /// Makes a new lab CA and server certificate and checks that a client
+    /// trusting the new CA verifies the new server. They are written to a
+    /// temporary folder; to renew the committed ones, run
+    /// `INFRALAB_RENEW_LAB_CERTS=1 cargo test renewed_lab_certificates`, which
+    /// writes them to `labs/protocols/tls/`. The CA's key is never kept:
+    /// nothing else can ever be signed by it.
+    #[tokio::test]
+    async fn renewed_lab_certificates_verify() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = match std::env::var_os("INFRALAB_RENEW_LAB_CERTS") {
+            Some(_) => std::path::PathBuf::from(TLS_DIR),
+            None => temp.path().to_path_buf(),
+        };
+        write_lab_certificates(&dir);
+        let ca: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(dir.join("lab-ca.pem"))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let port = lab_server_from(&dir).await;
+        let config = client_config(ca, versions("any"), &["h2"]).unwrap();
+        let conn = connect_tls(port, "localhost", config).await.unwrap();
+        assert!(
+            conn.is_ok(),
+            "a client trusting the new CA verifies the new server"
+        );
+    }
+
+    fn write_lab_certificates(dir: &std::path::Path) {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
             KeyPair, KeyUsagePurpose, date_time_ymd,
@@ -500,7 +524,6 @@ mod tests {
         let leaf_key = KeyPair::generate().unwrap();
         let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
 
-        let dir = std::path::Path::new(TLS_DIR);
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("lab-ca.pem"), ca_cert.pem()).unwrap();
         std::fs::write(dir.join("localhost.pem"), leaf_cert.pem()).unwrap();
@@ -509,8 +532,12 @@ mod tests {
 
     /// A TLS server on a free loopback port serving the committed certificate.
     async fn lab_server() -> u16 {
+        lab_server_from(std::path::Path::new(TLS_DIR)).await
+    }
+
+    /// A TLS server on a free loopback port serving the certificate in `dir`.
+    async fn lab_server_from(dir: &std::path::Path) -> u16 {
         use rustls::pki_types::PrivateKeyDer;
-        let dir = std::path::Path::new(TLS_DIR);
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(dir.join("localhost.pem"))
                 .unwrap()

@@ -262,6 +262,12 @@ impl Ctx {
     pub fn mark(&self, what: impl Into<String>) {
         self.timeline.record("exercise", what);
     }
+
+    /// The scenario's timeline, for tasks that outlive a borrow of the context
+    /// and still record milestones.
+    pub fn timeline(&self) -> Timeline {
+        self.timeline.clone()
+    }
 }
 
 /// Why an exercise could not produce its observations (the verdict is Unknown).

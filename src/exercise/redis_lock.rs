@@ -173,7 +173,7 @@ impl Exercise for RedisLock {
         let mut tasks = tokio::task::JoinSet::new();
         for worker in 0..workers {
             let conn = client
-                .get_multiplexed_async_connection()
+                .get_multiplexed_async_connection_with_config(&patient())
                 .await
                 .doing("connecting a worker")?;
             let keys = keys.clone();
@@ -185,6 +185,9 @@ impl Exercise for RedisLock {
                 retry: Duration::from_millis(ctx.int("retry_ms") as u64),
                 increments,
                 token_prefix: format!("w{worker}"),
+                // Worker 0 announces its first lock, so a lab can time a fault
+                // (`after: holding`) to land while a lease is held.
+                announce: (worker == 0).then(|| ctx.timeline()),
             };
             tasks.spawn(async move { work(conn, keys, cfg).await });
         }
@@ -243,6 +246,12 @@ impl Exercise for RedisLock {
     }
 }
 
+/// Workers wait as long as the server stalls (a `pause` fault freezes Redis
+/// for seconds); the client's default answer timeout would abort them.
+fn patient() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)))
+}
+
 #[derive(Clone)]
 struct Keys {
     counter: String,
@@ -260,6 +269,7 @@ struct Config {
     retry: Duration,
     increments: i64,
     token_prefix: String,
+    announce: Option<super::Timeline>,
 }
 
 async fn work(
@@ -293,6 +303,9 @@ async fn work(
             }
             stats.latencies.push(started.elapsed());
             stats.acquisitions += 1;
+            if let Some(timeline) = cfg.announce.as_ref().filter(|_| i == 0) {
+                timeline.record("exercise", "holding");
+            }
         }
         let fence: i64 = if cfg.fencing {
             conn.incr(&keys.fence, 1)
