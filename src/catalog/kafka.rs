@@ -4,8 +4,8 @@
 //! Quirk: a Kafka client bootstraps from one address and then connects to the
 //! address the broker *advertises*. Inside the container the broker listens on
 //! 9092, but clients on the host must be sent to the published port, so the
-//! engine reserves the host port before the start
-//! ([`ServiceKind::needs_host_ports_before_start`]) and [`Kafka::prepare`] puts
+//! engine reserves the host ports before the start (for every kind) and
+//! [`Kafka::prepare`] puts
 //! it in the advertised listener: `KAFKA_ADVERTISED_LISTENERS` for apache/kafka,
 //! `ADVERTISED_LISTENER_URL` for tansu (the local image).
 
@@ -46,10 +46,6 @@ impl ServiceKind for Kafka {
         tokio::task::spawn_blocking(move || probe_blocking(&bootstrap, expected))
             .await
             .map_err(|e| format!("probe task failed: {e}"))?
-    }
-
-    fn needs_host_ports_before_start(&self) -> bool {
-        true
     }
 
     fn prepare(&self, plan: &mut ContainerPlan) {
@@ -153,7 +149,6 @@ mod tests {
 
     #[test]
     fn needs_its_host_port_before_the_start() {
-        assert!(Kafka.needs_host_ports_before_start());
         assert_eq!(
             crate::catalog::spec("kafka").ports,
             vec![(PORT.to_string(), 9092)]

@@ -65,13 +65,6 @@ pub trait ServiceKind: Send + Sync {
     /// One protocol-level readiness check; `Err` means "not yet" (with why).
     async fn probe(&self, endpoint: &Endpoint) -> Result<(), String>;
 
-    /// Whether the container must know its published host ports before it
-    /// starts (Kafka advertises them to clients). The engine then reserves
-    /// free loopback ports up front instead of letting Docker pick them.
-    fn needs_host_ports_before_start(&self) -> bool {
-        false
-    }
-
     /// Last changes to the container before it is created (environment,
     /// command), e.g. the advertised listener of a broker.
     fn prepare(&self, _plan: &mut ContainerPlan) {}
@@ -88,7 +81,7 @@ pub struct ContainerPlan {
     pub env: BTreeMap<String, String>,
     /// Command (`None`: the image's own).
     pub cmd: Option<Vec<String>>,
-    /// Port name → host port, filled before start only for kinds that need it.
+    /// Port name → host port, reserved before the start (kept across restarts).
     pub host_ports: BTreeMap<String, u16>,
     /// Instance id (`web-2` for a replica), also given as `INFRALAB_INSTANCE`.
     pub instance: String,
