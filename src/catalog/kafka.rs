@@ -148,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn needs_its_host_port_before_the_start() {
+    fn the_broker_port_is_9092_inside_the_container() {
         assert_eq!(
             crate::catalog::spec("kafka").ports,
             vec![(PORT.to_string(), 9092)]
