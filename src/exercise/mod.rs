@@ -7,14 +7,20 @@
 
 pub mod ack_redelivery;
 mod amqp;
+pub mod cache_eviction;
+pub mod cache_patterns;
+pub mod consistent_hashing;
 pub mod event_pipeline;
 pub mod http2_multiplexing;
 pub mod https;
 pub mod kafka_groups;
+pub mod load_balancing;
 pub mod mqtt_telemetry;
 pub mod queue_vs_pubsub;
+pub mod rate_limit;
 pub mod redis_lock;
 pub mod smoke;
+pub mod sql_transfers;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -314,6 +320,12 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &mqtt_telemetry::MqttTelemetry,
     &kafka_groups::KafkaGroups,
     &event_pipeline::EventPipeline,
+    &rate_limit::RateLimit,
+    &consistent_hashing::ConsistentHashing,
+    &load_balancing::LoadBalancing,
+    &sql_transfers::SqlTransfers,
+    &cache_patterns::CachePatterns,
+    &cache_eviction::CacheEviction,
     &smoke::Smoke,
 ];
 
