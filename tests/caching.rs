@@ -5,15 +5,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-fn scenario<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["labs"][0]["scenarios"]
-        .as_array()
-        .expect("scenarios")
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no scenario {name} in {report}"))
-}
-
 fn obs(report: &Value, name: &str, what: &str) -> f64 {
     scenario(report, name)["observations"][what]
         .as_f64()

@@ -7,24 +7,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// Runs a lab file with `--format json` (and extra args) and returns exit code and report.
-fn run_json(lab: &TempLab, extra: &[&str]) -> (Option<i32>, Value, String) {
-    let mut args = vec!["run", lab.path.to_str().unwrap(), "--format", "json"];
-    args.extend_from_slice(extra);
-    let out = run(&args);
-    let report = json_report(&out);
-    (out.status.code(), report, text(&out))
-}
-
-fn scenario<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["labs"][0]["scenarios"]
-        .as_array()
-        .expect("scenarios")
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("scenario {name} in {report}"))
-}
-
 fn obs_i64(report: &Value, scenario_name: &str, obs: &str) -> i64 {
     scenario(report, scenario_name)["observations"][obs]
         .as_i64()

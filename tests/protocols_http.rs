@@ -10,16 +10,6 @@ use serde_json::Value;
 const HTTPS: &str = "protocols/http-https.yaml";
 const HTTP2: &str = "protocols/http2-multiplexing.yaml";
 
-/// The scenario named `name` in the report's first lab.
-fn scenario<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["labs"][0]["scenarios"]
-        .as_array()
-        .expect("scenarios")
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no scenario {name} in {report}"))
-}
-
 /// The failed checks of a scenario, as `(observation, observed)`.
 fn failed_checks(scenario: &Value) -> Vec<(String, Value)> {
     scenario["checks"]

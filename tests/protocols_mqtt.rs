@@ -7,15 +7,6 @@ use serde_json::Value;
 
 const LAB: &str = "protocols/mqtt-telemetry.yaml";
 
-fn scenario<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["labs"][0]["scenarios"]
-        .as_array()
-        .expect("scenarios")
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("scenario {name} in {report}"))
-}
-
 fn obs(report: &Value, name: &str, observation: &str) -> f64 {
     scenario(report, name)["observations"][observation]
         .as_f64()

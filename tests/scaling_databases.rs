@@ -7,15 +7,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-fn scenario<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["labs"][0]["scenarios"]
-        .as_array()
-        .expect("scenarios")
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no scenario {name} in {report}"))
-}
-
 fn int(s: &Value, observation: &str) -> i64 {
     s["observations"][observation]
         .as_i64()

@@ -6,24 +6,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// Runs a lab with `--format json` and returns the exit code and the report.
-fn run_json(lab: &TempLab, extra: &[&str]) -> (Option<i32>, Value, String) {
-    let mut args = vec!["run", lab.path.to_str().unwrap(), "--format", "json"];
-    args.extend_from_slice(extra);
-    let out = run(&args);
-    let report = json_report(&out);
-    (out.status.code(), report, text(&out))
-}
-
-fn scenario<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["labs"][0]["scenarios"]
-        .as_array()
-        .expect("scenarios")
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no scenario {name} in {report}"))
-}
-
 fn obs(report: &Value, scenario_name: &str, observation: &str) -> f64 {
     let s = scenario(report, scenario_name);
     s["observations"][observation]

@@ -132,3 +132,23 @@ pub fn json_report(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("stdout is not a JSON report ({e}):\n{}", text(out)))
 }
+
+/// One scenario of the first lab in a JSON report, by name.
+pub fn scenario<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["labs"][0]["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("scenario {name} in {report}"))
+}
+
+/// Runs a lab file with `--format json` (and extra args): exit code, report, and
+/// the whole output for assertion messages.
+pub fn run_json(lab: &TempLab, extra: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let mut args = vec!["run", lab.path.to_str().unwrap(), "--format", "json"];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let report = json_report(&out);
+    (out.status.code(), report, text(&out))
+}
