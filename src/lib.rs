@@ -3,7 +3,8 @@
 //! Data flows one way: a lab file ([`lab`]) becomes a validated plan, the
 //! [`engine`] starts its services ([`catalog`], [`images`]), the [`exercise`]
 //! measures observations, [`check`] turns them into verdicts and [`report`]
-//! renders them. [`runner`] wires the steps; [`cli`] is the command line.
+//! renders them. [`runner`] wires the steps; [`cli`] is the command line;
+//! [`agent`] is the backend that runs inside `agent` containers.
 
 pub mod agent;
 pub mod catalog;
