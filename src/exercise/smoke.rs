@@ -38,7 +38,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use redis::AsyncCommands;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -618,15 +618,7 @@ async fn mqtt_trip(url: String, ns: String, mut gate: Ticket) -> Result<Trip, St
             _ => {}
         }
     };
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(e) = eventloop.poll().await {
-            if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
-                break;
-            }
-        }
-    })
-    .await;
+    super::mqtt_telemetry::disconnect(&client, &mut eventloop).await;
     result
 }
 

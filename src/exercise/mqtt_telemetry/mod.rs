@@ -973,15 +973,7 @@ async fn late_subscriber(
             _ => {}
         }
     }
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(e) = eventloop.poll().await {
-            if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
-                break;
-            }
-        }
-    })
-    .await;
+    disconnect(&client, &mut eventloop).await;
     Ok(got)
 }
 
@@ -1163,6 +1155,20 @@ async fn clear_retained(host: &str, port: u16, id: &str, fleet: &[Sensor]) {
             }
         }
         let _ = client.try_disconnect();
+        while let Ok(e) = eventloop.poll().await {
+            if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Sends DISCONNECT and drives the event loop until it is on the wire (at most
+/// 1 s), so the broker sees a clean goodbye and publishes no last will.
+pub(crate) async fn disconnect(client: &rumqttc::AsyncClient, eventloop: &mut rumqttc::EventLoop) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while let Ok(e) = eventloop.poll().await {
             if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
                 break;
