@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use crate::check::{self, Verdict};
 use crate::engine::stack::{self, StackOptions};
 use crate::engine::{Engine, EnvError, Stack, faults};
-use crate::exercise::{Ctx, Timeline};
+use crate::exercise::{self, Ctx, Timeline};
 use crate::images::Source;
 use crate::lab::{Lab, Scenario, When};
 use crate::report::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
@@ -282,7 +282,23 @@ async fn run_scenario(
                 .join("; "),
         );
     }
-    let checks = check::evaluate(&scenario.expect, &observations);
+    let marks: Vec<String> = timeline
+        .events()
+        .into_iter()
+        .filter(|e| e.source == "exercise")
+        .map(|e| e.what)
+        .collect();
+    let (observations, problems) = exercise::tidy(lab.exercise, observations, &marks);
+    if !problems.is_empty() {
+        error = Some(
+            error
+                .into_iter()
+                .chain(problems)
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+    }
+    let checks = check::evaluate(&scenario.expect, &observations, &scenario.params);
     let mut verdict = Verdict::merge_all(checks.iter().map(|c| c.verdict));
     if error.is_some() {
         verdict = verdict.merge(Verdict::Unknown);

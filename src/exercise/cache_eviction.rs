@@ -87,64 +87,48 @@ impl Exercise for CacheEviction {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "policy",
-                doc: "maxmemory-policy as Redis reports it (CONFIG GET)",
-            },
-            ObsSpec {
-                name: "maxmemory_bytes",
-                doc: "maxmemory as Redis reports it",
-            },
-            ObsSpec {
-                name: "written_bytes",
-                doc: "value bytes the exercise tried to store (hot + cold)",
-            },
-            ObsSpec {
-                name: "writes",
-                doc: "SETs attempted (hot + cold)",
-            },
-            ObsSpec {
-                name: "write_errors",
-                doc: "SETs Redis refused (OOM under noeviction)",
-            },
-            ObsSpec {
-                name: "evicted_keys",
-                doc: "INFO stats evicted_keys for this scenario",
-            },
-            ObsSpec {
-                name: "hot_survival",
-                doc: "share of the hot keys still there at the end (EXISTS)",
-            },
-            ObsSpec {
-                name: "cold_survival",
-                doc: "share of the cold keys still there at the end",
-            },
-            ObsSpec {
-                name: "hot_misses",
-                doc: "reads of a hot key that found it gone",
-            },
-            ObsSpec {
-                name: "used_memory_bytes",
-                doc: "INFO memory used_memory at the end of the fill",
-            },
-            ObsSpec {
-                name: "ttl_alive_halfway",
-                doc: "keys with an expiry still there halfway through their TTL",
-            },
-            ObsSpec {
-                name: "expired_observed",
-                doc: "keys with an expiry gone after their TTL (EXISTS)",
-            },
-            ObsSpec {
-                name: "persistent_kept",
-                doc: "keys without an expiry still there after the TTL",
-            },
-            ObsSpec {
-                name: "expired_keys",
-                doc: "INFO stats expired_keys for this scenario",
-            },
-        ]
+        const {
+            &[
+                ObsSpec::text(
+                    "policy",
+                    "maxmemory-policy as Redis reports it (CONFIG GET)",
+                ),
+                ObsSpec::number("maxmemory_bytes", "maxmemory as Redis reports it"),
+                ObsSpec::number(
+                    "written_bytes",
+                    "value bytes the exercise tried to store (hot + cold)",
+                ),
+                ObsSpec::number("writes", "SETs attempted (hot + cold)"),
+                ObsSpec::number("write_errors", "SETs Redis refused (OOM under noeviction)"),
+                ObsSpec::number("evicted_keys", "INFO stats evicted_keys for this scenario"),
+                ObsSpec::number(
+                    "hot_survival",
+                    "share of the hot keys still there at the end (EXISTS)",
+                ),
+                ObsSpec::number(
+                    "cold_survival",
+                    "share of the cold keys still there at the end",
+                ),
+                ObsSpec::number("hot_misses", "reads of a hot key that found it gone"),
+                ObsSpec::number(
+                    "used_memory_bytes",
+                    "INFO memory used_memory at the end of the fill",
+                ),
+                ObsSpec::number(
+                    "ttl_alive_halfway",
+                    "keys with an expiry still there halfway through their TTL",
+                ),
+                ObsSpec::number(
+                    "expired_observed",
+                    "keys with an expiry gone after their TTL (EXISTS)",
+                ),
+                ObsSpec::number(
+                    "persistent_kept",
+                    "keys without an expiry still there after the TTL",
+                ),
+                ObsSpec::number("expired_keys", "INFO stats expired_keys for this scenario"),
+            ]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

@@ -33,9 +33,8 @@ use redis::AsyncCommands;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{
-    Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec, percentile_ms,
-};
+use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
+use crate::stats::percentile_ms;
 
 /// The `cache-patterns` exercise.
 pub struct CachePatterns;
@@ -134,68 +133,64 @@ impl Exercise for CachePatterns {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "reads",
-                doc: "reads done by all readers",
-            },
-            ObsSpec {
-                name: "writes",
-                doc: "writes acknowledged to the writers",
-            },
-            ObsSpec {
-                name: "hit_ratio",
-                doc: "reads answered by Redis ÷ reads",
-            },
-            ObsSpec {
-                name: "db_reads",
-                doc: "reads that went to PostgreSQL on a miss (counted by PostgreSQL; the warm-up load excluded)",
-            },
-            ObsSpec {
-                name: "db_writes",
-                doc: "row updates PostgreSQL applied (its `writes` column)",
-            },
-            ObsSpec {
-                name: "coalesced",
-                doc: "writes − db_writes: acknowledged writes folded into a later database write (or lost)",
-            },
-            ObsSpec {
-                name: "stale_reads",
-                doc: "cache answers older than the version PostgreSQL had committed just before",
-            },
-            ObsSpec {
-                name: "read_p50_ms",
-                doc: "median read (cache, and database + fill on a miss)",
-            },
-            ObsSpec {
-                name: "read_p99_ms",
-                doc: "99th percentile read",
-            },
-            ObsSpec {
-                name: "write_p50_ms",
-                doc: "median write, until acknowledged to the writer",
-            },
-            ObsSpec {
-                name: "write_p99_ms",
-                doc: "99th percentile write",
-            },
-            ObsSpec {
-                name: "db_lag_ms",
-                doc: "write-behind: longest time a product stayed dirty in Redis before its database commit",
-            },
-            ObsSpec {
-                name: "db_lag_p50_ms",
-                doc: "write-behind: median of that time per flushed product",
-            },
-            ObsSpec {
-                name: "flushes",
-                doc: "write-behind: flusher transactions that wrote something",
-            },
-            ObsSpec {
-                name: "lost_on_crash",
-                doc: "acknowledged writes PostgreSQL never got (Σ cache version − database version at the end)",
-            },
-        ]
+        const {
+            &[
+                ObsSpec::number("reads", "reads done by all readers"),
+                ObsSpec::number("writes", "writes acknowledged to the writers"),
+                ObsSpec::number("hit_ratio", "reads answered by Redis ÷ reads"),
+                ObsSpec::number(
+                    "db_reads",
+                    "reads that went to PostgreSQL on a miss (counted by PostgreSQL; the warm-up load excluded)",
+                ),
+                ObsSpec::number(
+                    "db_writes",
+                    "row updates PostgreSQL applied (its `writes` column)",
+                ),
+                ObsSpec::number(
+                    "coalesced",
+                    "writes − db_writes: acknowledged writes folded into a later database write (or lost)",
+                ),
+                ObsSpec::number(
+                    "stale_reads",
+                    "cache answers older than the version PostgreSQL had committed just before",
+                ),
+                ObsSpec::number(
+                    "read_p50_ms",
+                    "median read (cache, and database + fill on a miss)",
+                ),
+                ObsSpec::number("read_p99_ms", "99th percentile read"),
+                ObsSpec::number(
+                    "write_p50_ms",
+                    "median write, until acknowledged to the writer",
+                ),
+                ObsSpec::number("write_p99_ms", "99th percentile write"),
+                ObsSpec::number(
+                    "db_lag_ms",
+                    "write-behind: longest time a product stayed dirty in Redis before its database commit",
+                ),
+                ObsSpec::number(
+                    "db_lag_p50_ms",
+                    "write-behind: median of that time per flushed product",
+                ),
+                ObsSpec::number(
+                    "flushes",
+                    "write-behind: flusher transactions that wrote something",
+                ),
+                ObsSpec::number(
+                    "lost_on_crash",
+                    "acknowledged writes PostgreSQL never got (Σ cache version − database version at the end)",
+                ),
+            ]
+        }
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[Milestone::new(
+                "flusher-crashed",
+                "the write-behind flusher died",
+            )]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

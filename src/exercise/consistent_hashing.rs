@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
+use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
 
 /// The `consistent-hashing` exercise.
 pub struct ConsistentHashing;
@@ -60,44 +60,46 @@ impl Exercise for ConsistentHashing {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "nodes_before",
-                doc: "cache nodes before the change",
-            },
-            ObsSpec {
-                name: "nodes_after",
-                doc: "cache nodes after the change",
-            },
-            ObsSpec {
-                name: "read_misses",
-                doc: "keys not found (EXISTS) on their owner after the change",
-            },
-            ObsSpec {
-                name: "keys_moved_fraction",
-                doc: "read_misses / keys",
-            },
-            ObsSpec {
-                name: "remapped_fraction",
-                doc: "keys whose owner changed, by the placement function alone",
-            },
-            ObsSpec {
-                name: "ideal_moved_fraction",
-                doc: "the least that must move: the joining or leaving node's fair share, 1/N",
-            },
-            ObsSpec {
-                name: "load_max_over_mean_before",
-                doc: "busiest node's keys / mean keys per node, DBSIZE before the change",
-            },
-            ObsSpec {
-                name: "load_max_over_mean",
-                doc: "busiest node's keys / mean keys per node, DBSIZE after the change and the refill",
-            },
-            ObsSpec {
-                name: "keys_per_node",
-                doc: "DBSIZE of each node after the change (list, node order)",
-            },
-        ]
+        const {
+            &[
+                ObsSpec::number("nodes_before", "cache nodes before the change"),
+                ObsSpec::number("nodes_after", "cache nodes after the change"),
+                ObsSpec::number(
+                    "read_misses",
+                    "keys not found (EXISTS) on their owner after the change",
+                ),
+                ObsSpec::number("keys_moved_fraction", "read_misses / keys"),
+                ObsSpec::number(
+                    "remapped_fraction",
+                    "keys whose owner changed, by the placement function alone",
+                ),
+                ObsSpec::number(
+                    "ideal_moved_fraction",
+                    "the least that must move: the joining or leaving node's fair share, 1/N",
+                ),
+                ObsSpec::number(
+                    "load_max_over_mean_before",
+                    "busiest node's keys / mean keys per node, DBSIZE before the change",
+                ),
+                ObsSpec::number(
+                    "load_max_over_mean",
+                    "busiest node's keys / mean keys per node, DBSIZE after the change and the refill",
+                ),
+                ObsSpec::list(
+                    "keys_per_node",
+                    "DBSIZE of each node after the change (list, node order)",
+                ),
+            ]
+        }
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[
+                Milestone::new("keys-written", "every key is written to its node"),
+                Milestone::new("keys-read", "every key was read back after the change"),
+            ]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

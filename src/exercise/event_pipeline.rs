@@ -35,9 +35,8 @@ use sha2::{Digest, Sha256};
 use super::kafka_groups::{
     Outgoing, consumer_config, create_topic, delete_topic, produce, producer, topic_name,
 };
-use super::{
-    Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec, percentile_ms,
-};
+use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
+use crate::stats::percentile_ms;
 
 /// The `event-pipeline` exercise.
 pub struct EventPipeline;
@@ -126,64 +125,67 @@ impl Exercise for EventPipeline {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "orders_sent",
-                doc: "orders the broker acknowledged",
-            },
-            ObsSpec {
-                name: "rows",
-                doc: "charge rows in the database",
-            },
-            ObsSpec {
-                name: "duplicates_applied",
-                doc: "charge rows beyond one per order (orders charged more than once)",
-            },
-            ObsSpec {
-                name: "missing",
-                doc: "orders sent that have no charge row",
-            },
-            ObsSpec {
-                name: "redelivered",
-                doc: "deliveries of an order the consumer had already received (Kafka-side duplicates)",
-            },
-            ObsSpec {
-                name: "charged_total",
-                doc: "sum of all customer balances in the database (cents)",
-            },
-            ObsSpec {
-                name: "expected_total",
-                doc: "sum of the amounts of the orders sent (cents)",
-            },
-            ObsSpec {
-                name: "overcharge",
-                doc: "charged_total − expected_total (cents)",
-            },
-            ObsSpec {
-                name: "exact",
-                doc: "one row per order and charged_total == expected_total",
-            },
-            ObsSpec {
-                name: "crashes",
-                doc: "consumer crashes between applying a batch and committing it",
-            },
-            ObsSpec {
-                name: "batches",
-                doc: "batches applied to the database, redelivered ones included",
-            },
-            ObsSpec {
-                name: "msgs_per_s",
-                doc: "orders applied per second, from the first send to the last new order applied",
-            },
-            ObsSpec {
-                name: "end_to_end_p50_ms",
-                doc: "median time from an order's send to the commit of its first application",
-            },
-            ObsSpec {
-                name: "end_to_end_p99_ms",
-                doc: "99th percentile of the same",
-            },
-        ]
+        const {
+            &[
+                ObsSpec::number("orders_sent", "orders the broker acknowledged"),
+                ObsSpec::number("rows", "charge rows in the database"),
+                ObsSpec::number(
+                    "duplicates_applied",
+                    "charge rows beyond one per order (orders charged more than once)",
+                ),
+                ObsSpec::number("missing", "orders sent that have no charge row"),
+                ObsSpec::number(
+                    "redelivered",
+                    "deliveries of an order the consumer had already received (Kafka-side duplicates)",
+                ),
+                ObsSpec::number(
+                    "charged_total",
+                    "sum of all customer balances in the database (cents)",
+                ),
+                ObsSpec::number(
+                    "expected_total",
+                    "sum of the amounts of the orders sent (cents)",
+                ),
+                ObsSpec::number("overcharge", "charged_total − expected_total (cents)"),
+                ObsSpec::flag(
+                    "exact",
+                    "one row per order and charged_total == expected_total",
+                ),
+                ObsSpec::number(
+                    "crashes",
+                    "consumer crashes between applying a batch and committing it",
+                ),
+                ObsSpec::number(
+                    "batches",
+                    "batches applied to the database, redelivered ones included",
+                ),
+                ObsSpec::number(
+                    "msgs_per_s",
+                    "orders applied per second, from the first send to the last new order applied",
+                ),
+                ObsSpec::number(
+                    "end_to_end_p50_ms",
+                    "median time from an order's send to the commit of its first application",
+                ),
+                ObsSpec::number("end_to_end_p99_ms", "99th percentile of the same"),
+            ]
+        }
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[
+                Milestone::new("ready", "topic, tables and consumer are ready"),
+                Milestone::new("producing", "orders are being produced"),
+                Milestone::new("produced", "every order is acknowledged"),
+                Milestone::new("consumer-stopped", "the consumer has stopped"),
+                Milestone::new(
+                    "consumer-crashed",
+                    "the consumer crashed between its DB write and its offset commit",
+                ),
+                Milestone::new("consumer-restarted", "a new consumer took over"),
+            ]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

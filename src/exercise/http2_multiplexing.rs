@@ -86,32 +86,31 @@ impl Exercise for Http2Multiplexing {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "connections_used",
-                doc: "distinct TCP connections the requests arrived on, counted by Nginx ($connection)",
-            },
-            ObsSpec {
-                name: "negotiated_protocol",
-                doc: "protocol Nginx served the requests with: `h2` or `http/1.1` ($server_protocol)",
-            },
-            ObsSpec {
-                name: "alpn",
-                doc: "protocol agreed in the TLS handshake (ALPN), as the client saw it",
-            },
-            ObsSpec {
-                name: "wall_ms",
-                doc: "from the first request sent to the last answer read",
-            },
-            ObsSpec {
-                name: "ratio",
-                doc: "wall_ms ÷ delay_ms: about `requests` when they queue on one connection, about 1 when they all run at once",
-            },
-            ObsSpec {
-                name: "requests_per_connection",
-                doc: "requests ÷ connections_used",
-            },
-        ]
+        const {
+            &[
+                ObsSpec::number(
+                    "connections_used",
+                    "distinct TCP connections the requests arrived on, counted by Nginx ($connection)",
+                ),
+                ObsSpec::text(
+                    "negotiated_protocol",
+                    "protocol Nginx served the requests with: `h2` or `http/1.1` ($server_protocol)",
+                ),
+                ObsSpec::text(
+                    "alpn",
+                    "protocol agreed in the TLS handshake (ALPN), as the client saw it",
+                ),
+                ObsSpec::number(
+                    "wall_ms",
+                    "from the first request sent to the last answer read",
+                ),
+                ObsSpec::number(
+                    "ratio",
+                    "wall_ms ÷ delay_ms: about `requests` when they queue on one connection, about 1 when they all run at once",
+                ),
+                ObsSpec::number("requests_per_connection", "requests ÷ connections_used"),
+            ]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

@@ -33,10 +33,10 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::{
-    Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamKind, ParamSpec,
-    percentile_ms,
+    Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamKind, ParamSpec,
 };
 use crate::catalog::Endpoint;
+use crate::stats::percentile_ms;
 
 /// The lab catalog's test CA: it signed the certificate the protocol labs'
 /// Nginx serves (`labs/protocols/tls/localhost.pem`, valid for `localhost` and
@@ -97,56 +97,65 @@ impl Exercise for Https {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "tls_version",
-                doc: "TLS version Nginx negotiated with the trusting client (`TLSv1.3`), reported by Nginx",
-            },
-            ObsSpec {
-                name: "verified",
-                doc: "the client trusting the lab CA verified the certificate (chain and name) and completed the handshake",
-            },
-            ObsSpec {
-                name: "verify_error",
-                doc: "why that client refused the server (`none`, `unknown-issuer`, `wrong-name`, …)",
-            },
-            ObsSpec {
-                name: "https_status",
-                doc: "HTTP status of GET / over the verified connection",
-            },
-            ObsSpec {
-                name: "backend",
-                doc: "instance id of the agent that answered through Nginx",
-            },
-            ObsSpec {
-                name: "hsts",
-                doc: "the HTTPS answer carries Strict-Transport-Security",
-            },
-            ObsSpec {
-                name: "untrusted_rejected",
-                doc: "a client trusting another CA was refused with a certificate error",
-            },
-            ObsSpec {
-                name: "untrusted_error",
-                doc: "the error that client got (`unknown-issuer` expected; `none` if it got through)",
-            },
-            ObsSpec {
-                name: "redirect_status",
-                doc: "HTTP status of a plain-HTTP GET / on port 80",
-            },
-            ObsSpec {
-                name: "redirects_to_https",
-                doc: "that answer's Location starts with https://",
-            },
-            ObsSpec {
-                name: "handshake_ms",
-                doc: "median TLS handshake time of the trusting client, after the TCP connect",
-            },
-            ObsSpec {
-                name: "tcp_connect_ms",
-                doc: "median TCP connect time, for comparison",
-            },
-        ]
+        const {
+            &[
+                ObsSpec::text(
+                    "tls_version",
+                    "TLS version Nginx negotiated with the trusting client (`TLSv1.3`), reported by Nginx",
+                ),
+                ObsSpec::flag(
+                    "verified",
+                    "the client trusting the lab CA verified the certificate (chain and name) and completed the handshake",
+                ),
+                ObsSpec::text(
+                    "verify_error",
+                    "why that client refused the server (`none`, `unknown-issuer`, `wrong-name`, …)",
+                ),
+                ObsSpec::number(
+                    "https_status",
+                    "HTTP status of GET / over the verified connection",
+                ),
+                ObsSpec::text(
+                    "backend",
+                    "instance id of the agent that answered through Nginx",
+                ),
+                ObsSpec::flag("hsts", "the HTTPS answer carries Strict-Transport-Security"),
+                ObsSpec::flag(
+                    "untrusted_rejected",
+                    "a client trusting another CA was refused with a certificate error",
+                ),
+                ObsSpec::text(
+                    "untrusted_error",
+                    "the error that client got (`unknown-issuer` expected; `none` if it got through)",
+                ),
+                ObsSpec::number(
+                    "redirect_status",
+                    "HTTP status of a plain-HTTP GET / on port 80",
+                ),
+                ObsSpec::flag(
+                    "redirects_to_https",
+                    "that answer's Location starts with https://",
+                ),
+                ObsSpec::number(
+                    "handshake_ms",
+                    "median TLS handshake time of the trusting client, after the TCP connect",
+                ),
+                ObsSpec::number("tcp_connect_ms", "median TCP connect time, for comparison"),
+            ]
+        }
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[
+                Milestone::new("handshakes-started", "the timed TLS handshakes begin"),
+                Milestone::new("handshakes-finished", "the timed handshakes are done"),
+                Milestone::new(
+                    "untrusted-client-done",
+                    "the client without the lab CA was refused (or not)",
+                ),
+            ]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

@@ -38,9 +38,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec, percentile_ms,
-};
+use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
+use crate::stats::percentile_ms;
 
 /// The `kafka-groups` exercise.
 pub struct KafkaGroups;
@@ -142,72 +141,86 @@ impl Exercise for KafkaGroups {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "messages_sent",
-                doc: "messages the broker acknowledged",
-            },
-            ObsSpec {
-                name: "consumed_total",
-                doc: "deliveries over all groups and members, duplicates included",
-            },
-            ObsSpec {
-                name: "per_group_received",
-                doc: "distinct messages each group received (live groups first, then late ones)",
-            },
-            ObsSpec {
-                name: "groups_complete",
-                doc: "groups that received every message sent",
-            },
-            ObsSpec {
-                name: "late_received",
-                doc: "distinct messages the late groups received, summed",
-            },
-            ObsSpec {
-                name: "per_member_partitions",
-                doc: "partitions each member of the first group held once the group was stable",
-            },
-            ObsSpec {
-                name: "members_with_partitions",
-                doc: "members of the first group that held at least one partition",
-            },
-            ObsSpec {
-                name: "max_owners_per_partition",
-                doc: "most members of one group ever holding the same partition at once",
-            },
-            ObsSpec {
-                name: "order_violations_per_key",
-                doc: "first deliveries that came after a later message of the same key (all groups)",
-            },
-            ObsSpec {
-                name: "lost",
-                doc: "messages a group never received, summed over groups",
-            },
-            ObsSpec {
-                name: "duplicates",
-                doc: "repeated deliveries of a message within a group, summed over groups",
-            },
-            ObsSpec {
-                name: "rebalance_time_ms",
-                doc: "from the member's leaving to the survivors holding every partition (only when a member left)",
-            },
-            ObsSpec {
-                name: "partitions_after_rebalance",
-                doc: "partitions each surviving member held after the rebalance (only when a member left)",
-            },
-            ObsSpec {
-                name: "msgs_per_s",
-                doc: "messages the first group received per second, from the first send to its last delivery",
-            },
-            ObsSpec {
-                name: "latency_p50_ms",
-                doc: "median time from send to first delivery (live groups)",
-            },
-            ObsSpec {
-                name: "latency_p99_ms",
-                doc: "99th percentile time from send to first delivery (live groups)",
-            },
-        ]
+        const {
+            &[
+                ObsSpec::number("messages_sent", "messages the broker acknowledged"),
+                ObsSpec::number(
+                    "consumed_total",
+                    "deliveries over all groups and members, duplicates included",
+                ),
+                ObsSpec::list(
+                    "per_group_received",
+                    "distinct messages each group received (live groups first, then late ones)",
+                ),
+                ObsSpec::number("groups_complete", "groups that received every message sent"),
+                ObsSpec::number(
+                    "late_received",
+                    "distinct messages the late groups received, summed",
+                ),
+                ObsSpec::list(
+                    "per_member_partitions",
+                    "partitions each member of the first group held once the group was stable",
+                ),
+                ObsSpec::number(
+                    "members_with_partitions",
+                    "members of the first group that held at least one partition",
+                ),
+                ObsSpec::number(
+                    "max_owners_per_partition",
+                    "most members of one group ever holding the same partition at once",
+                ),
+                ObsSpec::number(
+                    "order_violations_per_key",
+                    "first deliveries that came after a later message of the same key (all groups)",
+                ),
+                ObsSpec::number(
+                    "lost",
+                    "messages a group never received, summed over groups",
+                ),
+                ObsSpec::number(
+                    "duplicates",
+                    "repeated deliveries of a message within a group, summed over groups",
+                ),
+                ObsSpec::number(
+                    "rebalance_time_ms",
+                    "from the member's leaving to the survivors holding every partition (only when a member left)",
+                ),
+                ObsSpec::number(
+                    "partitions_after_rebalance",
+                    "partitions each surviving member held after the rebalance (only when a member left)",
+                ),
+                ObsSpec::number(
+                    "msgs_per_s",
+                    "messages the first group received per second, from the first send to its last delivery",
+                ),
+                ObsSpec::number(
+                    "latency_p50_ms",
+                    "median time from send to first delivery (live groups)",
+                ),
+                ObsSpec::number(
+                    "latency_p99_ms",
+                    "99th percentile time from send to first delivery (live groups)",
+                ),
+            ]
+        }
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[
+                Milestone::new("topic-created", "the topic exists"),
+                Milestone::new("groups-stable", "every group has its partitions"),
+                Milestone::new("producing", "the producer starts"),
+                Milestone::new("produced", "every message is acknowledged"),
+                Milestone::new(
+                    "late-groups-stable",
+                    "the late groups have their partitions",
+                ),
+                Milestone::new("drained", "every group has read everything"),
+                Milestone::new("consumers-closed", "every consumer has left"),
+                Milestone::new("member-left", "the leaving member has left its group"),
+            ]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
+use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
 
 /// The header naming the agent instance that answered.
 const INSTANCE_HEADER: &str = "x-infralab-instance";
@@ -86,56 +86,61 @@ impl Exercise for LoadBalancing {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "requests",
-                doc: "requests sent (more than `requests` with a kill: the client keeps sending until the replica is down)",
-            },
-            ObsSpec {
-                name: "served",
-                doc: "requests answered 200 by an agent",
-            },
-            ObsSpec {
-                name: "errors",
-                doc: "requests that failed or got a non-200 answer, as the client saw them",
-            },
-            ObsSpec {
-                name: "error_rate",
-                doc: "errors ÷ requests",
-            },
-            ObsSpec {
-                name: "per_instance",
-                doc: "answers per agent instance (from x-infralab-instance)",
-            },
-            ObsSpec {
-                name: "instances_used",
-                doc: "instances that answered at least one request",
-            },
-            ObsSpec {
-                name: "spread",
-                doc: "max ÷ min answers per replica over all replicas (a replica with none counts as 1)",
-            },
-            ObsSpec {
-                name: "served_after_kill",
-                doc: "answers to requests started after the killed replica was down",
-            },
-            ObsSpec {
-                name: "served_by_killed_before_kill",
-                doc: "answers from the killed replica before it went down",
-            },
-            ObsSpec {
-                name: "served_by_killed_after_kill",
-                doc: "answers from the killed replica to requests started after it was down",
-            },
-            ObsSpec {
-                name: "errors_after_kill",
-                doc: "errors on requests started after the killed replica was down",
-            },
-            ObsSpec {
-                name: "survivors_used_after_kill",
-                doc: "instances that answered requests started after the kill",
-            },
-        ]
+        const {
+            &[
+                ObsSpec::number(
+                    "requests",
+                    "requests sent (more than `requests` with a kill: the client keeps sending until the replica is down)",
+                ),
+                ObsSpec::number("served", "requests answered 200 by an agent"),
+                ObsSpec::number(
+                    "errors",
+                    "requests that failed or got a non-200 answer, as the client saw them",
+                ),
+                ObsSpec::number("error_rate", "errors ÷ requests"),
+                ObsSpec::list(
+                    "per_instance",
+                    "answers per agent instance (from x-infralab-instance)",
+                ),
+                ObsSpec::number(
+                    "instances_used",
+                    "instances that answered at least one request",
+                ),
+                ObsSpec::number(
+                    "spread",
+                    "max ÷ min answers per replica over all replicas (a replica with none counts as 1)",
+                ),
+                ObsSpec::number(
+                    "served_after_kill",
+                    "answers to requests started after the killed replica was down",
+                ),
+                ObsSpec::number(
+                    "served_by_killed_before_kill",
+                    "answers from the killed replica before it went down",
+                ),
+                ObsSpec::number(
+                    "served_by_killed_after_kill",
+                    "answers from the killed replica to requests started after it was down",
+                ),
+                ObsSpec::number(
+                    "errors_after_kill",
+                    "errors on requests started after the killed replica was down",
+                ),
+                ObsSpec::number(
+                    "survivors_used_after_kill",
+                    "instances that answered requests started after the kill",
+                ),
+            ]
+        }
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[Milestone::new(
+                "half-served",
+                "half of the requests were served",
+            )]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

@@ -136,13 +136,116 @@ impl ParamSpec {
     }
 }
 
+/// What kind of value an observation is, so a predicate that cannot fit it
+/// (`> 0` on a text, `=== 400` anywhere) is refused before anything starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObsKind {
+    /// A count, ratio or duration.
+    Number,
+    /// `true` / `false`.
+    Bool,
+    /// A word or short text.
+    Text,
+    /// A list of numbers (per consumer, per node …).
+    List,
+}
+
+impl ObsKind {
+    /// "a number", "true or false", … for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ObsKind::Number => "a number",
+            ObsKind::Bool => "true or false",
+            ObsKind::Text => "a text",
+            ObsKind::List => "a list",
+        }
+    }
+
+    /// Whether a JSON value is of this kind.
+    pub fn fits(self, v: &Value) -> bool {
+        match self {
+            ObsKind::Number => v.is_number(),
+            ObsKind::Bool => v.is_boolean(),
+            ObsKind::Text => v.is_string(),
+            ObsKind::List => v.is_array(),
+        }
+    }
+
+    /// The name `infralab show` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            ObsKind::Number => "number",
+            ObsKind::Bool => "boolean",
+            ObsKind::Text => "text",
+            ObsKind::List => "list",
+        }
+    }
+}
+
 /// An observation an exercise produces.
 #[derive(Debug, Clone)]
 pub struct ObsSpec {
     /// Name used in `expect:`.
     pub name: &'static str,
+    /// Its type.
+    pub kind: ObsKind,
     /// One line for `infralab show` and the README.
     pub doc: &'static str,
+}
+
+impl ObsSpec {
+    /// A number observation.
+    pub const fn number(name: &'static str, doc: &'static str) -> Self {
+        ObsSpec {
+            name,
+            kind: ObsKind::Number,
+            doc,
+        }
+    }
+
+    /// A boolean observation.
+    pub const fn flag(name: &'static str, doc: &'static str) -> Self {
+        ObsSpec {
+            name,
+            kind: ObsKind::Bool,
+            doc,
+        }
+    }
+
+    /// A text observation.
+    pub const fn text(name: &'static str, doc: &'static str) -> Self {
+        ObsSpec {
+            name,
+            kind: ObsKind::Text,
+            doc,
+        }
+    }
+
+    /// A list observation.
+    pub const fn list(name: &'static str, doc: &'static str) -> Self {
+        ObsSpec {
+            name,
+            kind: ObsKind::List,
+            doc,
+        }
+    }
+}
+
+/// A milestone an exercise records in the timeline; faults can fire
+/// `after:` it, so a lab may name only declared ones.
+#[derive(Debug, Clone, Copy)]
+pub struct Milestone {
+    /// Name as written in `after:`.
+    pub name: &'static str,
+    /// When it is recorded, for `infralab show`.
+    pub doc: &'static str,
+}
+
+impl Milestone {
+    /// A milestone.
+    pub const fn new(name: &'static str, doc: &'static str) -> Self {
+        Milestone { name, doc }
+    }
 }
 
 /// What an exercise gets to work with.
@@ -306,6 +409,10 @@ pub trait Exercise: Send + Sync {
     fn params(&self) -> Vec<ParamSpec>;
     /// Observations it produces.
     fn observations(&self) -> &'static [ObsSpec];
+    /// Milestones it records, which faults may wait for (`after:`).
+    fn milestones(&self) -> &'static [Milestone] {
+        const { &[] }
+    }
     /// Runs once against the started services.
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError>;
 }
@@ -334,12 +441,38 @@ pub fn exercise(name: &str) -> Option<&'static dyn Exercise> {
     EXERCISES.iter().copied().find(|e| e.name() == name)
 }
 
-/// Percentile (0–100) of a list of durations, in milliseconds with 0.01 ms precision.
-pub fn percentile_ms(samples: &mut [Duration], pct: f64) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
+/// Drops observations without a value (null: no samples) and lists the ones
+/// an exercise got wrong (undeclared, or not of their declared kind) and the
+/// milestones it recorded without declaring them: bugs in the exercise, which
+/// make the scenario Unknown rather than letting a check pass on them.
+pub fn tidy(
+    exercise: &dyn Exercise,
+    mut obs: Observations,
+    marks: &[String],
+) -> (Observations, Vec<String>) {
+    obs.retain(|_, v| !v.is_null());
+    let mut problems = Vec::new();
+    for (name, value) in &obs {
+        match exercise.observations().iter().find(|o| o.name == name) {
+            None => problems.push(format!(
+                "exercise `{}` produced the undeclared observation `{name}`",
+                exercise.name()
+            )),
+            Some(spec) if !spec.kind.fits(value) => problems.push(format!(
+                "exercise `{}` produced `{name}` = {value}, declared as {}",
+                exercise.name(),
+                spec.kind.describe()
+            )),
+            Some(_) => {}
+        }
     }
-    samples.sort();
-    let rank = ((pct / 100.0) * (samples.len() - 1) as f64).round() as usize;
-    (samples[rank].as_secs_f64() * 100_000.0).round() / 100.0
+    for mark in marks {
+        if !exercise.milestones().iter().any(|m| m.name == mark) {
+            problems.push(format!(
+                "exercise `{}` recorded the undeclared milestone `{mark}`",
+                exercise.name()
+            ));
+        }
+    }
+    (obs, problems)
 }

@@ -34,9 +34,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::amqp;
-use super::{
-    Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec, percentile_ms,
-};
+use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
+use crate::stats::percentile_ms;
 
 /// The `queue-vs-pubsub` exercise.
 pub struct QueueVsPubsub;
@@ -135,57 +134,71 @@ impl Exercise for QueueVsPubsub {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "published",
-                doc: "messages the producer published (M)",
-            },
-            ObsSpec {
-                name: "delivered_total",
-                doc: "deliveries to all subscribers together (the late subscriber's included)",
-            },
-            ObsSpec {
-                name: "per_consumer",
-                doc: "deliveries to each of the K consumers, in subscription order",
-            },
-            ObsSpec {
-                name: "min_per_consumer",
-                doc: "fewest deliveries any of the K consumers got",
-            },
-            ObsSpec {
-                name: "max_per_consumer",
-                doc: "most deliveries any of the K consumers got",
-            },
-            ObsSpec {
-                name: "duplicates",
-                doc: "deliveries of a message id the same receiver (work queue: anyone) had already got",
-            },
-            ObsSpec {
-                name: "missing",
-                doc: "message ids never received (work queue: by anyone; broadcast: summed over the K consumers)",
-            },
-            ObsSpec {
-                name: "fairness",
-                doc: "max/min deliveries per consumer (a consumer with none counts as 1)",
-            },
-            ObsSpec {
-                name: "late_subscriber_received",
-                doc: "deliveries to the late subscriber (only with late_subscriber: true)",
-            },
-            ObsSpec {
-                name: "msgs_per_s",
-                doc: "deliveries per second, from the first publish to the last delivery",
-            },
-            ObsSpec {
-                name: "latency_p50_ms",
-                doc: "median time from publish to delivery (send time stamped in the payload; \
+        const {
+            &[
+                ObsSpec::number("published", "messages the producer published (M)"),
+                ObsSpec::number(
+                    "delivered_total",
+                    "deliveries to all subscribers together (the late subscriber's included)",
+                ),
+                ObsSpec::list(
+                    "per_consumer",
+                    "deliveries to each of the K consumers, in subscription order",
+                ),
+                ObsSpec::number(
+                    "min_per_consumer",
+                    "fewest deliveries any of the K consumers got",
+                ),
+                ObsSpec::number(
+                    "max_per_consumer",
+                    "most deliveries any of the K consumers got",
+                ),
+                ObsSpec::number(
+                    "duplicates",
+                    "deliveries of a message id the same receiver (work queue: anyone) had already got",
+                ),
+                ObsSpec::number(
+                    "missing",
+                    "message ids never received (work queue: by anyone; broadcast: summed over the K consumers)",
+                ),
+                ObsSpec::number(
+                    "fairness",
+                    "max/min deliveries per consumer (a consumer with none counts as 1)",
+                ),
+                ObsSpec::number(
+                    "late_subscriber_received",
+                    "deliveries to the late subscriber (only with late_subscriber: true)",
+                ),
+                ObsSpec::number(
+                    "msgs_per_s",
+                    "deliveries per second, from the first publish to the last delivery",
+                ),
+                ObsSpec::number(
+                    "latency_p50_ms",
+                    "median time from publish to delivery (send time stamped in the payload; \
                       includes waiting behind earlier messages)",
-            },
-            ObsSpec {
-                name: "latency_p99_ms",
-                doc: "99th percentile time from publish to delivery",
-            },
-        ]
+                ),
+                ObsSpec::number(
+                    "latency_p99_ms",
+                    "99th percentile time from publish to delivery",
+                ),
+            ]
+        }
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[
+                Milestone::new("consumers-subscribed", "every consumer is subscribed"),
+                Milestone::new("publishing", "the publisher starts"),
+                Milestone::new(
+                    "late-subscriber-joined",
+                    "the late subscriber is subscribed",
+                ),
+                Milestone::new("published", "every message is published"),
+                Milestone::new("consumers-stopped", "every consumer has stopped"),
+            ]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

@@ -143,32 +143,28 @@ impl Exercise for RateLimit {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "allowed",
-                doc: "requests the limiter let through",
-            },
-            ObsSpec {
-                name: "rejected",
-                doc: "requests the limiter refused",
-            },
-            ObsSpec {
-                name: "steady_rejected",
-                doc: "requests refused during the steady phase",
-            },
-            ObsSpec {
-                name: "max_allowed_in_any_1s",
-                doc: "most requests let through in any sliding 1 s interval",
-            },
-            ObsSpec {
-                name: "burst_admitted",
-                doc: "requests let through in the first 100 ms of the burst",
-            },
-            ObsSpec {
-                name: "admitted_rate",
-                doc: "requests let through per second while the burst lasted",
-            },
-        ]
+        const {
+            &[
+                ObsSpec::number("allowed", "requests the limiter let through"),
+                ObsSpec::number("rejected", "requests the limiter refused"),
+                ObsSpec::number(
+                    "steady_rejected",
+                    "requests refused during the steady phase",
+                ),
+                ObsSpec::number(
+                    "max_allowed_in_any_1s",
+                    "most requests let through in any sliding 1 s interval",
+                ),
+                ObsSpec::number(
+                    "burst_admitted",
+                    "requests let through in the first 100 ms of the burst",
+                ),
+                ObsSpec::number(
+                    "admitted_rate",
+                    "requests let through per second while the burst lasted",
+                ),
+            ]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

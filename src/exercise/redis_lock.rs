@@ -16,9 +16,8 @@ use async_trait::async_trait;
 use redis::AsyncCommands;
 use serde_json::Value;
 
-use super::{
-    Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec, percentile_ms,
-};
+use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
+use crate::stats::percentile_ms;
 
 /// The `redis-lock` exercise.
 pub struct RedisLock;
@@ -103,48 +102,44 @@ impl Exercise for RedisLock {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "final_counter",
-                doc: "counter value read back from Redis at the end",
-            },
-            ObsSpec {
-                name: "expected_counter",
-                doc: "workers × increments",
-            },
-            ObsSpec {
-                name: "lost_updates",
-                doc: "expected_counter − final_counter (fenced rejections excluded)",
-            },
-            ObsSpec {
-                name: "max_concurrent_holders",
-                doc: "most workers inside the critical section at once, counted by Redis",
-            },
-            ObsSpec {
-                name: "acquisitions",
-                doc: "successful lock acquisitions",
-            },
-            ObsSpec {
-                name: "retries",
-                doc: "failed acquisition attempts",
-            },
-            ObsSpec {
-                name: "lock_lost",
-                doc: "releases that found the lease gone or taken by another worker",
-            },
-            ObsSpec {
-                name: "fenced_rejections",
-                doc: "increments refused by the storage because a newer fence token had been seen",
-            },
-            ObsSpec {
-                name: "acquire_p50_ms",
-                doc: "median time to acquire the lock",
-            },
-            ObsSpec {
-                name: "acquire_p99_ms",
-                doc: "99th percentile time to acquire the lock",
-            },
-        ]
+        const {
+            &[
+                ObsSpec::number(
+                    "final_counter",
+                    "counter value read back from Redis at the end",
+                ),
+                ObsSpec::number("expected_counter", "workers × increments"),
+                ObsSpec::number(
+                    "lost_updates",
+                    "expected_counter − final_counter (fenced rejections excluded)",
+                ),
+                ObsSpec::number(
+                    "max_concurrent_holders",
+                    "most workers inside the critical section at once, counted by Redis",
+                ),
+                ObsSpec::number("acquisitions", "successful lock acquisitions"),
+                ObsSpec::number("retries", "failed acquisition attempts"),
+                ObsSpec::number(
+                    "lock_lost",
+                    "releases that found the lease gone or taken by another worker",
+                ),
+                ObsSpec::number(
+                    "fenced_rejections",
+                    "increments refused by the storage because a newer fence token had been seen",
+                ),
+                ObsSpec::number("acquire_p50_ms", "median time to acquire the lock"),
+                ObsSpec::number("acquire_p99_ms", "99th percentile time to acquire the lock"),
+            ]
+        }
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[Milestone::new(
+                "holding",
+                "a worker holds the lock and is inside the critical section",
+            )]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

@@ -42,7 +42,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamKind, ParamSpec};
+use super::{Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamKind, ParamSpec};
 use super::{amqp, kafka_groups};
 
 /// The `smoke` exercise.
@@ -90,64 +90,54 @@ impl Exercise for Smoke {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "redis_ok",
-                doc: "SET then GET returned the value written",
-            },
-            ObsSpec {
-                name: "redis_ms",
-                doc: "SET + GET round trip",
-            },
-            ObsSpec {
-                name: "postgres_ok",
-                doc: "a row INSERTed into a new table came back from SELECT",
-            },
-            ObsSpec {
-                name: "postgres_ms",
-                doc: "INSERT + SELECT round trip",
-            },
-            ObsSpec {
-                name: "rabbitmq_ok",
-                doc: "a confirmed message published to a queue was consumed back",
-            },
-            ObsSpec {
-                name: "rabbitmq_ms",
-                doc: "publish to delivery, confirm included",
-            },
-            ObsSpec {
-                name: "kafka_ok",
-                doc: "a message produced to a new topic was consumed back",
-            },
-            ObsSpec {
-                name: "kafka_ms",
-                doc: "produce (acks=all) to consume",
-            },
-            ObsSpec {
-                name: "mqtt_ok",
-                doc: "a QoS 1 message published on Mosquitto reached a subscriber",
-            },
-            ObsSpec {
-                name: "mqtt_ms",
-                doc: "publish to delivery",
-            },
-            ObsSpec {
-                name: "http_ok",
-                doc: "GET / through Nginx (or the agent directly) answered 2xx",
-            },
-            ObsSpec {
-                name: "http_ms",
-                doc: "GET / round trip, TCP connection included",
-            },
-            ObsSpec {
-                name: "http_instance",
-                doc: "the agent instance that answered (x-infralab-instance)",
-            },
-            ObsSpec {
-                name: "services_checked",
-                doc: "round trips made (one per kind present; nginx and agent count once)",
-            },
-        ]
+        const {
+            &[
+                ObsSpec::flag("redis_ok", "SET then GET returned the value written"),
+                ObsSpec::number("redis_ms", "SET + GET round trip"),
+                ObsSpec::flag(
+                    "postgres_ok",
+                    "a row INSERTed into a new table came back from SELECT",
+                ),
+                ObsSpec::number("postgres_ms", "INSERT + SELECT round trip"),
+                ObsSpec::flag(
+                    "rabbitmq_ok",
+                    "a confirmed message published to a queue was consumed back",
+                ),
+                ObsSpec::number("rabbitmq_ms", "publish to delivery, confirm included"),
+                ObsSpec::flag(
+                    "kafka_ok",
+                    "a message produced to a new topic was consumed back",
+                ),
+                ObsSpec::number("kafka_ms", "produce (acks=all) to consume"),
+                ObsSpec::flag(
+                    "mqtt_ok",
+                    "a QoS 1 message published on Mosquitto reached a subscriber",
+                ),
+                ObsSpec::number("mqtt_ms", "publish to delivery"),
+                ObsSpec::flag(
+                    "http_ok",
+                    "GET / through Nginx (or the agent directly) answered 2xx",
+                ),
+                ObsSpec::number("http_ms", "GET / round trip, TCP connection included"),
+                ObsSpec::text(
+                    "http_instance",
+                    "the agent instance that answered (x-infralab-instance)",
+                ),
+                ObsSpec::number(
+                    "services_checked",
+                    "round trips made (one per kind present; nginx and agent count once)",
+                ),
+            ]
+        }
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[
+                Milestone::new("round-trips-started", "every round trip begins"),
+                Milestone::new("round-trips-finished", "every round trip has ended"),
+            ]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

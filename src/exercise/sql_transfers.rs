@@ -26,7 +26,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 
-use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
+use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
 
 /// The `sql-transfers` exercise.
 pub struct SqlTransfers;
@@ -135,56 +135,52 @@ impl Exercise for SqlTransfers {
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        &[
-            ObsSpec {
-                name: "total_before",
-                doc: "sum of all balances before the transfers",
-            },
-            ObsSpec {
-                name: "total_after",
-                doc: "sum of all balances after them",
-            },
-            ObsSpec {
-                name: "money_created",
-                doc: "|total_after − total_before|: money made or lost by the transfers",
-            },
-            ObsSpec {
-                name: "exact",
-                doc: "total_after == total_before",
-            },
-            ObsSpec {
-                name: "negative_balances",
-                doc: "accounts below zero afterwards (overdrafts)",
-            },
-            ObsSpec {
-                name: "committed",
-                doc: "transfers committed",
-            },
-            ObsSpec {
-                name: "declined",
-                doc: "transfers declined for insufficient funds (as the transfer read them)",
-            },
-            ObsSpec {
-                name: "serialization_failures",
-                doc: "transactions aborted with SQLSTATE 40001 (could not serialize access)",
-            },
-            ObsSpec {
-                name: "deadlocks",
-                doc: "transactions aborted with SQLSTATE 40P01 (deadlock detected)",
-            },
-            ObsSpec {
-                name: "retries",
-                doc: "transfers run again after a serialization failure or deadlock",
-            },
-            ObsSpec {
-                name: "failed_midway",
-                doc: "transfers that failed after the debit (`fail_every`)",
-            },
-            ObsSpec {
-                name: "tps",
-                doc: "committed transfers per second",
-            },
-        ]
+        const {
+            &[
+                ObsSpec::number("total_before", "sum of all balances before the transfers"),
+                ObsSpec::number("total_after", "sum of all balances after them"),
+                ObsSpec::number(
+                    "money_created",
+                    "|total_after − total_before|: money made or lost by the transfers",
+                ),
+                ObsSpec::flag("exact", "total_after == total_before"),
+                ObsSpec::number(
+                    "negative_balances",
+                    "accounts below zero afterwards (overdrafts)",
+                ),
+                ObsSpec::number("committed", "transfers committed"),
+                ObsSpec::number(
+                    "declined",
+                    "transfers declined for insufficient funds (as the transfer read them)",
+                ),
+                ObsSpec::number(
+                    "serialization_failures",
+                    "transactions aborted with SQLSTATE 40001 (could not serialize access)",
+                ),
+                ObsSpec::number(
+                    "deadlocks",
+                    "transactions aborted with SQLSTATE 40P01 (deadlock detected)",
+                ),
+                ObsSpec::number(
+                    "retries",
+                    "transfers run again after a serialization failure or deadlock",
+                ),
+                ObsSpec::number(
+                    "failed_midway",
+                    "transfers that failed after the debit (`fail_every`)",
+                ),
+                ObsSpec::number("tps", "committed transfers per second"),
+            ]
+        }
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[
+                Milestone::new("transfers-started", "the transfer workers start"),
+                Milestone::new("transfers-finished", "every transfer worker ended"),
+            ]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

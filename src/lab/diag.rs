@@ -38,6 +38,46 @@ impl LabError {
         }
     }
 
+    /// An error at the word `needle` inside the value at `loc` (a name in a
+    /// predicate), or at the value when the word is not on its line.
+    pub fn at_word(
+        path: &Path,
+        source: &str,
+        loc: Location,
+        needle: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        let mut e = LabError::at(path, source, loc, message);
+        let Some(text) = (e.line > 0)
+            .then(|| source.lines().nth(e.line - 1))
+            .flatten()
+        else {
+            return e;
+        };
+        let start: usize = text
+            .chars()
+            .take(e.col.saturating_sub(1))
+            .map(char::len_utf8)
+            .sum();
+        let found = text[start.min(text.len())..]
+            .match_indices(needle)
+            .map(|(i, _)| start + i)
+            .find(|&i| {
+                let word = |c: char| c.is_alphanumeric() || c == '_';
+                let before = text[..i].chars().next_back().is_none_or(|c| !word(c));
+                let after = text[i + needle.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(|c| !word(c));
+                before && after
+            });
+        if let Some(i) = found {
+            e.col = text[..i].chars().count() + 1;
+            e.snippet = Some((text.to_string(), needle.chars().count()));
+        }
+        e
+    }
+
     /// An error about the whole file (unreadable, empty).
     pub fn file(path: &Path, message: impl Into<String>) -> Self {
         LabError {

@@ -10,7 +10,7 @@ use serde_saphyr::{Location, Spanned};
 use super::raw::{RawFault, RawLab, RawScenario, RawService};
 use super::{Fault, FaultAction, Lab, LabError, LabErrors, Scenario, ServicePlan, When, duration};
 use crate::check::Predicate;
-use crate::exercise::{self, Exercise};
+use crate::exercise::{self, Exercise, ObsKind};
 use crate::{catalog, sections};
 
 struct Validator<'a> {
@@ -299,32 +299,12 @@ fn validate_scenario(
     let mut params = base.clone();
     check_params(v, exercise, &raw.params, &mut params);
 
-    let mut expect = BTreeMap::new();
-    let produced: Vec<&str> = exercise.observations().iter().map(|o| o.name).collect();
-    for (name, predicate) in &raw.expect {
-        if !produced.contains(&name.as_str()) {
-            v.error(
-                predicate.referenced,
-                format!(
-                    "exercise `{}` does not observe `{name}`; it observes: {}",
-                    exercise.name(),
-                    produced.join(", ")
-                ),
-            );
-            continue;
-        }
-        match Predicate::from_scalar(&predicate.value) {
-            Ok(p) => {
-                expect.insert(name.clone(), p);
-            }
-            Err(e) => v.error(predicate.referenced, e),
-        }
-    }
+    let expect = validate_expect(v, exercise, &raw.expect, &params);
 
     let faults = raw
         .faults
         .iter()
-        .filter_map(|f| validate_fault(v, f, services))
+        .filter_map(|f| validate_fault(v, exercise, f, services))
         .collect();
     Scenario {
         name: raw.name.value.clone(),
@@ -335,8 +315,96 @@ fn validate_scenario(
     }
 }
 
+/// Each expectation: a known observation, a predicate that fits its kind, and
+/// names that are numeric parameters or number observations.
+fn validate_expect(
+    v: &mut Validator,
+    exercise: &dyn Exercise,
+    raw: &indexmap::IndexMap<String, Spanned<Value>>,
+    params: &BTreeMap<String, Value>,
+) -> BTreeMap<String, Predicate> {
+    let observations = exercise.observations();
+    let mut expect = BTreeMap::new();
+    for (name, predicate) in raw {
+        let Some(spec) = observations.iter().find(|o| o.name == name) else {
+            let produced: Vec<&str> = observations.iter().map(|o| o.name).collect();
+            v.error(
+                predicate.referenced,
+                format!(
+                    "exercise `{}` does not observe `{name}`; it observes: {}",
+                    exercise.name(),
+                    produced.join(", ")
+                ),
+            );
+            continue;
+        };
+        let parsed = match Predicate::from_scalar(&predicate.value, spec.kind) {
+            Ok(p) => p,
+            Err(e) => {
+                v.error(predicate.referenced, format!("`{name}`: {e}"));
+                continue;
+            }
+        };
+        let mut ok = true;
+        for word in parsed.names() {
+            if let Some(problem) = name_problem(exercise, params, word) {
+                let e = LabError::at_word(v.path, v.source, predicate.referenced, word, problem);
+                v.errors.push(e);
+                ok = false;
+            }
+        }
+        if ok {
+            expect.insert(name.clone(), parsed);
+        }
+    }
+    expect
+}
+
+/// Why `word` cannot stand in a predicate, if it cannot.
+fn name_problem(
+    exercise: &dyn Exercise,
+    params: &BTreeMap<String, Value>,
+    word: &str,
+) -> Option<String> {
+    if let Some(obs) = exercise.observations().iter().find(|o| o.name == word) {
+        return (obs.kind != ObsKind::Number).then(|| {
+            format!(
+                "`{word}` is {}; arithmetic needs a number observation",
+                obs.kind.describe()
+            )
+        });
+    }
+    match params.get(word) {
+        Some(value) if value.is_number() => None,
+        Some(value) => Some(format!(
+            "parameter `{word}` is {value}, not a number, so it cannot be used in arithmetic"
+        )),
+        None => {
+            let mut known: Vec<&str> = params
+                .iter()
+                .filter(|(_, v)| v.is_number())
+                .map(|(k, _)| k.as_str())
+                .collect();
+            known.extend(
+                exercise
+                    .observations()
+                    .iter()
+                    .filter(|o| o.kind == ObsKind::Number)
+                    .map(|o| o.name),
+            );
+            Some(format!(
+                "unknown name `{word}` in the predicate; expected a number, a parameter or an \
+                 observation of `{}`: {}",
+                exercise.name(),
+                known.join(", ")
+            ))
+        }
+    }
+}
+
 fn validate_fault(
     v: &mut Validator,
+    exercise: &dyn Exercise,
     fault: &Spanned<RawFault>,
     services: &BTreeSet<String>,
 ) -> Option<Fault> {
@@ -379,7 +447,27 @@ fn validate_fault(
                 None
             }
         },
-        (None, Some(after)) => Some(When::After(after.value.clone())),
+        (None, Some(after)) => {
+            let milestones = exercise.milestones();
+            if !milestones.iter().any(|m| m.name == after.value) {
+                let names: Vec<&str> = milestones.iter().map(|m| m.name).collect();
+                let known = if names.is_empty() {
+                    "it records none, so use `at: DURATION`".to_string()
+                } else {
+                    format!("it records: {}", names.join(", "))
+                };
+                v.error(
+                    after.referenced,
+                    format!(
+                        "exercise `{}` never records the milestone `{}`; {known}",
+                        exercise.name(),
+                        after.value
+                    ),
+                );
+                return None;
+            }
+            Some(When::After(after.value.clone()))
+        }
         _ => {
             v.error(
                 fault.referenced,

@@ -152,10 +152,19 @@ pub fn format_ms(ms: u64) -> String {
     }
 }
 
+/// The predicate as written, with its value when it names parameters or
+/// observations: `== workers * increments (= 400)`.
+fn expectation(check: &CheckResult) -> String {
+    match &check.resolved {
+        Some(r) => format!("{} ({})", check.expect, r),
+        None => check.expect.clone(),
+    }
+}
+
 /// One check that did not pass, in words:
 /// `lost_updates: expected > 0, observed 0`.
 pub(crate) fn check_line(check: &CheckResult) -> String {
-    let head = format!("{}: expected {}", check.observation, check.expect);
+    let head = format!("{}: expected {}", check.observation, expectation(check));
     match (&check.observed, &check.note) {
         (Some(v), None) => format!("{head}, observed {}", format_value(v)),
         (Some(v), Some(note)) => format!("{head}, observed {} ({note})", format_value(v)),
@@ -257,7 +266,7 @@ fn render_scenario(s: &ScenarioReport, style: Style, out: &mut dyn Write) -> io:
         .map(|c| Row {
             cells: [
                 c.observation.clone(),
-                c.expect.clone(),
+                expectation(c),
                 c.observed.as_ref().map_or("—".into(), format_value),
             ],
             verdict: Some(c.verdict),
@@ -612,6 +621,7 @@ pub(crate) mod sample {
         CheckResult {
             observation: obs.into(),
             expect: expect.into(),
+            resolved: None,
             note: observed.is_none().then(|| "not observed".to_string()),
             observed,
             verdict: v,

@@ -152,3 +152,34 @@ pub fn run_json(lab: &TempLab, extra: &[&str]) -> (Option<i32>, serde_json::Valu
     let report = json_report(&out);
     (out.status.code(), report, text(&out))
 }
+
+/// An edit for [`temp_lab`] that changes parameters the way an instructor
+/// would: each `(name, value)` replaces the lab-level value and every
+/// scenario's own value of that parameter (the lab is rewritten as JSON,
+/// which is YAML too). Use it to prove expectations do not merely repeat
+/// the defaults.
+pub fn changed_params(
+    overrides: &[(&str, serde_json::Value)],
+) -> impl Fn(String) -> String + use<> {
+    let overrides: Vec<(String, serde_json::Value)> = overrides
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    move |text: String| {
+        let mut lab: serde_json::Value = serde_saphyr::from_str(&text).expect("lab parses");
+        for (key, value) in &overrides {
+            let params = lab
+                .as_object_mut()
+                .expect("lab is a mapping")
+                .entry("params")
+                .or_insert_with(|| serde_json::json!({}));
+            params[key.as_str()] = value.clone();
+            for s in lab["scenarios"].as_array_mut().expect("scenarios") {
+                if s.get("params").and_then(|p| p.get(key.as_str())).is_some() {
+                    s["params"][key.as_str()] = value.clone();
+                }
+            }
+        }
+        serde_json::to_string_pretty(&lab).expect("json")
+    }
+}

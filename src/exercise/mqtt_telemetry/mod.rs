@@ -49,7 +49,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
+use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
 use relay::Relay;
 
 /// The `mqtt-telemetry` exercise.
@@ -75,118 +75,103 @@ const WILL_WAIT: Duration = Duration::from_millis(1500);
 const BURST_WINDOW: u64 = 256;
 
 const OBSERVATIONS: &[ObsSpec] = &[
-    ObsSpec {
-        name: "published_qos0",
-        doc: "readings published by the QoS 0 sensors",
-    },
-    ObsSpec {
-        name: "published_qos1",
-        doc: "readings published by the QoS 1 sensors",
-    },
-    ObsSpec {
-        name: "published_qos2",
-        doc: "readings published by the QoS 2 sensors",
-    },
-    ObsSpec {
-        name: "received_qos0",
-        doc: "distinct QoS 0 readings the dashboard received",
-    },
-    ObsSpec {
-        name: "received_qos1",
-        doc: "distinct QoS 1 readings the dashboard received",
-    },
-    ObsSpec {
-        name: "received_qos2",
-        doc: "distinct QoS 2 readings the dashboard received",
-    },
-    ObsSpec {
-        name: "published_while_offline",
-        doc: "readings published (all levels) while the dashboard was away",
-    },
-    ObsSpec {
-        name: "missing_while_offline",
-        doc: "readings published while the dashboard was away that never reached it (all levels)",
-    },
-    ObsSpec {
-        name: "missing_while_offline_qos0",
-        doc: "QoS 0 readings published while the dashboard was away that never reached it",
-    },
-    ObsSpec {
-        name: "missing_while_offline_qos1",
-        doc: "QoS 1 readings published while the dashboard was away that never reached it",
-    },
-    ObsSpec {
-        name: "missing_while_offline_qos2",
-        doc: "QoS 2 readings published while the dashboard was away that never reached it",
-    },
-    ObsSpec {
-        name: "session_resumed",
-        doc: "the dashboard's reconnect found its session (subscriptions and queued messages) on the broker",
-    },
-    ObsSpec {
-        name: "duplicates",
-        doc: "deliveries of a reading the dashboard had already received (all levels)",
-    },
-    ObsSpec {
-        name: "duplicates_qos1",
-        doc: "repeated deliveries of QoS 1 readings",
-    },
-    ObsSpec {
-        name: "duplicates_qos2",
-        doc: "repeated deliveries of QoS 2 readings",
-    },
-    ObsSpec {
-        name: "resent_qos1",
-        doc: "PUBLISH packets the QoS 1 sensors sent again after reconnecting (never acknowledged)",
-    },
-    ObsSpec {
-        name: "resent_qos2",
-        doc: "PUBLISH packets the QoS 2 sensors sent again after reconnecting (never acknowledged)",
-    },
-    ObsSpec {
-        name: "sensor_reconnects",
-        doc: "times sensors connected again after their first connection",
-    },
-    ObsSpec {
-        name: "will_received",
-        doc: "`offline` last-will messages the dashboard received",
-    },
-    ObsSpec {
-        name: "retained_received",
-        doc: "sensors whose reading a late subscriber got at once (retained)",
-    },
-    ObsSpec {
-        name: "retained_latest",
-        doc: "of those, readings that were the sensor's last one",
-    },
-    ObsSpec {
-        name: "payload_bytes",
-        doc: "average reading payload (JSON) in bytes (with wire_samples)",
-    },
-    ObsSpec {
-        name: "bytes_per_message_mqtt",
-        doc: "bytes the client sent per reading as an MQTT QoS 0 PUBLISH (with wire_samples)",
-    },
-    ObsSpec {
-        name: "bytes_per_message_http",
-        doc: "bytes the client sent per reading as an HTTP/1.1 POST (with wire_samples)",
-    },
-    ObsSpec {
-        name: "http_overhead_ratio",
-        doc: "bytes_per_message_http / bytes_per_message_mqtt (with wire_samples)",
-    },
-    ObsSpec {
-        name: "http_target",
-        doc: "who answered the POSTs: `agent` or `local` (with wire_samples)",
-    },
-    ObsSpec {
-        name: "burst_received",
-        doc: "burst messages the dashboard received (with burst)",
-    },
-    ObsSpec {
-        name: "msgs_per_s",
-        doc: "burst messages per second through the broker, first publish to last delivery (with burst)",
-    },
+    ObsSpec::number("published_qos0", "readings published by the QoS 0 sensors"),
+    ObsSpec::number("published_qos1", "readings published by the QoS 1 sensors"),
+    ObsSpec::number("published_qos2", "readings published by the QoS 2 sensors"),
+    ObsSpec::number(
+        "received_qos0",
+        "distinct QoS 0 readings the dashboard received",
+    ),
+    ObsSpec::number(
+        "received_qos1",
+        "distinct QoS 1 readings the dashboard received",
+    ),
+    ObsSpec::number(
+        "received_qos2",
+        "distinct QoS 2 readings the dashboard received",
+    ),
+    ObsSpec::number(
+        "published_while_offline",
+        "readings published (all levels) while the dashboard was away",
+    ),
+    ObsSpec::number(
+        "missing_while_offline",
+        "readings published while the dashboard was away that never reached it (all levels)",
+    ),
+    ObsSpec::number(
+        "missing_while_offline_qos0",
+        "QoS 0 readings published while the dashboard was away that never reached it",
+    ),
+    ObsSpec::number(
+        "missing_while_offline_qos1",
+        "QoS 1 readings published while the dashboard was away that never reached it",
+    ),
+    ObsSpec::number(
+        "missing_while_offline_qos2",
+        "QoS 2 readings published while the dashboard was away that never reached it",
+    ),
+    ObsSpec::flag(
+        "session_resumed",
+        "the dashboard's reconnect found its session (subscriptions and queued messages) on the broker",
+    ),
+    ObsSpec::number(
+        "duplicates",
+        "deliveries of a reading the dashboard had already received (all levels)",
+    ),
+    ObsSpec::number("duplicates_qos1", "repeated deliveries of QoS 1 readings"),
+    ObsSpec::number("duplicates_qos2", "repeated deliveries of QoS 2 readings"),
+    ObsSpec::number(
+        "resent_qos1",
+        "PUBLISH packets the QoS 1 sensors sent again after reconnecting (never acknowledged)",
+    ),
+    ObsSpec::number(
+        "resent_qos2",
+        "PUBLISH packets the QoS 2 sensors sent again after reconnecting (never acknowledged)",
+    ),
+    ObsSpec::number(
+        "sensor_reconnects",
+        "times sensors connected again after their first connection",
+    ),
+    ObsSpec::number(
+        "will_received",
+        "`offline` last-will messages the dashboard received",
+    ),
+    ObsSpec::number(
+        "retained_received",
+        "sensors whose reading a late subscriber got at once (retained)",
+    ),
+    ObsSpec::number(
+        "retained_latest",
+        "of those, readings that were the sensor's last one",
+    ),
+    ObsSpec::number(
+        "payload_bytes",
+        "average reading payload (JSON) in bytes (with wire_samples)",
+    ),
+    ObsSpec::number(
+        "bytes_per_message_mqtt",
+        "bytes the client sent per reading as an MQTT QoS 0 PUBLISH (with wire_samples)",
+    ),
+    ObsSpec::number(
+        "bytes_per_message_http",
+        "bytes the client sent per reading as an HTTP/1.1 POST (with wire_samples)",
+    ),
+    ObsSpec::number(
+        "http_overhead_ratio",
+        "bytes_per_message_http / bytes_per_message_mqtt (with wire_samples)",
+    ),
+    ObsSpec::text(
+        "http_target",
+        "who answered the POSTs: `agent` or `local` (with wire_samples)",
+    ),
+    ObsSpec::number(
+        "burst_received",
+        "burst messages the dashboard received (with burst)",
+    ),
+    ObsSpec::number(
+        "msgs_per_s",
+        "burst messages per second through the broker, first publish to last delivery (with burst)",
+    ),
 ];
 
 #[async_trait]
@@ -260,6 +245,30 @@ impl Exercise for MqttTelemetry {
 
     fn observations(&self) -> &'static [ObsSpec] {
         OBSERVATIONS
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[
+                Milestone::new("sensors-started", "every sensor is connected"),
+                Milestone::new("dashboard-offline", "the dashboard went offline"),
+                Milestone::new("dashboard-back", "the dashboard reconnected"),
+                Milestone::new(
+                    "sensor-acks-lost",
+                    "the sensors' acknowledgements start being dropped",
+                ),
+                Milestone::new("sensor-links-cut", "the sensors' links were cut"),
+                Milestone::new("readings-published", "every reading is published"),
+                Milestone::new("sensor-crashed", "a sensor died without DISCONNECT"),
+                Milestone::new("sensor-disconnected", "a sensor disconnected cleanly"),
+                Milestone::new(
+                    "late-subscriber-done",
+                    "the late subscriber got the retained readings",
+                ),
+                Milestone::new("wire-measured", "bytes on the wire were counted"),
+                Milestone::new("burst-started", "the burst publisher starts"),
+            ]
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {

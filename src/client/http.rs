@@ -1,0 +1,1 @@
+//! HTTP through reqwest and hyper.

@@ -1,0 +1,1 @@
+//! MQTT through rumqttc.

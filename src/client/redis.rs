@@ -1,0 +1,1 @@
+//! Redis through the redis crate.

@@ -1,0 +1,1 @@
+//! TLS clients through rustls.
