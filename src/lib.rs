@@ -16,6 +16,7 @@ pub mod exercise;
 pub mod exit;
 pub mod images;
 pub mod lab;
+pub mod repeat;
 pub mod report;
 pub mod runner;
 pub mod sections;

@@ -82,8 +82,55 @@ pub struct ScenarioReport {
     pub error: Option<String>,
     /// Timed events: exercise milestones and faults, in order.
     pub timeline: Vec<TimelineEvent>,
-    /// Wall time.
+    /// Wall time (of all runs, with `--repeat`).
     pub duration_ms: u64,
+    /// With `--repeat N` (N > 1): how every run went. `observations`,
+    /// `checks` and `timeline` above are then those of the last run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<Repeats>,
+}
+
+/// How the N runs of one scenario went (`run --repeat N`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Repeats {
+    /// How many times the scenario ran.
+    pub runs: u32,
+    /// How many runs passed as a whole.
+    pub passed: u32,
+    /// Each run's verdict, in order.
+    pub verdicts: Vec<Verdict>,
+    /// Each run's wall time.
+    pub durations_ms: Vec<u64>,
+    /// Each observation's value in every run (null where a run lacked it).
+    pub observations: BTreeMap<String, Vec<Value>>,
+    /// Per expectation: how often it passed, and whether it is flaky.
+    pub expectations: Vec<ExpectationTally>,
+}
+
+/// One expectation over the runs of a scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpectationTally {
+    /// Observation name.
+    pub observation: String,
+    /// The predicate as written.
+    pub expect: String,
+    /// Runs that decided it.
+    pub runs: u32,
+    /// Runs in which it passed.
+    pub passed: u32,
+    /// Runs in which it failed.
+    pub failed: u32,
+    /// Runs in which it could not be decided.
+    pub unknown: u32,
+    /// Its verdict changed from one run to another: the scenario fails.
+    pub flaky: bool,
+}
+
+impl ExpectationTally {
+    /// `19/20`: passed out of runs.
+    pub fn summary(&self) -> String {
+        format!("{}/{}", self.passed, self.runs)
+    }
 }
 
 /// One timed event of a scenario.
@@ -129,6 +176,12 @@ pub enum Event {
         service: String,
         url: String,
         ms: u64,
+    },
+    /// One round of `--repeat N` begins: every selected scenario runs once more.
+    RoundStarted {
+        lab: String,
+        round: u32,
+        rounds: u32,
     },
     /// A scenario begins.
     ScenarioStarted { lab: String, scenario: String },

@@ -231,9 +231,32 @@ fn render_lab(lab: &LabReport, style: Style, out: &mut dyn Write) -> io::Result<
     }
     writeln!(out)?;
     let count = |v: Verdict| lab.scenarios.iter().filter(|s| s.verdict == v).count();
+    let runs = lab
+        .scenarios
+        .iter()
+        .filter_map(|s| s.repeats.as_ref())
+        .map(|r| r.runs)
+        .max();
+    let flaky = lab
+        .scenarios
+        .iter()
+        .filter_map(|s| s.repeats.as_ref())
+        .flat_map(|r| &r.expectations)
+        .filter(|t| t.flaky)
+        .count();
+    let (times, flaky) = match runs {
+        Some(n) => (
+            format!(" × {n} runs"),
+            format!(
+                ", {}",
+                plural(flaky, "flaky expectation", "flaky expectations")
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     writeln!(
         out,
-        "{}: {}, {} passed, {} failed, {} unknown ({})",
+        "{}: {}{times}, {} passed, {} failed, {} unknown{flaky} ({})",
         lab.name,
         plural(lab.scenarios.len(), "scenario", "scenarios"),
         count(Verdict::Pass),
@@ -246,31 +269,74 @@ fn render_lab(lab: &LabReport, style: Style, out: &mut dyn Write) -> io::Result<
 /// One table row; the verdict is kept apart so it can be coloured after the
 /// widths are computed from the plain text.
 struct Row {
-    cells: [String; 3],
-    verdict: Option<Verdict>,
+    cells: Vec<String>,
+    verdict: Option<(Verdict, &'static str)>,
     note: Option<String>,
 }
 
+/// `--repeat`: `4 (2..7)`, the last run's value and the range over all runs
+/// when numbers varied; just the last value otherwise.
+fn observed_over_runs(s: &ScenarioReport, name: &str, last: &Value) -> String {
+    let numbers: Vec<f64> = s
+        .repeats
+        .as_ref()
+        .and_then(|r| r.observations.get(name))
+        .map(|values| values.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let (min, max) = numbers
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        });
+    if numbers.len() > 1 && min < max {
+        format!(
+            "{} ({}..{})",
+            format_value(last),
+            format_float(min),
+            format_float(max)
+        )
+    } else {
+        format_value(last)
+    }
+}
+
 fn render_scenario(s: &ScenarioReport, style: Style, out: &mut dyn Write) -> io::Result<()> {
+    let runs = s
+        .repeats
+        .as_ref()
+        .map(|r| format!("{}/{} runs passed, ", r.passed, r.runs))
+        .unwrap_or_default();
     writeln!(
         out,
         "  {}  {}  {}",
         style.bold(&s.name),
         style.verdict(s.verdict, s.verdict.label()),
-        style.dim(&format_ms(s.duration_ms))
+        style.dim(&format!("{runs}{}", format_ms(s.duration_ms)))
     )?;
 
+    let tallies = s.repeats.as_ref().map(|r| &r.expectations);
     let mut rows: Vec<Row> = s
         .checks
         .iter()
-        .map(|c| Row {
-            cells: [
-                c.observation.clone(),
-                expectation(c),
-                c.observed.as_ref().map_or("—".into(), format_value),
-            ],
-            verdict: Some(c.verdict),
-            note: c.note.clone(),
+        .map(|c| {
+            let observed = c
+                .observed
+                .as_ref()
+                .map_or("—".into(), |v| observed_over_runs(s, &c.observation, v));
+            let mut cells = vec![c.observation.clone(), expectation(c), observed];
+            let mut verdict = (c.verdict, c.verdict.label());
+            if let Some(tallies) = tallies {
+                let tally = tallies.iter().find(|t| t.observation == c.observation);
+                cells.push(tally.map(|t| t.summary()).unwrap_or_default());
+                if tally.is_some_and(|t| t.flaky) {
+                    verdict = (Verdict::Fail, "FLAKY");
+                }
+            }
+            Row {
+                cells,
+                verdict: Some(verdict),
+                note: c.note.clone(),
+            }
         })
         .collect();
     // Observations without an expectation are still part of the lesson.
@@ -279,16 +345,29 @@ fn render_scenario(s: &ScenarioReport, style: Style, out: &mut dyn Write) -> io:
         s.observations
             .iter()
             .filter(|(name, _)| !checked.contains(name.as_str()))
-            .map(|(name, value)| Row {
-                cells: [name.clone(), String::new(), format_value(value)],
-                verdict: None,
-                note: None,
+            .map(|(name, value)| {
+                let mut cells = vec![
+                    name.clone(),
+                    String::new(),
+                    observed_over_runs(s, name, value),
+                ];
+                if tallies.is_some() {
+                    cells.push(String::new());
+                }
+                Row {
+                    cells,
+                    verdict: None,
+                    note: None,
+                }
             }),
     );
 
     if !rows.is_empty() {
-        let header = ["observation", "expected", "observed"];
-        let mut widths = header.map(|h| h.chars().count());
+        let mut header = vec!["observation", "expected", "observed"];
+        if tallies.is_some() {
+            header.push("passed");
+        }
+        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(&row.cells) {
                 *w = (*w).max(cell.chars().count());
@@ -298,7 +377,11 @@ fn render_scenario(s: &ScenarioReport, style: Style, out: &mut dyn Write) -> io:
             let fill = width.saturating_sub(text.chars().count());
             format!("{text}{}", " ".repeat(fill))
         };
-        let head: Vec<String> = header.iter().zip(widths).map(|(h, w)| pad(h, w)).collect();
+        let head: Vec<String> = header
+            .iter()
+            .zip(&widths)
+            .map(|(h, w)| pad(h, *w))
+            .collect();
         writeln!(
             out,
             "    {}",
@@ -308,13 +391,13 @@ fn render_scenario(s: &ScenarioReport, style: Style, out: &mut dyn Write) -> io:
             let cells: Vec<String> = row
                 .cells
                 .iter()
-                .zip(widths)
-                .map(|(c, w)| pad(c, w))
+                .zip(&widths)
+                .map(|(c, w)| pad(c, *w))
                 .collect();
             let mut line = format!("    {}", cells.join("  "));
-            if let Some(v) = row.verdict {
+            if let Some((v, label)) = row.verdict {
                 line.push_str("  ");
-                line.push_str(&style.verdict(v, v.label()));
+                line.push_str(&style.verdict(v, label));
             }
             if let Some(note) = &row.note {
                 line.push_str(&format!(" {}", style.dim(&format!("({note})"))));
@@ -487,6 +570,9 @@ impl Progress {
                     format_ms(*ms)
                 ),
             },
+            Event::RoundStarted { lab, round, rounds } => {
+                Action::Line(st.bold(&format!("round {round}/{rounds} of {lab}")))
+            }
             Event::ScenarioStarted { lab, scenario } => Action::Spin {
                 key: format!("scenario:{lab}/{scenario}"),
                 msg: format!("scenario {scenario} …"),
@@ -649,6 +735,7 @@ pub(crate) mod sample {
                 what: "8 clients started".into(),
             }],
             duration_ms: 1234,
+            repeats: None,
         };
         let no_lock = ScenarioReport {
             name: "no-lock".into(),
@@ -662,6 +749,7 @@ pub(crate) mod sample {
             error: None,
             timeline: vec![],
             duration_ms: 870,
+            repeats: None,
         };
         let partition = ScenarioReport {
             name: "partition".into(),
@@ -672,6 +760,7 @@ pub(crate) mod sample {
             error: Some("redis: connection refused".into()),
             timeline: vec![],
             duration_ms: 2100,
+            repeats: None,
         };
         let locking = LabReport {
             name: "distributed-locking".into(),
@@ -757,6 +846,48 @@ mod tests {
         assert!(text.contains(&format!("  error: {}\n", sample::SETUP_ERROR)));
         assert!(text.contains("queue-backpressure: 0 scenarios, 0 passed"));
         assert!(text.ends_with("\nFAIL\n"), "{text}");
+        assert!(text.lines().all(|l| l == l.trim_end()), "trailing spaces");
+    }
+
+    /// The sample with its `setnx` scenario run 20 times, `lost_updates`
+    /// failing once (run 4, observed 2).
+    fn flaky_sample() -> RunReport {
+        let mut report = sample::report();
+        let mut runs = vec![report.labs[0].scenarios[0].clone(); 20];
+        runs[3].checks[0].verdict = Verdict::Fail;
+        runs[3].verdict = Verdict::Fail;
+        runs[3].observations.insert("lost_updates".into(), json!(2));
+        report.labs[0].scenarios[0] = crate::repeat::fold(runs);
+        report
+    }
+
+    #[test]
+    fn repeated_render_counts_passes_and_flags_flaky() {
+        let mut buf = Vec::new();
+        render(&flaky_sample(), Style::plain(), &mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(
+            text.contains("  setnx  FAIL  19/20 runs passed, 24.7 s\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    observation   expected  observed  passed  verdict\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    lost_updates  == 0      0 (0..2)  19/20   FLAKY\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    acquired      > 0       812       20/20   PASS\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "3 scenarios × 20 runs, 0 passed, 2 failed, 1 unknown, 1 flaky expectation"
+            ),
+            "{text}"
+        );
         assert!(text.lines().all(|l| l == l.trim_end()), "trailing spaces");
     }
 
