@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::check::Verdict;
-use crate::report::{ExpectationTally, Repeats, ScenarioReport};
+use crate::event::{ExpectationTally, Repeats, ScenarioReport};
 
 /// Folds the reports of one scenario run `runs.len()` times (oldest first).
 ///

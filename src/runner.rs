@@ -13,11 +13,11 @@ use futures_util::future::join_all;
 use crate::check::{self, Verdict};
 use crate::engine::stack::{self, StackOptions};
 use crate::engine::{Engine, EnvError, Stack, faults};
+use crate::event::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
 use crate::exercise::{self, Ctx, Timeline};
 use crate::images::Source;
 use crate::lab::{Fault, Lab, Scenario, When};
 use crate::repeat;
-use crate::report::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
 
 /// How labs are run.
 #[derive(Debug, Clone)]

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use super::{Cli, CliError, Command, Format, ImagesCommand, show};
 use crate::engine::stack::{self, StackOptions};
 use crate::engine::{Engine, Stack, gc};
+use crate::event::Reporter;
 use crate::lab::{self, Lab, LabErrors};
 use crate::report::terminal::{self, Progress, Style};
-use crate::report::{Reporter, json, junit};
+use crate::report::{json, junit};
 use crate::runner::{self, RunOptions};
 use crate::{catalog, exit, images, sections};
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::{CliError, Format};
 use crate::exercise::{Exercise, ParamKind, ParamSpec};
 use crate::lab::{Lab, When};
-use crate::report::terminal::format_value;
+use crate::report::words::format_value;
 use crate::{catalog, exit, sections};
 
 /// `infralab show LAB`: the briefing, or (`--format json`) the same facts

@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use super::RunReport;
+use crate::event::RunReport;
 
 /// Writes `report` as pretty-printed JSON followed by a newline (so `cat`
 /// and `jq` see a complete last line).
@@ -15,7 +15,7 @@ pub fn write(report: &RunReport, out: &mut dyn Write) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::terminal::sample;
+    use crate::report::sample;
     use serde_json::{Value, json};
 
     #[test]

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
-use super::terminal::{check_line, format_value, problems};
-use super::{ExpectationTally, LabReport, RunReport, ScenarioReport};
+use super::words::{check_line, format_value, problems};
 use crate::check::Verdict;
+use crate::event::{ExpectationTally, LabReport, RunReport, ScenarioReport};
 
 /// Writes `report` as JUnit XML.
 pub fn write(report: &RunReport, out: &mut dyn Write) -> io::Result<()> {
@@ -128,7 +128,7 @@ fn case(s: &ScenarioReport, classname: &str) -> TestCase {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::terminal::sample;
+    use crate::report::sample;
 
     fn xml() -> String {
         let mut buf = Vec::new();

@@ -13,8 +13,9 @@ use anstyle::{AnsiColor, Effects};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
-use super::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
-use crate::check::{CheckResult, Verdict};
+use super::words::{expectation, format_float, format_ms, format_value, plural, problems};
+use crate::check::Verdict;
+use crate::event::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
 
 /// The `--color` flag.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -121,76 +122,6 @@ fn decide(
             is_tty && !no_color && !dumb
         }
     }
-}
-
-/// Formats an observed value for people: integers as integers, floats with at
-/// most two decimals, strings without quotes, anything else as compact JSON.
-pub fn format_value(value: &Value) -> String {
-    match value {
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => i.to_string(),
-            (_, Some(u)) => u.to_string(),
-            _ => format_float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn format_float(f: f64) -> String {
-    let s = format!("{f:.2}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.into() }
-}
-
-/// A duration as people read it: `312 ms` below a second, `4.2 s` above.
-pub fn format_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    }
-}
-
-/// The predicate as written, with its value when it names parameters or
-/// observations: `== workers * increments (= 400)`.
-fn expectation(check: &CheckResult) -> String {
-    match &check.resolved {
-        Some(r) => format!("{} ({})", check.expect, r),
-        None => check.expect.clone(),
-    }
-}
-
-/// One check that did not pass, in words:
-/// `lost_updates: expected > 0, observed 0`.
-pub(crate) fn check_line(check: &CheckResult) -> String {
-    let head = format!("{}: expected {}", check.observation, expectation(check));
-    match (&check.observed, &check.note) {
-        (Some(v), None) => format!("{head}, observed {}", format_value(v)),
-        (Some(v), Some(note)) => format!("{head}, observed {} ({note})", format_value(v)),
-        (None, Some(note)) => format!("{head}, {note}"),
-        (None, None) => format!("{head}, not observed"),
-    }
-}
-
-/// Why a scenario did not pass: the exercise error, then every failed check,
-/// then every undecided one. Empty for a passing scenario.
-pub(crate) fn problems(scenario: &ScenarioReport) -> Vec<String> {
-    let mut out: Vec<String> = scenario.error.iter().cloned().collect();
-    for verdict in [Verdict::Fail, Verdict::Unknown] {
-        out.extend(
-            scenario
-                .checks
-                .iter()
-                .filter(|c| c.verdict == verdict)
-                .map(check_line),
-        );
-    }
-    out
-}
-
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 // ---------------------------------------------------------------------------
@@ -686,122 +617,10 @@ impl Drop for Progress {
     }
 }
 
-/// A hand-made report shared by the tests of the three output formats.
-#[cfg(test)]
-pub(crate) mod sample {
-    use std::collections::BTreeMap;
-
-    use serde_json::json;
-
-    use crate::check::{CheckResult, Verdict};
-    use crate::report::{LabReport, RunReport, ScenarioReport, ServiceReport, TimelineEvent};
-
-    pub const SETUP_ERROR: &str = "redis did not become ready within 30 s";
-
-    fn check(
-        obs: &str,
-        expect: &str,
-        observed: Option<serde_json::Value>,
-        v: Verdict,
-    ) -> CheckResult {
-        CheckResult {
-            observation: obs.into(),
-            expect: expect.into(),
-            resolved: None,
-            note: observed.is_none().then(|| "not observed".to_string()),
-            observed,
-            verdict: v,
-        }
-    }
-
-    pub fn report() -> RunReport {
-        let setnx = ScenarioReport {
-            name: "setnx".into(),
-            params: BTreeMap::from([("clients".into(), json!(8))]),
-            observations: BTreeMap::from([
-                ("acquired".into(), json!(812)),
-                ("lost_updates".into(), json!(0)),
-                ("p99_ms".into(), json!(3.4567)),
-            ]),
-            checks: vec![
-                check("lost_updates", "== 0", Some(json!(0)), Verdict::Pass),
-                check("acquired", "> 0", Some(json!(812)), Verdict::Pass),
-            ],
-            verdict: Verdict::Pass,
-            error: None,
-            timeline: vec![TimelineEvent {
-                at_ms: 3,
-                source: "exercise".into(),
-                what: "8 clients started".into(),
-            }],
-            duration_ms: 1234,
-            repeats: None,
-        };
-        let no_lock = ScenarioReport {
-            name: "no-lock".into(),
-            params: BTreeMap::new(),
-            observations: BTreeMap::from([
-                ("acquired".into(), json!(500)),
-                ("lost_updates".into(), json!(0)),
-            ]),
-            checks: vec![check("lost_updates", "> 0", Some(json!(0)), Verdict::Fail)],
-            verdict: Verdict::Fail,
-            error: None,
-            timeline: vec![],
-            duration_ms: 870,
-            repeats: None,
-        };
-        let partition = ScenarioReport {
-            name: "partition".into(),
-            params: BTreeMap::new(),
-            observations: BTreeMap::new(),
-            checks: vec![check("safety_violations", "== 0", None, Verdict::Unknown)],
-            verdict: Verdict::Unknown,
-            error: Some("redis: connection refused".into()),
-            timeline: vec![],
-            duration_ms: 2100,
-            repeats: None,
-        };
-        let locking = LabReport {
-            name: "distributed-locking".into(),
-            run_id: "r-test".into(),
-            title: "Distributed locking with Redis".into(),
-            file: "labs/distributed-locking.yaml".into(),
-            services: vec![ServiceReport {
-                name: "redis".into(),
-                kind: "redis".into(),
-                image: "redis:7.4.2".into(),
-                url: "redis://127.0.0.1:49153".into(),
-                ready_ms: 312,
-            }],
-            scenarios: vec![setnx, no_lock, partition],
-            verdict: Verdict::Fail,
-            error: None,
-            duration_ms: 4204,
-        };
-        let broken = LabReport {
-            name: "queue-backpressure".into(),
-            run_id: "r-test".into(),
-            title: "Backpressure".into(),
-            file: "labs/queue-backpressure.yaml".into(),
-            services: vec![],
-            scenarios: vec![],
-            verdict: Verdict::Unknown,
-            error: Some(SETUP_ERROR.into()),
-            duration_ms: 30_010,
-        };
-        RunReport {
-            run_id: "r-test".into(),
-            duration_ms: 34_300,
-            labs: vec![locking, broken],
-            verdict: Verdict::Fail,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::sample;
     use serde_json::json;
     use std::sync::Arc;
 
@@ -911,20 +730,6 @@ mod tests {
         assert!(!decide(Auto, None, set("dumb"), true));
         assert!(decide(Always, set("1"), None, false));
         assert!(!decide(Never, None, None, true));
-    }
-
-    #[test]
-    fn values_are_formatted_for_people() {
-        assert_eq!(format_value(&json!(42)), "42");
-        assert_eq!(format_value(&json!(u64::MAX)), u64::MAX.to_string());
-        assert_eq!(format_value(&json!(0.33333)), "0.33");
-        assert_eq!(format_value(&json!(1.5)), "1.5");
-        assert_eq!(format_value(&json!(2.0)), "2");
-        assert_eq!(format_value(&json!(-0.001)), "0");
-        assert_eq!(format_value(&json!("h2")), "h2");
-        assert_eq!(format_value(&json!(true)), "true");
-        assert_eq!(format_ms(312), "312 ms");
-        assert_eq!(format_ms(4204), "4.2 s");
     }
 
     #[test]
