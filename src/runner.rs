@@ -382,3 +382,15 @@ async fn run_scenario(
         repeats: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_round_of_a_scenario_gets_its_own_namespace() {
+        assert_eq!(namespace("ab12", "setnx", 1), "infralab:ab12:setnx");
+        assert_eq!(namespace("ab12", "setnx", 2), "infralab:ab12:setnx:2");
+        assert_ne!(namespace("ab12", "setnx", 2), namespace("ab12", "setnx", 3));
+    }
+}
