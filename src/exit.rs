@@ -8,3 +8,6 @@ pub const CHECK_FAILED: i32 = 1;
 pub const BAD_INPUT: i32 = 2;
 /// The environment: Docker unreachable, image unavailable, port busy, timeout.
 pub const ENVIRONMENT: i32 = 3;
+/// Interrupted (Ctrl-C or SIGTERM) after tearing down what was started: 128 +
+/// SIGINT, as shells report it.
+pub const INTERRUPTED: i32 = 130;

@@ -13,10 +13,11 @@ use futures_util::future::join_all;
 use crate::check::{self, Verdict};
 use crate::engine::stack::{self, StackOptions};
 use crate::engine::{Engine, EnvError, Stack, faults};
+use crate::event::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
 use crate::exercise::{self, Ctx, Timeline};
 use crate::images::Source;
-use crate::lab::{Lab, Scenario, When};
-use crate::report::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
+use crate::lab::{Fault, Lab, Scenario, When};
+use crate::repeat;
 
 /// How labs are run.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct RunOptions {
     pub scenarios: Vec<String>,
     /// Deadline for one scenario's exercise.
     pub scenario_timeout: Duration,
+    /// How many times every scenario runs (`--repeat N`; 1 = once).
+    pub repeat: u32,
 }
 
 static ACTIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
@@ -101,7 +104,7 @@ pub async fn run_lab(
     reporter.event(&Event::LabStarted {
         lab: lab.name.clone(),
         title: lab.title.clone(),
-        scenarios: lab.scenarios.len(),
+        scenarios: selected(&lab, opts).len(),
     });
     let task = {
         let (engine, lab, run_id, opts, reporter) = (
@@ -182,26 +185,95 @@ async fn run_stack(
     )
     .await?;
     let services = service_reports(&stack);
-    let mut scenarios = Vec::new();
-    for scenario in &lab.scenarios {
-        if !opts.scenarios.is_empty() && !opts.scenarios.contains(&scenario.name) {
-            continue;
+    let selected = selected(lab, opts);
+    let rounds = opts.repeat.max(1);
+    let mut runs: Vec<Vec<ScenarioReport>> = vec![Vec::new(); selected.len()];
+    for round in 1..=rounds {
+        if rounds > 1 {
+            reporter.event(&Event::RoundStarted {
+                lab: lab.name.clone(),
+                round,
+                rounds,
+            });
         }
-        reporter.event(&Event::ScenarioStarted {
-            lab: lab.name.clone(),
-            scenario: scenario.name.clone(),
-        });
-        let report = run_scenario(&stack, lab, scenario, opts).await;
-        reporter.event(&Event::ScenarioFinished {
-            lab: lab.name.clone(),
-            report: report.clone(),
-        });
-        scenarios.push(report);
-        if !scenario.faults.is_empty() {
-            faults::heal(&stack).await?;
+        for (scenario, runs) in selected.iter().zip(&mut runs) {
+            runs.push(run_and_heal(&stack, lab, scenario, round, opts, reporter).await?);
         }
     }
+    let scenarios = runs.into_iter().map(repeat::fold).collect();
     Ok((services, scenarios))
+}
+
+/// The scenarios `--scenario` selects (all when it names none), in file order.
+fn selected<'a>(lab: &'a Lab, opts: &RunOptions) -> Vec<&'a Scenario> {
+    lab.scenarios
+        .iter()
+        .filter(|s| opts.scenarios.is_empty() || opts.scenarios.contains(&s.name))
+        .collect()
+}
+
+/// Runs one scenario once, reports it, and heals the stack if it had faults
+/// so the next scenario (or the next round) starts healthy.
+async fn run_and_heal(
+    stack: &Stack,
+    lab: &Lab,
+    scenario: &Scenario,
+    round: u32,
+    opts: &RunOptions,
+    reporter: &dyn Reporter,
+) -> Result<ScenarioReport, EnvError> {
+    reporter.event(&Event::ScenarioStarted {
+        lab: lab.name.clone(),
+        scenario: scenario.name.clone(),
+    });
+    let report = run_scenario(stack, lab, scenario, round, opts).await;
+    reporter.event(&Event::ScenarioFinished {
+        lab: lab.name.clone(),
+        report: report.clone(),
+    });
+    if !scenario.faults.is_empty() {
+        faults::heal(stack).await?;
+    }
+    Ok(report)
+}
+
+/// One fault step: waits for its moment, applies the action to every target
+/// and, with `for:`, applies the inverse that long after the action returned
+/// (never earlier, however slow the action was). Both go in the timeline;
+/// errors are collected, not fatal, so the exercise still ends and reports.
+async fn fault_step(
+    stack: &Stack,
+    fault: &Fault,
+    timeline: &Timeline,
+    errors: &Mutex<Vec<String>>,
+) {
+    let failed = |e: EnvError| errors.lock().expect("fault errors").push(describe(&e));
+    match &fault.when {
+        When::At(d) => tokio::time::sleep(d.saturating_sub(timeline.elapsed())).await,
+        When::After(mark) => timeline.wait_for(mark).await,
+    }
+    let mut heals = Vec::new();
+    for target in stack.targets(&fault.service) {
+        timeline.record(
+            "fault",
+            format!("{} {}", fault.action.name(), target.instance),
+        );
+        match faults::apply(stack, target, fault.action).await {
+            Ok(()) => {
+                if let (Some(lasts), Some(inverse)) = (fault.lasts, fault.action.inverse()) {
+                    heals.push((tokio::time::Instant::now() + lasts, target, inverse));
+                }
+            }
+            Err(e) => failed(e),
+        }
+    }
+    for (at, target, inverse) in heals {
+        tokio::time::sleep_until(at).await;
+        timeline.record("fault", format!("{} {}", inverse.name(), target.instance));
+        if let Err(e) = faults::apply(stack, target, inverse).await {
+            failed(e);
+        }
+    }
 }
 
 /// What `up` and the report show of each service.
@@ -219,10 +291,20 @@ pub fn service_reports(stack: &Stack) -> Vec<ServiceReport> {
         .collect()
 }
 
+/// The exercise's namespace: unique per run, scenario and round, so a
+/// repeated scenario never sees the keys, queues or topics of its last run.
+fn namespace(run_id: &str, scenario: &str, round: u32) -> String {
+    match round {
+        1 => format!("infralab:{run_id}:{scenario}"),
+        n => format!("infralab:{run_id}:{scenario}:{n}"),
+    }
+}
+
 async fn run_scenario(
     stack: &Stack,
     lab: &Lab,
     scenario: &Scenario,
+    round: u32,
     opts: &RunOptions,
 ) -> ScenarioReport {
     let started = Instant::now();
@@ -230,31 +312,16 @@ async fn run_scenario(
     let ctx = Ctx::new(
         scenario.params.clone(),
         stack.endpoints(),
-        format!("infralab:{}:{}", stack.run_id, scenario.name),
+        namespace(&stack.run_id, &scenario.name, round),
         timeline.clone(),
     );
     let fault_errors = Mutex::new(Vec::new());
-    let fault_steps = join_all(scenario.faults.iter().map(|fault| {
-        let (timeline, fault_errors) = (&timeline, &fault_errors);
-        async move {
-            match &fault.when {
-                When::At(d) => tokio::time::sleep(d.saturating_sub(timeline.elapsed())).await,
-                When::After(mark) => timeline.wait_for(mark).await,
-            }
-            for target in stack.targets(&fault.service) {
-                timeline.record(
-                    "fault",
-                    format!("{} {}", fault.action.name(), target.instance),
-                );
-                if let Err(e) = faults::apply(stack, target, fault.action).await {
-                    fault_errors
-                        .lock()
-                        .expect("fault errors")
-                        .push(describe(&e));
-                }
-            }
-        }
-    }));
+    let fault_steps = join_all(
+        scenario
+            .faults
+            .iter()
+            .map(|fault| fault_step(stack, fault, &timeline, &fault_errors)),
+    );
     let exercise = tokio::time::timeout(opts.scenario_timeout, lab.exercise.run(&ctx));
     // Faults still waiting when the exercise ends never fire.
     let outcome = tokio::select! {
@@ -312,5 +379,18 @@ async fn run_scenario(
         error,
         timeline: timeline.events(),
         duration_ms: started.elapsed().as_millis() as u64,
+        repeats: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_round_of_a_scenario_gets_its_own_namespace() {
+        assert_eq!(namespace("ab12", "setnx", 1), "infralab:ab12:setnx");
+        assert_eq!(namespace("ab12", "setnx", 2), "infralab:ab12:setnx:2");
+        assert_ne!(namespace("ab12", "setnx", 2), namespace("ab12", "setnx", 3));
     }
 }

@@ -127,3 +127,31 @@ fn up_keeps_services_and_down_removes_them() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_nothing_left(&lab.name);
 }
+
+#[test]
+fn sigint_during_up_exits_130_and_tears_down() {
+    // A Redis that never answers PING keeps `up` waiting for readiness.
+    let lab = temp_lab(
+        "global-coordination/distributed-locking.yaml",
+        "upint",
+        |t| {
+            t.replace(
+                "redis: { kind: redis }",
+                "redis: { kind: redis, command: [\"sleep\", \"600\"], ready_timeout: 120s }",
+            )
+        },
+    );
+    let child = infralab()
+        .args(["up", lab.path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for_containers(&lab.name);
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(text(&out).contains("interrupted"), "{}", text(&out));
+    assert_nothing_left(&lab.name);
+}

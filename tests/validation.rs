@@ -149,3 +149,20 @@ fn the_whole_catalog_validates() {
     let out = run(&["validate"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+#[test]
+fn an_unknown_scenario_is_bad_input_and_starts_nothing() {
+    let (_dir, path) = write_lab(GOOD);
+    let started = std::time::Instant::now();
+    let out = run(&["run", path.to_str().unwrap(), "--scenario", "b"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no scenario named `b`") && stderr.contains("bad-input-lab: a"),
+        "the error lists the lab's scenarios: {stderr}"
+    );
+    // Refused before Docker: no service was started or probed.
+    assert!(!stderr.contains("starting"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_nothing_left("bad-input-lab");
+}

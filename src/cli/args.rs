@@ -68,15 +68,20 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Show a lab's briefing: what, why, the question, services and scenarios
-    #[command(after_help = "Example:\n  infralab show distributed-locking")]
+    /// Show a lab's briefing: the question, services, scenarios, and the exercise's parameters, observations and milestones
+    #[command(
+        after_help = "Examples:\n  infralab show distributed-locking\n  infralab show distributed-locking --format json | jq .exercise.params"
+    )]
     Show {
         /// Lab name, file stem or path
         lab: String,
+        /// Text for people, or JSON with the exercise's parameters, observations and milestones
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Run labs: start services, run every scenario, check expectations, tear down
     #[command(
-        after_help = "Examples:\n  infralab run distributed-locking\n  infralab run distributed-locking --scenario setnx\n  infralab run --all --format json --junit report.xml"
+        after_help = "Examples:\n  infralab run distributed-locking\n  infralab run distributed-locking --scenario setnx\n  infralab run --all --format json --junit report.xml\n  infralab run distributed-locking --repeat 20   # steady verdicts? counts per expectation"
     )]
     Run {
         /// Lab names, file stems or paths
@@ -99,6 +104,9 @@ pub enum Command {
         /// Deadline for one scenario's exercise
         #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
         scenario_timeout: std::time::Duration,
+        /// Run every scenario N times on the same services; an expectation whose verdict changes is flaky (exit 1)
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        repeat: u32,
         #[command(flatten)]
         images: ImageArgs,
     },

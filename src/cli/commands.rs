@@ -5,12 +5,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Cli, CliError, Command, Format, ImagesCommand};
+use super::{Cli, CliError, Command, Format, ImagesCommand, show};
 use crate::engine::stack::{self, StackOptions};
 use crate::engine::{Engine, Stack, gc};
+use crate::event::Reporter;
 use crate::lab::{self, Lab, LabErrors};
 use crate::report::terminal::{self, Progress, Style};
-use crate::report::{Reporter, json, junit};
+use crate::report::{json, junit};
 use crate::runner::{self, RunOptions};
 use crate::{catalog, exit, images, sections};
 
@@ -20,7 +21,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     let color = cli.color;
     match cli.command {
         Command::List { format } => list(&labs_dir, format),
-        Command::Show { lab } => show(&load(&labs_dir, &lab)?),
+        Command::Show { lab, format } => show::show(&load(&labs_dir, &lab)?, format),
         Command::Validate { files } => validate(&labs_dir, files),
         Command::Run {
             labs,
@@ -30,6 +31,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             junit,
             json,
             scenario_timeout,
+            repeat,
             images,
         } => {
             let files = if all {
@@ -55,10 +57,12 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             if !errors.0.is_empty() {
                 return Err(errors.into());
             }
+            check_scenarios(&loaded, &scenarios)?;
             let opts = RunOptions {
                 source: images.images,
                 scenarios,
                 scenario_timeout,
+                repeat,
             };
             run(loaded, &opts, format, junit, json, color).await
         }
@@ -126,6 +130,56 @@ fn load(dir: &Path, wanted: &str) -> Result<Lab, CliError> {
     Ok(Lab::load(&find(dir, wanted)?)?)
 }
 
+/// `--scenario` names must exist before anything starts: a name no lab has,
+/// or a lab that has none of the names (it would run nothing), is bad input.
+fn check_scenarios(labs: &[Arc<Lab>], wanted: &[String]) -> Result<(), CliError> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let has = |lab: &Lab, name: &str| lab.scenarios.iter().any(|s| s.name == name);
+    let listed = |lab: &Lab| {
+        lab.scenarios
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut problems = Vec::new();
+    for name in wanted {
+        if !labs.iter().any(|l| has(l, name)) {
+            let known: Vec<String> = labs
+                .iter()
+                .map(|l| format!("  {}: {}", l.name, listed(l)))
+                .collect();
+            problems.push(format!(
+                "no scenario named `{name}`; the scenarios are:\n{}",
+                known.join("\n")
+            ));
+        }
+    }
+    if problems.is_empty() {
+        for lab in labs {
+            if !wanted.iter().any(|n| has(lab, n)) {
+                problems.push(format!(
+                    "lab `{}` has none of the scenarios {}; its scenarios are: {}",
+                    lab.name,
+                    wanted
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    listed(lab)
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Input(problems.join("\nerror: ")))
+    }
+}
+
 fn list(dir: &Path, format: Format) -> Result<i32, CliError> {
     let mut labs = Vec::new();
     let mut broken = Vec::new();
@@ -166,84 +220,6 @@ fn list(dir: &Path, format: Format) -> Result<i32, CliError> {
     for f in &broken {
         println!("(invalid, see `infralab validate {}`)", f.display());
     }
-    Ok(exit::PASSED)
-}
-
-fn show(lab: &Lab) -> Result<i32, CliError> {
-    let mut out = String::new();
-    let section = sections::find(&lab.section).map(|s| s.1).unwrap_or("");
-    out += &format!(
-        "{}\n{}\n\n",
-        lab.title,
-        "=".repeat(lab.title.chars().count())
-    );
-    out += &format!(
-        "lab:      {}  ({section})\nfile:     {}\n\n{}\n",
-        lab.name,
-        lab.file.display(),
-        lab.summary
-    );
-    if let Some(b) = &lab.briefing {
-        out += &format!("\n{}\n", b.trim_end());
-    }
-    if let Some(q) = &lab.question {
-        out += &format!("\nThe question: {}\n", q.trim_end());
-    }
-    out += "\nServices:\n";
-    for s in &lab.services {
-        let spec = catalog::spec(&s.kind);
-        let image = s.image.clone().unwrap_or_else(|| spec.image.clone());
-        let replicas = if s.replicas > 1 {
-            format!(" ×{}", s.replicas)
-        } else {
-            String::new()
-        };
-        out += &format!(
-            "  {}{replicas}: {} ({image}), {}\n",
-            s.name, s.kind, spec.summary
-        );
-    }
-    let ex = lab.exercise;
-    out += &format!("\nExercise: {}: {}\n", ex.name(), ex.summary());
-    out += "\nScenarios:\n";
-    for s in &lab.scenarios {
-        out += &format!("  {}", s.name);
-        if let Some(d) = &s.description {
-            out += &format!(": {}", d.trim_end());
-        }
-        out += "\n";
-        let changed: Vec<String> = s
-            .params
-            .iter()
-            .filter(|(k, v)| {
-                ex.params()
-                    .iter()
-                    .any(|p| p.name == k.as_str() && p.default != **v)
-            })
-            .map(|(k, v)| format!("{k}={}", terminal::format_value(v)))
-            .collect();
-        if !changed.is_empty() {
-            out += &format!("      params: {}\n", changed.join(", "));
-        }
-        for f in &s.faults {
-            let when = match &f.when {
-                lab::When::At(d) => format!("at {}", humantime::format_duration(*d)),
-                lab::When::After(m) => format!("after {m}"),
-            };
-            out += &format!("      fault: {} {} {when}\n", f.action.name(), f.service);
-        }
-        for (obs, p) in &s.expect {
-            out += &format!("      expect: {obs} {p}\n");
-        }
-    }
-    if let Some(a) = &lab.answer {
-        out += &format!("\nWhat to look for: {}\n", a.trim_end());
-    }
-    out += &format!(
-        "\nRun it:   infralab run {}\nExplore:  infralab up {}\n",
-        lab.name, lab.name
-    );
-    print!("{out}");
     Ok(exit::PASSED)
 }
 
@@ -302,7 +278,7 @@ async fn run(
             eprintln!("interrupted: tearing down …");
             let removed = runner::teardown_active(&engine).await;
             eprintln!("removed {removed} container(s) and network(s)");
-            return Ok(130);
+            return Ok(exit::INTERRUPTED);
         }
     };
     progress.finish();
@@ -343,7 +319,14 @@ async fn up(
     let run_id = stack::new_run_id();
     let started = tokio::select! {
         s = Stack::start(&engine, &run_id, lab, StackOptions { keep: true, source }, &progress) => s,
-        _ = interrupted() => Err(crate::engine::EnvError::new("interrupted")),
+        _ = interrupted() => {
+            // Like `run`: what was started goes, and the exit says "interrupted".
+            progress.finish();
+            eprintln!("interrupted: tearing down …");
+            let removed = stack::teardown(&engine, &run_id).await.unwrap_or(0);
+            eprintln!("removed {removed} container(s) and network(s)");
+            return Ok(exit::INTERRUPTED);
+        }
     };
     progress.finish();
     match started {

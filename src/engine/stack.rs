@@ -16,9 +16,9 @@ use futures_util::future::try_join_all;
 
 use super::{Engine, EnvError, already_done, labels, ready};
 use crate::catalog::{self, ContainerPlan, Endpoint};
+use crate::event::{Event, Reporter};
 use crate::images::{self, Source};
 use crate::lab::{Lab, ServicePlan};
-use crate::report::{Event, Reporter};
 
 /// How a stack is started.
 #[derive(Debug, Clone, Copy)]

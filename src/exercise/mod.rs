@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::catalog::Endpoint;
-use crate::report::TimelineEvent;
+use crate::event::TimelineEvent;
 
 /// Observations an exercise returns: name → number, boolean, string or list.
 pub type Observations = BTreeMap<String, Value>;

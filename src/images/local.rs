@@ -25,7 +25,7 @@ use super::prebuilt;
 use super::recipe;
 use crate::catalog::KindSpec;
 use crate::catalog::spec::CargoInstall;
-use crate::report::{Event, Reporter};
+use crate::event::{Event, Reporter};
 
 /// How long mmdebstrap may take (downloads included) before it is killed.
 const MMDEBSTRAP_TIMEOUT: Duration = Duration::from_secs(30 * 60);

@@ -22,7 +22,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use crate::catalog::KindSpec;
-use crate::report::{Event, Reporter};
+use crate::event::{Event, Reporter};
 
 pub use host::cache_dir;
 pub use recipe::{base_tag, local_tag, recipe_hash, set_self_exe};

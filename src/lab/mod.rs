@@ -91,6 +91,10 @@ pub struct Fault {
     pub action: FaultAction,
     /// Which service (all its replicas, or one replica as `NAME-2`).
     pub service: String,
+    /// `for: DURATION`: how long after the action returned its inverse
+    /// fires. Timed from the return, so a slow `docker pause` cannot shorten
+    /// the window nor leave a service frozen for the rest of the lab.
+    pub lasts: Option<Duration>,
 }
 
 /// When a fault fires.
@@ -135,6 +139,21 @@ impl FaultAction {
         ("disconnect", FaultAction::Disconnect),
         ("connect", FaultAction::Connect),
     ];
+
+    /// The action that undoes this one, for `for: DURATION`: pause →
+    /// unpause, disconnect → connect, stop and kill → start. None for the
+    /// actions that are themselves a heal, and for restart (nothing to undo).
+    pub fn inverse(self) -> Option<FaultAction> {
+        match self {
+            FaultAction::Pause => Some(FaultAction::Unpause),
+            FaultAction::Disconnect => Some(FaultAction::Connect),
+            FaultAction::Stop | FaultAction::Kill => Some(FaultAction::Start),
+            FaultAction::Start
+            | FaultAction::Restart
+            | FaultAction::Unpause
+            | FaultAction::Connect => None,
+        }
+    }
 
     /// The action's name.
     pub fn name(self) -> &'static str {

@@ -72,4 +72,8 @@ pub struct RawFault {
     pub after: Option<Spanned<String>>,
     pub action: Spanned<String>,
     pub service: Spanned<String>,
+    /// `for: DURATION`: the inverse action fires this long after the action
+    /// returned (pause → unpause, disconnect → connect, stop/kill → start).
+    #[serde(default, rename = "for")]
+    pub lasts: Option<Spanned<String>>,
 }

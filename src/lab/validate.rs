@@ -413,6 +413,7 @@ fn validate_fault(
         after,
         action,
         service,
+        lasts,
     } = &fault.value;
     let action_parsed = FaultAction::ALL
         .iter()
@@ -476,11 +477,133 @@ fn validate_fault(
             None
         }
     };
+    let lasts = match (lasts, action_parsed) {
+        (None, _) => Some(None),
+        (Some(lasts), action) => validate_lasts(v, lasts, action),
+    };
     Some(Fault {
         when: when?,
         action: action_parsed?,
         service: service.value.clone(),
+        lasts: lasts?,
     })
+}
+
+/// `for: DURATION`: a positive duration, on an action that has an inverse.
+/// `None` when it is wrong (the error is recorded).
+fn validate_lasts(
+    v: &mut Validator,
+    lasts: &Spanned<String>,
+    action: Option<FaultAction>,
+) -> Option<Option<std::time::Duration>> {
+    let d = match duration::parse(&lasts.value) {
+        Ok(d) if d.is_zero() => {
+            v.error(
+                lasts.referenced,
+                "`for:` must be longer than zero; leave it out to keep the fault until the scenario ends",
+            );
+            return None;
+        }
+        Ok(d) => d,
+        Err(e) => {
+            v.error(lasts.referenced, e);
+            return None;
+        }
+    };
+    let action = action?;
+    if action.inverse().is_none() {
+        let undoable: Vec<&str> = FaultAction::ALL
+            .iter()
+            .filter(|(_, a)| a.inverse().is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        v.error(
+            lasts.referenced,
+            format!(
+                "`for:` needs an action that can be undone ({}); `{}` has no inverse",
+                undoable.join(", "),
+                action.name()
+            ),
+        );
+        return None;
+    }
+    Some(Some(d))
+}
+
+/// Fault steps, `for:` above all (kept apart from the expectation tests).
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn lab(fault: &str) -> String {
+        format!(
+            "\
+name: t
+title: T
+section: global-coordination
+summary: s
+services:
+  redis: {{ kind: redis }}
+exercise: redis-lock
+scenarios:
+  - name: a
+    params: {{ strategy: setnx }}
+    faults:
+      - {fault}
+    expect: {{ lost_updates: \"== 0\" }}
+"
+        )
+    }
+
+    fn fault(text: &str) -> Result<Fault, Vec<LabError>> {
+        validate(Path::new("lab.yaml"), &lab(text))
+            .map(|l| l.scenarios[0].faults[0].clone())
+            .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn for_sets_how_long_the_fault_lasts() {
+        let f = fault("{ after: holding, action: pause, service: redis, for: 1500ms }").unwrap();
+        assert_eq!(f.lasts, Some(Duration::from_millis(1500)));
+        assert_eq!(f.when, When::After("holding".into()));
+        let f = fault("{ at: 1s, action: kill, service: redis }").unwrap();
+        assert_eq!(f.lasts, None);
+    }
+
+    #[test]
+    fn every_fault_with_an_inverse_accepts_for() {
+        for (name, action) in FaultAction::ALL {
+            let r = fault(&format!(
+                "{{ at: 1s, action: {name}, service: redis, for: 2s }}"
+            ));
+            assert_eq!(r.is_ok(), action.inverse().is_some(), "{name}: {r:?}");
+        }
+        assert_eq!(FaultAction::Kill.inverse(), Some(FaultAction::Start));
+        assert_eq!(FaultAction::Pause.inverse(), Some(FaultAction::Unpause));
+        assert_eq!(
+            FaultAction::Disconnect.inverse(),
+            Some(FaultAction::Connect)
+        );
+    }
+
+    #[test]
+    fn for_without_inverse_zero_or_garbage_is_located() {
+        let e = fault("{ at: 1s, action: restart, service: redis, for: 2s }").unwrap_err();
+        assert_eq!((e[0].line, e[0].col), (12, 57), "{}", e[0]);
+        assert!(
+            e[0].message.contains("`restart` has no inverse"),
+            "{}",
+            e[0]
+        );
+        assert!(e[0].message.contains("pause"), "{}", e[0]);
+        let e = fault("{ at: 1s, action: pause, service: redis, for: 0s }").unwrap_err();
+        assert_eq!((e[0].line, e[0].col), (12, 55), "{}", e[0]);
+        assert!(e[0].message.contains("longer than zero"), "{}", e[0]);
+        let e = fault("{ at: 1s, action: pause, service: redis, for: soon }").unwrap_err();
+        assert!(e[0].message.contains("not a duration"), "{}", e[0]);
+        assert_eq!(e.len(), 1);
+    }
 }
 
 #[cfg(test)]

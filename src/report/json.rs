@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use super::RunReport;
+use crate::event::RunReport;
 
 /// Writes `report` as pretty-printed JSON followed by a newline (so `cat`
 /// and `jq` see a complete last line).
@@ -15,7 +15,7 @@ pub fn write(report: &RunReport, out: &mut dyn Write) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::terminal::sample;
+    use crate::report::sample;
     use serde_json::{Value, json};
 
     #[test]
@@ -41,5 +41,28 @@ mod tests {
         assert_eq!(partition["verdict"], json!("unknown"));
         assert_eq!(partition["error"], json!("redis: connection refused"));
         assert_eq!(v["labs"][1]["error"], json!(sample::SETUP_ERROR));
+        assert!(setnx.get("repeats").is_none(), "only with --repeat");
+    }
+
+    #[test]
+    fn repeats_carry_counts_flaky_flags_and_every_run() {
+        let mut report = sample::report();
+        let mut runs = vec![report.labs[0].scenarios[0].clone(); 3];
+        runs[1].checks[0].verdict = crate::check::Verdict::Fail;
+        runs[1].observations.insert("lost_updates".into(), json!(2));
+        report.labs[0].scenarios[0] = crate::repeat::fold(runs);
+        let mut buf = Vec::new();
+        write(&report, &mut buf).unwrap();
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        let setnx = &v["labs"][0]["scenarios"][0];
+        assert_eq!(setnx["verdict"], json!("fail"));
+        let r = &setnx["repeats"];
+        assert_eq!(r["runs"], json!(3));
+        assert_eq!(r["expectations"][0]["observation"], json!("lost_updates"));
+        assert_eq!(r["expectations"][0]["passed"], json!(2));
+        assert_eq!(r["expectations"][0]["flaky"], json!(true));
+        assert_eq!(r["expectations"][1]["flaky"], json!(false));
+        assert_eq!(r["observations"]["lost_updates"], json!([0, 2, 0]));
+        assert_eq!(r["durations_ms"], json!([1234, 1234, 1234]));
     }
 }

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
-use super::terminal::{check_line, format_value, problems};
-use super::{LabReport, RunReport, ScenarioReport};
+use super::words::{check_line, format_value, problems};
 use crate::check::Verdict;
+use crate::event::{ExpectationTally, LabReport, RunReport, ScenarioReport};
 
 /// Writes `report` as JUnit XML.
 pub fn write(report: &RunReport, out: &mut dyn Write) -> io::Result<()> {
@@ -55,13 +55,30 @@ fn case(s: &ScenarioReport, classname: &str) -> TestCase {
     let status = match s.verdict {
         Verdict::Pass => TestCaseStatus::success(),
         Verdict::Fail => {
-            // The message names what was disproved; the body also lists
-            // anything undecided alongside.
-            let failed: Vec<String> = s
-                .checks
+            // The message names what was disproved (or could not be
+            // reproduced, with `--repeat`); the body also lists anything
+            // undecided alongside.
+            let flaky: Vec<&ExpectationTally> = s
+                .repeats
                 .iter()
-                .filter(|c| c.verdict == Verdict::Fail)
-                .map(check_line)
+                .flat_map(|r| &r.expectations)
+                .filter(|t| t.flaky)
+                .collect();
+            let failed: Vec<String> = flaky
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{}: flaky: passed {} of {}",
+                        t.observation, t.passed, t.runs
+                    )
+                })
+                .chain(
+                    s.checks
+                        .iter()
+                        .filter(|c| c.verdict == Verdict::Fail)
+                        .filter(|c| !flaky.iter().any(|t| t.observation == c.observation))
+                        .map(check_line),
+                )
                 .collect();
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
             status
@@ -90,6 +107,10 @@ fn case(s: &ScenarioReport, classname: &str) -> TestCase {
     let mut case = TestCase::new(s.name.as_str(), status);
     case.set_classname(classname)
         .set_time(Duration::from_millis(s.duration_ms));
+    if let Some(r) = &s.repeats {
+        case.add_property(Property::new("runs", r.runs.to_string()));
+        case.add_property(Property::new("runs.passed", r.passed.to_string()));
+    }
     for (name, value) in &s.params {
         case.add_property(Property::new(format!("param.{name}"), format_value(value)));
     }
@@ -107,7 +128,7 @@ fn case(s: &ScenarioReport, classname: &str) -> TestCase {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::terminal::sample;
+    use crate::report::sample;
 
     fn xml() -> String {
         let mut buf = Vec::new();
@@ -142,6 +163,30 @@ mod tests {
             "{xml}"
         );
         assert_eq!(xml.matches("<failure").count(), 1);
+    }
+
+    #[test]
+    fn a_flaky_expectation_is_a_failure_saying_how_often_it_passed() {
+        let mut report = sample::report();
+        let runs = vec![report.labs[0].scenarios[0].clone(); 20];
+        let mut runs = runs;
+        runs[3].checks[0].verdict = Verdict::Fail;
+        runs[3].verdict = Verdict::Fail;
+        report.labs[0].scenarios[0] = crate::repeat::fold(runs);
+        let mut buf = Vec::new();
+        write(&report, &mut buf).unwrap();
+        let xml = String::from_utf8(buf).unwrap();
+        assert!(
+            xml.contains(
+                r#"<failure message="lost_updates: flaky: passed 19 of 20" type="expectation">"#
+            ),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"<property name="runs" value="20"/>"#),
+            "{xml}"
+        );
+        assert_eq!(xml.matches("<failure").count(), 2);
     }
 
     #[test]

@@ -13,8 +13,9 @@ use anstyle::{AnsiColor, Effects};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
-use super::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
-use crate::check::{CheckResult, Verdict};
+use super::words::{expectation, format_float, format_ms, format_value, plural, problems};
+use crate::check::Verdict;
+use crate::event::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
 
 /// The `--color` flag.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -123,76 +124,6 @@ fn decide(
     }
 }
 
-/// Formats an observed value for people: integers as integers, floats with at
-/// most two decimals, strings without quotes, anything else as compact JSON.
-pub fn format_value(value: &Value) -> String {
-    match value {
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => i.to_string(),
-            (_, Some(u)) => u.to_string(),
-            _ => format_float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn format_float(f: f64) -> String {
-    let s = format!("{f:.2}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.into() }
-}
-
-/// A duration as people read it: `312 ms` below a second, `4.2 s` above.
-pub fn format_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    }
-}
-
-/// The predicate as written, with its value when it names parameters or
-/// observations: `== workers * increments (= 400)`.
-fn expectation(check: &CheckResult) -> String {
-    match &check.resolved {
-        Some(r) => format!("{} ({})", check.expect, r),
-        None => check.expect.clone(),
-    }
-}
-
-/// One check that did not pass, in words:
-/// `lost_updates: expected > 0, observed 0`.
-pub(crate) fn check_line(check: &CheckResult) -> String {
-    let head = format!("{}: expected {}", check.observation, expectation(check));
-    match (&check.observed, &check.note) {
-        (Some(v), None) => format!("{head}, observed {}", format_value(v)),
-        (Some(v), Some(note)) => format!("{head}, observed {} ({note})", format_value(v)),
-        (None, Some(note)) => format!("{head}, {note}"),
-        (None, None) => format!("{head}, not observed"),
-    }
-}
-
-/// Why a scenario did not pass: the exercise error, then every failed check,
-/// then every undecided one. Empty for a passing scenario.
-pub(crate) fn problems(scenario: &ScenarioReport) -> Vec<String> {
-    let mut out: Vec<String> = scenario.error.iter().cloned().collect();
-    for verdict in [Verdict::Fail, Verdict::Unknown] {
-        out.extend(
-            scenario
-                .checks
-                .iter()
-                .filter(|c| c.verdict == verdict)
-                .map(check_line),
-        );
-    }
-    out
-}
-
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
 // ---------------------------------------------------------------------------
 // Final summary
 // ---------------------------------------------------------------------------
@@ -231,9 +162,32 @@ fn render_lab(lab: &LabReport, style: Style, out: &mut dyn Write) -> io::Result<
     }
     writeln!(out)?;
     let count = |v: Verdict| lab.scenarios.iter().filter(|s| s.verdict == v).count();
+    let runs = lab
+        .scenarios
+        .iter()
+        .filter_map(|s| s.repeats.as_ref())
+        .map(|r| r.runs)
+        .max();
+    let flaky = lab
+        .scenarios
+        .iter()
+        .filter_map(|s| s.repeats.as_ref())
+        .flat_map(|r| &r.expectations)
+        .filter(|t| t.flaky)
+        .count();
+    let (times, flaky) = match runs {
+        Some(n) => (
+            format!(" × {n} runs"),
+            format!(
+                ", {}",
+                plural(flaky, "flaky expectation", "flaky expectations")
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     writeln!(
         out,
-        "{}: {}, {} passed, {} failed, {} unknown ({})",
+        "{}: {}{times}, {} passed, {} failed, {} unknown{flaky} ({})",
         lab.name,
         plural(lab.scenarios.len(), "scenario", "scenarios"),
         count(Verdict::Pass),
@@ -246,31 +200,74 @@ fn render_lab(lab: &LabReport, style: Style, out: &mut dyn Write) -> io::Result<
 /// One table row; the verdict is kept apart so it can be coloured after the
 /// widths are computed from the plain text.
 struct Row {
-    cells: [String; 3],
-    verdict: Option<Verdict>,
+    cells: Vec<String>,
+    verdict: Option<(Verdict, &'static str)>,
     note: Option<String>,
 }
 
+/// `--repeat`: `4 (2..7)`, the last run's value and the range over all runs
+/// when numbers varied; just the last value otherwise.
+fn observed_over_runs(s: &ScenarioReport, name: &str, last: &Value) -> String {
+    let numbers: Vec<f64> = s
+        .repeats
+        .as_ref()
+        .and_then(|r| r.observations.get(name))
+        .map(|values| values.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let (min, max) = numbers
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        });
+    if numbers.len() > 1 && min < max {
+        format!(
+            "{} ({}..{})",
+            format_value(last),
+            format_float(min),
+            format_float(max)
+        )
+    } else {
+        format_value(last)
+    }
+}
+
 fn render_scenario(s: &ScenarioReport, style: Style, out: &mut dyn Write) -> io::Result<()> {
+    let runs = s
+        .repeats
+        .as_ref()
+        .map(|r| format!("{}/{} runs passed, ", r.passed, r.runs))
+        .unwrap_or_default();
     writeln!(
         out,
         "  {}  {}  {}",
         style.bold(&s.name),
         style.verdict(s.verdict, s.verdict.label()),
-        style.dim(&format_ms(s.duration_ms))
+        style.dim(&format!("{runs}{}", format_ms(s.duration_ms)))
     )?;
 
+    let tallies = s.repeats.as_ref().map(|r| &r.expectations);
     let mut rows: Vec<Row> = s
         .checks
         .iter()
-        .map(|c| Row {
-            cells: [
-                c.observation.clone(),
-                expectation(c),
-                c.observed.as_ref().map_or("—".into(), format_value),
-            ],
-            verdict: Some(c.verdict),
-            note: c.note.clone(),
+        .map(|c| {
+            let observed = c
+                .observed
+                .as_ref()
+                .map_or("—".into(), |v| observed_over_runs(s, &c.observation, v));
+            let mut cells = vec![c.observation.clone(), expectation(c), observed];
+            let mut verdict = (c.verdict, c.verdict.label());
+            if let Some(tallies) = tallies {
+                let tally = tallies.iter().find(|t| t.observation == c.observation);
+                cells.push(tally.map(|t| t.summary()).unwrap_or_default());
+                if tally.is_some_and(|t| t.flaky) {
+                    verdict = (Verdict::Fail, "FLAKY");
+                }
+            }
+            Row {
+                cells,
+                verdict: Some(verdict),
+                note: c.note.clone(),
+            }
         })
         .collect();
     // Observations without an expectation are still part of the lesson.
@@ -279,16 +276,29 @@ fn render_scenario(s: &ScenarioReport, style: Style, out: &mut dyn Write) -> io:
         s.observations
             .iter()
             .filter(|(name, _)| !checked.contains(name.as_str()))
-            .map(|(name, value)| Row {
-                cells: [name.clone(), String::new(), format_value(value)],
-                verdict: None,
-                note: None,
+            .map(|(name, value)| {
+                let mut cells = vec![
+                    name.clone(),
+                    String::new(),
+                    observed_over_runs(s, name, value),
+                ];
+                if tallies.is_some() {
+                    cells.push(String::new());
+                }
+                Row {
+                    cells,
+                    verdict: None,
+                    note: None,
+                }
             }),
     );
 
     if !rows.is_empty() {
-        let header = ["observation", "expected", "observed"];
-        let mut widths = header.map(|h| h.chars().count());
+        let mut header = vec!["observation", "expected", "observed"];
+        if tallies.is_some() {
+            header.push("passed");
+        }
+        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(&row.cells) {
                 *w = (*w).max(cell.chars().count());
@@ -298,7 +308,11 @@ fn render_scenario(s: &ScenarioReport, style: Style, out: &mut dyn Write) -> io:
             let fill = width.saturating_sub(text.chars().count());
             format!("{text}{}", " ".repeat(fill))
         };
-        let head: Vec<String> = header.iter().zip(widths).map(|(h, w)| pad(h, w)).collect();
+        let head: Vec<String> = header
+            .iter()
+            .zip(&widths)
+            .map(|(h, w)| pad(h, *w))
+            .collect();
         writeln!(
             out,
             "    {}",
@@ -308,13 +322,13 @@ fn render_scenario(s: &ScenarioReport, style: Style, out: &mut dyn Write) -> io:
             let cells: Vec<String> = row
                 .cells
                 .iter()
-                .zip(widths)
-                .map(|(c, w)| pad(c, w))
+                .zip(&widths)
+                .map(|(c, w)| pad(c, *w))
                 .collect();
             let mut line = format!("    {}", cells.join("  "));
-            if let Some(v) = row.verdict {
+            if let Some((v, label)) = row.verdict {
                 line.push_str("  ");
-                line.push_str(&style.verdict(v, v.label()));
+                line.push_str(&style.verdict(v, label));
             }
             if let Some(note) = &row.note {
                 line.push_str(&format!(" {}", style.dim(&format!("({note})"))));
@@ -487,6 +501,9 @@ impl Progress {
                     format_ms(*ms)
                 ),
             },
+            Event::RoundStarted { lab, round, rounds } => {
+                Action::Line(st.bold(&format!("round {round}/{rounds} of {lab}")))
+            }
             Event::ScenarioStarted { lab, scenario } => Action::Spin {
                 key: format!("scenario:{lab}/{scenario}"),
                 msg: format!("scenario {scenario} …"),
@@ -600,119 +617,10 @@ impl Drop for Progress {
     }
 }
 
-/// A hand-made report shared by the tests of the three output formats.
-#[cfg(test)]
-pub(crate) mod sample {
-    use std::collections::BTreeMap;
-
-    use serde_json::json;
-
-    use crate::check::{CheckResult, Verdict};
-    use crate::report::{LabReport, RunReport, ScenarioReport, ServiceReport, TimelineEvent};
-
-    pub const SETUP_ERROR: &str = "redis did not become ready within 30 s";
-
-    fn check(
-        obs: &str,
-        expect: &str,
-        observed: Option<serde_json::Value>,
-        v: Verdict,
-    ) -> CheckResult {
-        CheckResult {
-            observation: obs.into(),
-            expect: expect.into(),
-            resolved: None,
-            note: observed.is_none().then(|| "not observed".to_string()),
-            observed,
-            verdict: v,
-        }
-    }
-
-    pub fn report() -> RunReport {
-        let setnx = ScenarioReport {
-            name: "setnx".into(),
-            params: BTreeMap::from([("clients".into(), json!(8))]),
-            observations: BTreeMap::from([
-                ("acquired".into(), json!(812)),
-                ("lost_updates".into(), json!(0)),
-                ("p99_ms".into(), json!(3.4567)),
-            ]),
-            checks: vec![
-                check("lost_updates", "== 0", Some(json!(0)), Verdict::Pass),
-                check("acquired", "> 0", Some(json!(812)), Verdict::Pass),
-            ],
-            verdict: Verdict::Pass,
-            error: None,
-            timeline: vec![TimelineEvent {
-                at_ms: 3,
-                source: "exercise".into(),
-                what: "8 clients started".into(),
-            }],
-            duration_ms: 1234,
-        };
-        let no_lock = ScenarioReport {
-            name: "no-lock".into(),
-            params: BTreeMap::new(),
-            observations: BTreeMap::from([
-                ("acquired".into(), json!(500)),
-                ("lost_updates".into(), json!(0)),
-            ]),
-            checks: vec![check("lost_updates", "> 0", Some(json!(0)), Verdict::Fail)],
-            verdict: Verdict::Fail,
-            error: None,
-            timeline: vec![],
-            duration_ms: 870,
-        };
-        let partition = ScenarioReport {
-            name: "partition".into(),
-            params: BTreeMap::new(),
-            observations: BTreeMap::new(),
-            checks: vec![check("safety_violations", "== 0", None, Verdict::Unknown)],
-            verdict: Verdict::Unknown,
-            error: Some("redis: connection refused".into()),
-            timeline: vec![],
-            duration_ms: 2100,
-        };
-        let locking = LabReport {
-            name: "distributed-locking".into(),
-            run_id: "r-test".into(),
-            title: "Distributed locking with Redis".into(),
-            file: "labs/distributed-locking.yaml".into(),
-            services: vec![ServiceReport {
-                name: "redis".into(),
-                kind: "redis".into(),
-                image: "redis:7.4.2".into(),
-                url: "redis://127.0.0.1:49153".into(),
-                ready_ms: 312,
-            }],
-            scenarios: vec![setnx, no_lock, partition],
-            verdict: Verdict::Fail,
-            error: None,
-            duration_ms: 4204,
-        };
-        let broken = LabReport {
-            name: "queue-backpressure".into(),
-            run_id: "r-test".into(),
-            title: "Backpressure".into(),
-            file: "labs/queue-backpressure.yaml".into(),
-            services: vec![],
-            scenarios: vec![],
-            verdict: Verdict::Unknown,
-            error: Some(SETUP_ERROR.into()),
-            duration_ms: 30_010,
-        };
-        RunReport {
-            run_id: "r-test".into(),
-            duration_ms: 34_300,
-            labs: vec![locking, broken],
-            verdict: Verdict::Fail,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::sample;
     use serde_json::json;
     use std::sync::Arc;
 
@@ -760,6 +668,48 @@ mod tests {
         assert!(text.lines().all(|l| l == l.trim_end()), "trailing spaces");
     }
 
+    /// The sample with its `setnx` scenario run 20 times, `lost_updates`
+    /// failing once (run 4, observed 2).
+    fn flaky_sample() -> RunReport {
+        let mut report = sample::report();
+        let mut runs = vec![report.labs[0].scenarios[0].clone(); 20];
+        runs[3].checks[0].verdict = Verdict::Fail;
+        runs[3].verdict = Verdict::Fail;
+        runs[3].observations.insert("lost_updates".into(), json!(2));
+        report.labs[0].scenarios[0] = crate::repeat::fold(runs);
+        report
+    }
+
+    #[test]
+    fn repeated_render_counts_passes_and_flags_flaky() {
+        let mut buf = Vec::new();
+        render(&flaky_sample(), Style::plain(), &mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(
+            text.contains("  setnx  FAIL  19/20 runs passed, 24.7 s\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    observation   expected  observed  passed  verdict\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    lost_updates  == 0      0 (0..2)  19/20   FLAKY\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    acquired      > 0       812       20/20   PASS\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "3 scenarios × 20 runs, 0 passed, 2 failed, 1 unknown, 1 flaky expectation"
+            ),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| l == l.trim_end()), "trailing spaces");
+    }
+
     #[test]
     fn colored_render_paints_verdicts() {
         let text = rendered(Style::colored());
@@ -780,20 +730,6 @@ mod tests {
         assert!(!decide(Auto, None, set("dumb"), true));
         assert!(decide(Always, set("1"), None, false));
         assert!(!decide(Never, None, None, true));
-    }
-
-    #[test]
-    fn values_are_formatted_for_people() {
-        assert_eq!(format_value(&json!(42)), "42");
-        assert_eq!(format_value(&json!(u64::MAX)), u64::MAX.to_string());
-        assert_eq!(format_value(&json!(0.33333)), "0.33");
-        assert_eq!(format_value(&json!(1.5)), "1.5");
-        assert_eq!(format_value(&json!(2.0)), "2");
-        assert_eq!(format_value(&json!(-0.001)), "0");
-        assert_eq!(format_value(&json!("h2")), "h2");
-        assert_eq!(format_value(&json!(true)), "true");
-        assert_eq!(format_ms(312), "312 ms");
-        assert_eq!(format_ms(4204), "4.2 s");
     }
 
     #[test]

@@ -1,0 +1,284 @@
+//! `infralab show LAB`: everything an instructor needs to write a variant of
+//! a lab without opening the README: the briefing, services, scenarios, and
+//! the exercise's reference (parameters with defaults and ranges,
+//! observations with their kinds, milestones faults may wait for).
+
+use serde_json::{Value, json};
+
+use super::{CliError, Format};
+use crate::exercise::{Exercise, ParamKind, ParamSpec};
+use crate::lab::{Lab, When};
+use crate::report::words::format_value;
+use crate::{catalog, exit, sections};
+
+/// `infralab show LAB`: the briefing, or (`--format json`) the same facts
+/// for tools.
+pub fn show(lab: &Lab, format: Format) -> Result<i32, CliError> {
+    match format {
+        Format::Text => print!("{}", text(lab)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json(lab)).unwrap_or_default()
+        ),
+    }
+    Ok(exit::PASSED)
+}
+
+fn text(lab: &Lab) -> String {
+    let mut out = String::new();
+    let section = sections::find(&lab.section).map(|s| s.1).unwrap_or("");
+    out += &format!(
+        "{}\n{}\n\n",
+        lab.title,
+        "=".repeat(lab.title.chars().count())
+    );
+    out += &format!(
+        "lab:      {}  ({section})\nfile:     {}\n\n{}\n",
+        lab.name,
+        lab.file.display(),
+        lab.summary
+    );
+    if let Some(b) = &lab.briefing {
+        out += &format!("\n{}\n", b.trim_end());
+    }
+    if let Some(q) = &lab.question {
+        out += &format!("\nThe question: {}\n", q.trim_end());
+    }
+    out += "\nServices:\n";
+    for s in &lab.services {
+        let spec = catalog::spec(&s.kind);
+        let image = s.image.clone().unwrap_or_else(|| spec.image.clone());
+        let replicas = if s.replicas > 1 {
+            format!(" ×{}", s.replicas)
+        } else {
+            String::new()
+        };
+        out += &format!(
+            "  {}{replicas}: {} ({image}), {}\n",
+            s.name, s.kind, spec.summary
+        );
+    }
+    let ex = lab.exercise;
+    out += &format!("\nExercise: {}: {}\n", ex.name(), ex.summary());
+    out += &exercise_reference(ex);
+    out += "\nScenarios:\n";
+    for s in &lab.scenarios {
+        out += &format!("  {}", s.name);
+        if let Some(d) = &s.description {
+            out += &format!(": {}", d.trim_end());
+        }
+        out += "\n";
+        let changed: Vec<String> = s
+            .params
+            .iter()
+            .filter(|(k, v)| {
+                ex.params()
+                    .iter()
+                    .any(|p| p.name == k.as_str() && p.default != **v)
+            })
+            .map(|(k, v)| format!("{k}={}", format_value(v)))
+            .collect();
+        if !changed.is_empty() {
+            out += &format!("      params: {}\n", changed.join(", "));
+        }
+        for f in &s.faults {
+            let when = match &f.when {
+                When::At(d) => format!("at {}", humantime::format_duration(*d)),
+                When::After(m) => format!("after {m}"),
+            };
+            let lasts = f
+                .lasts
+                .map(|d| format!(", for {}", humantime::format_duration(d)))
+                .unwrap_or_default();
+            out += &format!(
+                "      fault: {} {} {when}{lasts}\n",
+                f.action.name(),
+                f.service
+            );
+        }
+        for (obs, p) in &s.expect {
+            out += &format!("      expect: {obs} {p}\n");
+        }
+    }
+    if let Some(a) = &lab.answer {
+        out += &format!("\nWhat to look for: {}\n", a.trim_end());
+    }
+    out += &format!(
+        "\nRun it:   infralab run {}\nExplore:  infralab up {}\n",
+        lab.name, lab.name
+    );
+    out
+}
+
+/// The exercise's parameters, observations and milestones as aligned tables.
+fn exercise_reference(ex: &dyn Exercise) -> String {
+    let mut out = String::new();
+    let params: Vec<Vec<String>> = ex
+        .params()
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.to_string(),
+                format_value(&p.default),
+                accepts(p),
+                p.doc.to_string(),
+            ]
+        })
+        .collect();
+    if !params.is_empty() {
+        out += "\nParameters (set them under `params:`, in the lab or a scenario):\n";
+        out += &aligned(&["name", "default", "accepts", "meaning"], &params);
+    }
+    let observations: Vec<Vec<String>> = ex
+        .observations()
+        .iter()
+        .map(|o| vec![o.name.to_string(), o.kind.name().into(), o.doc.into()])
+        .collect();
+    if !observations.is_empty() {
+        out += "\nObservations (check them under `expect:`; numbers may appear in expressions):\n";
+        out += &aligned(&["name", "kind", "meaning"], &observations);
+    }
+    let milestones: Vec<Vec<String>> = ex
+        .milestones()
+        .iter()
+        .map(|m| vec![m.name.to_string(), m.doc.to_string()])
+        .collect();
+    if milestones.is_empty() {
+        out += "\nMilestones: none; time faults with `at: DURATION`.\n";
+    } else {
+        out += "\nMilestones (a fault may fire `after:` one):\n";
+        out += &aligned(&["name", "recorded when"], &milestones);
+    }
+    out
+}
+
+/// What values a parameter accepts, in the words of a lab file.
+fn accepts(p: &ParamSpec) -> String {
+    match &p.kind {
+        ParamKind::Int { min, max } => format!("{min}..{max}"),
+        ParamKind::Float => "a number".into(),
+        ParamKind::Bool => "true | false".into(),
+        ParamKind::Choice(options) => options.join(" | "),
+        ParamKind::Text => "text".into(),
+    }
+}
+
+/// Rows under a header, columns padded to their widest cell, indented by two;
+/// the last column is not padded (no trailing spaces).
+fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i == last {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        format!("  {}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `show --format json`: the lab and its exercise's reference.
+fn json(lab: &Lab) -> Value {
+    let ex = lab.exercise;
+    json!({
+        "name": lab.name,
+        "title": lab.title,
+        "section": lab.section,
+        "file": lab.file,
+        "summary": lab.summary,
+        "question": lab.question,
+        "answer": lab.answer,
+        "services": lab.services.iter().map(|s| json!({
+            "name": s.name, "kind": s.kind, "replicas": s.replicas,
+            "image": s.image.clone().unwrap_or_else(|| catalog::spec(&s.kind).image.clone()),
+        })).collect::<Vec<_>>(),
+        "exercise": {
+            "name": ex.name(),
+            "summary": ex.summary(),
+            "params": ex.params().iter().map(|p| json!({
+                "name": p.name, "default": p.default, "accepts": accepts(p), "meaning": p.doc,
+            })).collect::<Vec<_>>(),
+            "observations": ex.observations().iter().map(|o| json!({
+                "name": o.name, "kind": o.kind.name(), "meaning": o.doc,
+            })).collect::<Vec<_>>(),
+            "milestones": ex.milestones().iter().map(|m| json!({
+                "name": m.name, "recorded_when": m.doc,
+            })).collect::<Vec<_>>(),
+        },
+        "scenarios": lab.scenarios.iter().map(|s| json!({
+            "name": s.name,
+            "description": s.description,
+            "params": s.params,
+            "faults": s.faults.iter().map(|f| json!({
+                "action": f.action.name(),
+                "service": f.service,
+                "at_ms": match &f.when { When::At(d) => Some(d.as_millis() as u64), When::After(_) => None },
+                "after": match &f.when { When::After(m) => Some(m.as_str()), When::At(_) => None },
+                "for_ms": f.lasts.map(|d| d.as_millis() as u64),
+            })).collect::<Vec<_>>(),
+            "expect": s.expect.iter().map(|(k, p)| (k.clone(), Value::from(p.to_string()))).collect::<serde_json::Map<_, _>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exercise::redis_lock::RedisLock;
+
+    #[test]
+    fn the_reference_lists_params_observations_and_milestones() {
+        let text = exercise_reference(&RedisLock);
+        assert!(text.contains("\nParameters"), "{text}");
+        let workers = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("workers "))
+            .unwrap_or_else(|| panic!("workers in {text}"));
+        assert!(
+            workers.contains(" 8 ") && workers.contains("1.."),
+            "{workers}"
+        );
+        let strategy = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("strategy "))
+            .unwrap();
+        assert!(strategy.contains("none | setnx"), "{strategy}");
+        let lost = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("lost_updates "))
+            .unwrap();
+        assert!(lost.contains(" number "), "{lost}");
+        assert!(text.contains("\n  holding "), "{text}");
+        assert!(text.lines().all(|l| l == l.trim_end()), "trailing spaces");
+    }
+
+    #[test]
+    fn columns_line_up() {
+        let rows = vec![
+            vec!["a".to_string(), "1".into(), "x".into()],
+            vec!["long-name".to_string(), "22".into(), "y".into()],
+        ];
+        assert_eq!(
+            aligned(&["name", "n", "meaning"], &rows),
+            "  name       n   meaning\n  a          1   x\n  long-name  22  y\n"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! The interface between the runner and the output: the [`Event`]s sent
+//! while a run goes on, the [`Reporter`] that receives them, and the
+//! serialisable [`RunReport`] a run ends with. The engine, images, exercises
+//! and runner speak only these types; the renderers (`report`: terminal,
+//! JSON, JUnit) turn them into output, and nothing here depends on them.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::check::{CheckResult, Verdict};
+
+/// Everything one `infralab run` observed: serialised as the JSON report and
+/// folded into JUnit XML.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RunReport {
+    /// Run id (also the `io.infralab.run` label value).
+    pub run_id: String,
+    /// Wall time of the whole run.
+    pub duration_ms: u64,
+    /// One entry per lab, in the order they ran.
+    pub labs: Vec<LabReport>,
+    /// Merged verdict of all labs.
+    pub verdict: Verdict,
+}
+
+/// One lab's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabReport {
+    /// Lab name.
+    pub name: String,
+    /// Run id of this lab's resources (`io.infralab.run` label).
+    pub run_id: String,
+    /// Lab title.
+    pub title: String,
+    /// The lab file it came from.
+    pub file: String,
+    /// Services that were started.
+    pub services: Vec<ServiceReport>,
+    /// Scenarios, in file order.
+    pub scenarios: Vec<ScenarioReport>,
+    /// Merged verdict: Fail beats Unknown beats Pass.
+    pub verdict: Verdict,
+    /// Why the lab could not run (environment error), if it could not.
+    pub error: Option<String>,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+/// One started service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceReport {
+    /// Service name in the lab.
+    pub name: String,
+    /// Kind.
+    pub kind: String,
+    /// Image it ran.
+    pub image: String,
+    /// Connection string on the host.
+    pub url: String,
+    /// From create to the first successful protocol probe.
+    pub ready_ms: u64,
+}
+
+/// One scenario's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    /// Scenario name.
+    pub name: String,
+    /// Effective parameters (defaults, lab, scenario merged).
+    pub params: BTreeMap<String, Value>,
+    /// Every observation the exercise returned.
+    pub observations: BTreeMap<String, Value>,
+    /// One result per expectation.
+    pub checks: Vec<CheckResult>,
+    /// Merged verdict of the checks (Unknown when the exercise failed).
+    pub verdict: Verdict,
+    /// Why the exercise could not finish, if it could not.
+    pub error: Option<String>,
+    /// Timed events: exercise milestones and faults, in order.
+    pub timeline: Vec<TimelineEvent>,
+    /// Wall time (of all runs, with `--repeat`).
+    pub duration_ms: u64,
+    /// With `--repeat N` (N > 1): how every run went. `observations`,
+    /// `checks` and `timeline` above are then those of the last run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<Repeats>,
+}
+
+/// How the N runs of one scenario went (`run --repeat N`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Repeats {
+    /// How many times the scenario ran.
+    pub runs: u32,
+    /// How many runs passed as a whole.
+    pub passed: u32,
+    /// Each run's verdict, in order.
+    pub verdicts: Vec<Verdict>,
+    /// Each run's wall time.
+    pub durations_ms: Vec<u64>,
+    /// Each observation's value in every run (null where a run lacked it).
+    pub observations: BTreeMap<String, Vec<Value>>,
+    /// Per expectation: how often it passed, and whether it is flaky.
+    pub expectations: Vec<ExpectationTally>,
+}
+
+/// One expectation over the runs of a scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpectationTally {
+    /// Observation name.
+    pub observation: String,
+    /// The predicate as written.
+    pub expect: String,
+    /// Runs that decided it.
+    pub runs: u32,
+    /// Runs in which it passed.
+    pub passed: u32,
+    /// Runs in which it failed.
+    pub failed: u32,
+    /// Runs in which it could not be decided.
+    pub unknown: u32,
+    /// Its verdict changed from one run to another: the scenario fails.
+    pub flaky: bool,
+}
+
+impl ExpectationTally {
+    /// `19/20`: passed out of runs.
+    pub fn summary(&self) -> String {
+        format!("{}/{}", self.passed, self.runs)
+    }
+}
+
+/// One timed event of a scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEvent {
+    /// Milliseconds since the scenario started.
+    pub at_ms: u64,
+    /// `exercise` or `fault`.
+    pub source: String,
+    /// What happened.
+    pub what: String,
+}
+
+/// Live progress, sent while a run goes on.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A lab begins.
+    LabStarted {
+        lab: String,
+        title: String,
+        scenarios: usize,
+    },
+    /// A local image is being built (long: seconds to minutes).
+    ImageBuild {
+        kind: String,
+        image: String,
+        step: String,
+    },
+    /// A local image is built.
+    ImageBuilt {
+        kind: String,
+        image: String,
+        ms: u64,
+    },
+    /// A service's container was created and is being probed.
+    ServiceStarting {
+        service: String,
+        kind: String,
+        image: String,
+    },
+    /// A service answered its protocol probe.
+    ServiceReady {
+        service: String,
+        url: String,
+        ms: u64,
+    },
+    /// One round of `--repeat N` begins: every selected scenario runs once more.
+    RoundStarted {
+        lab: String,
+        round: u32,
+        rounds: u32,
+    },
+    /// A scenario begins.
+    ScenarioStarted { lab: String, scenario: String },
+    /// A scenario ended.
+    ScenarioFinished { lab: String, report: ScenarioReport },
+    /// A lab ended (its report is complete).
+    LabFinished { report: LabReport },
+    /// Teardown finished.
+    TornDown { lab: String, removed: usize },
+}
+
+/// Receives live events. Implemented by the terminal progress display; the
+/// final report is rendered once at the end.
+pub trait Reporter: Send + Sync {
+    /// Called for every event, in order.
+    fn event(&self, event: &Event);
+}
+
+/// A reporter that ignores everything (JSON output, tests).
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn event(&self, _: &Event) {}
+}
