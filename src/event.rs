@@ -165,12 +165,14 @@ pub enum Event {
     },
     /// A service's container was created and is being probed.
     ServiceStarting {
+        lab: String,
         service: String,
         kind: String,
         image: String,
     },
     /// A service answered its protocol probe.
     ServiceReady {
+        lab: String,
         service: String,
         url: String,
         ms: u64,

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 
 use crate::check::{self, Verdict};
@@ -30,6 +31,14 @@ pub struct RunOptions {
     pub scenario_timeout: Duration,
     /// How many times every scenario runs (`--repeat N`; 1 = once).
     pub repeat: u32,
+    /// How many labs run at once (`--jobs N`).
+    pub jobs: usize,
+}
+
+/// Labs at once by default: one per core, at most four. Labs mostly wait on
+/// services and networks, but their timing-sensitive scenarios need a core.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
 }
 
 static ACTIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
@@ -75,16 +84,21 @@ pub async fn run_labs(
         run_id: run_id.clone(),
         ..Default::default()
     };
-    for (i, lab) in labs.into_iter().enumerate() {
+    // Up to `jobs` labs at once, each with its own run id (network, labels,
+    // namespace); reports keep the order the labs were given in.
+    let runs = labs.into_iter().enumerate().map(|(i, lab)| {
         let lab_run = if i == 0 {
             run_id.clone()
         } else {
             stack::new_run_id()
         };
-        report
-            .labs
-            .push(run_lab(engine, lab, &lab_run, opts, reporter.clone()).await);
-    }
+        let reporter = reporter.clone();
+        async move { run_lab(engine, lab, &lab_run, opts, reporter).await }
+    });
+    report.labs = futures_util::stream::iter(runs)
+        .buffered(opts.jobs.max(1))
+        .collect()
+        .await;
     report.verdict = Verdict::merge_all(report.labs.iter().map(|l| l.verdict));
     report.duration_ms = started.elapsed().as_millis() as u64;
     report

@@ -81,7 +81,7 @@ pub enum Command {
     },
     /// Run labs: start services, run every scenario, check expectations, tear down
     #[command(
-        after_help = "Examples:\n  infralab run distributed-locking\n  infralab run distributed-locking --scenario setnx\n  infralab run --all --format json --junit report.xml\n  infralab run distributed-locking --repeat 20   # steady verdicts? counts per expectation"
+        after_help = "Examples:\n  infralab run distributed-locking\n  infralab run distributed-locking --scenario setnx\n  infralab run --all --format json --junit report.xml\n  infralab run distributed-locking --repeat 20   # steady verdicts? counts per expectation\n  infralab run --all --jobs 2                    # two labs at a time"
     )]
     Run {
         /// Lab names, file stems or paths
@@ -107,6 +107,9 @@ pub enum Command {
         /// Run every scenario N times on the same services; an expectation whose verdict changes is flaky (exit 1)
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
         repeat: u32,
+        /// Labs run at once, each on its own network and namespace [default: the machine's cores, at most 4]
+        #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32))]
+        jobs: Option<u32>,
         #[command(flatten)]
         images: ImageArgs,
     },

@@ -32,6 +32,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             json,
             scenario_timeout,
             repeat,
+            jobs,
             images,
         } => {
             let files = if all {
@@ -63,6 +64,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 scenarios,
                 scenario_timeout,
                 repeat,
+                jobs: jobs.map_or_else(runner::default_jobs, |j| j as usize),
             };
             run(loaded, &opts, format, junit, json, color).await
         }
@@ -270,6 +272,7 @@ async fn run(
 ) -> Result<i32, CliError> {
     let engine = Engine::connect().await?;
     let progress = Arc::new(Progress::new(color));
+    progress.set_parallel(opts.jobs > 1 && labs.len() > 1);
     let reporter: Arc<dyn Reporter> = progress.clone();
     let report = tokio::select! {
         report = runner::run_labs(&engine, labs, opts, reporter) => report,

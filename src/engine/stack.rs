@@ -180,6 +180,7 @@ async fn start_one(
     let spec = catalog::spec(&plan.kind);
     let container = format!("infralab-{run_id}-{instance}");
     reporter.event(&Event::ServiceStarting {
+        lab: lab.to_string(),
         service: instance.clone(),
         kind: plan.kind.clone(),
         image: image.to_string(),
@@ -303,6 +304,7 @@ async fn start_one(
     ready::wait(engine, kind, &endpoint, plan.ready_timeout).await?;
     let ready_ms = started_at.elapsed().as_millis() as u64;
     reporter.event(&Event::ServiceReady {
+        lab: lab.to_string(),
         service: instance.clone(),
         url: endpoint.url.clone(),
         ms: ready_ms,

@@ -373,9 +373,9 @@ enum Action {
     Done { key: String, line: String },
     /// A permanent line, no spinner involved.
     Line(String),
-    /// The lab is over: spinners still running (services that never became
-    /// ready) are turned into lines, then `line` is printed.
-    LabDone { line: String },
+    /// The lab is over: its spinners still running (services that never
+    /// became ready) are turned into lines, then `line` is printed.
+    LabDone { lab: String, line: String },
 }
 
 /// Where progress goes.
@@ -396,6 +396,8 @@ enum Sink {
 pub struct Progress {
     style: Style,
     sink: Sink,
+    /// Labs run in parallel (`--jobs`): every line names its lab.
+    parallel: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -421,7 +423,15 @@ impl Progress {
         Progress {
             style,
             sink: Sink::Plain(Mutex::new(out)),
+            parallel: Default::default(),
         }
+    }
+
+    /// Labs will run in parallel: prefix every line with its lab's name so
+    /// interleaved progress stays readable.
+    pub fn set_parallel(&self, parallel: bool) {
+        self.parallel
+            .store(parallel, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn live(style: Style) -> Progress {
@@ -439,6 +449,7 @@ impl Progress {
                 bars: Mutex::new(HashMap::new()),
                 spinner,
             },
+            parallel: Default::default(),
         }
     }
 
@@ -489,12 +500,22 @@ impl Progress {
                     format_ms(*ms)
                 ),
             },
-            Event::ServiceStarting { service, image, .. } => Action::Spin {
-                key: format!("service:{service}"),
+            Event::ServiceStarting {
+                lab,
+                service,
+                image,
+                ..
+            } => Action::Spin {
+                key: format!("service:{lab}/{service}"),
                 msg: format!("starting {service} ({image})"),
             },
-            Event::ServiceReady { service, url, ms } => Action::Done {
-                key: format!("service:{service}"),
+            Event::ServiceReady {
+                lab,
+                service,
+                url,
+                ms,
+            } => Action::Done {
+                key: format!("service:{lab}/{service}"),
                 line: format!(
                     "{} {service} ready in {}  {url}",
                     self.mark(Verdict::Pass),
@@ -541,7 +562,10 @@ impl Progress {
                         format_ms(report.duration_ms)
                     ),
                 };
-                Action::LabDone { line }
+                Action::LabDone {
+                    lab: report.name.clone(),
+                    line,
+                }
             }
             Event::TornDown { lab, removed } => Action::Line(st.dim(&format!(
                 "removed {} of {lab}",
@@ -554,14 +578,20 @@ impl Progress {
 impl Reporter for Progress {
     fn event(&self, event: &Event) {
         let action = self.action(event);
+        let action = match event_lab(event) {
+            Some(lab) if self.parallel.load(std::sync::atomic::Ordering::Relaxed) => {
+                action.labelled(&self.style.dim(&format!("{lab}:")))
+            }
+            _ => action,
+        };
         match &self.sink {
             Sink::Plain(out) => {
                 let mut out = lock(out);
                 let line = match action {
                     Action::Spin { msg, .. } => msg,
-                    Action::Done { line, .. } | Action::Line(line) | Action::LabDone { line } => {
-                        line
-                    }
+                    Action::Done { line, .. }
+                    | Action::Line(line)
+                    | Action::LabDone { line, .. } => line,
                 };
                 // Progress is best effort: a closed stderr must not stop the run.
                 let _ = writeln!(out, "{line}");
@@ -593,8 +623,11 @@ impl Reporter for Progress {
                     Action::Line(line) => {
                         let _ = multi.println(line);
                     }
-                    Action::LabDone { line } => {
-                        for (_, bar) in bars.drain() {
+                    Action::LabDone { lab, line } => {
+                        let own = format!(":{lab}/");
+                        let keys: Vec<String> =
+                            bars.keys().filter(|k| k.contains(&own)).cloned().collect();
+                        for bar in keys.iter().filter_map(|k| bars.remove(k)) {
                             let msg = bar.message();
                             bar.finish_and_clear();
                             multi.remove(&bar);
@@ -608,6 +641,39 @@ impl Reporter for Progress {
                 }
             }
         }
+    }
+}
+
+impl Action {
+    /// The same action with `prefix` before its text.
+    fn labelled(self, prefix: &str) -> Action {
+        match self {
+            Action::Spin { key, msg } => Action::Spin {
+                key,
+                msg: format!("{prefix} {msg}"),
+            },
+            Action::Done { key, line } => Action::Done {
+                key,
+                line: format!("{prefix} {line}"),
+            },
+            Action::Line(line) => Action::Line(format!("{prefix} {line}")),
+            Action::LabDone { lab, line } => Action::LabDone { lab, line },
+        }
+    }
+}
+
+/// The lab an event belongs to (image builds belong to none).
+fn event_lab(event: &Event) -> Option<&str> {
+    match event {
+        Event::LabStarted { lab, .. }
+        | Event::ServiceStarting { lab, .. }
+        | Event::ServiceReady { lab, .. }
+        | Event::RoundStarted { lab, .. }
+        | Event::ScenarioStarted { lab, .. }
+        | Event::ScenarioFinished { lab, .. }
+        | Event::TornDown { lab, .. } => Some(lab),
+        Event::LabFinished { report } => Some(&report.name),
+        Event::ImageBuild { .. } | Event::ImageBuilt { .. } => None,
     }
 }
 
@@ -782,11 +848,13 @@ mod tests {
                 scenarios: 3,
             },
             Event::ServiceStarting {
+                lab: lab.name.clone(),
                 service: "redis".into(),
                 kind: "redis".into(),
                 image: "redis:7.4.2".into(),
             },
             Event::ServiceReady {
+                lab: lab.name.clone(),
                 service: "redis".into(),
                 url: "redis://127.0.0.1:49153".into(),
                 ms: 312,
