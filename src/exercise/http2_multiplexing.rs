@@ -11,7 +11,9 @@
 //! Connections are counted by Nginx, not guessed by the client: every answer
 //! carries `$connection` (the serial number of the TCP connection it arrived
 //! on) and `$server_protocol`. The client opens its connections before the
-//! clock starts, so `wall_ms` measures the requests, not the handshakes.
+//! clock starts, so `wall_ms` measures the requests, not the handshakes; over
+//! HTTP/2 it also waits for one answer first, so it knows the server's limit
+//! on concurrent streams (see [`warm_up`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -191,6 +193,7 @@ async fn over_http2(
             .await
             .doing("starting HTTP/2")?;
     tokio::spawn(driver);
+    warm_up(send.clone()).await?;
     ctx.mark("requests-started");
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -210,6 +213,31 @@ async fn over_http2(
     }
     let seen = within(batch.deadline, collect(tasks)).await?;
     Ok((seen, started.elapsed()))
+}
+
+/// One answered request before the clock starts. The server's first frame is
+/// its SETTINGS, which carry how many streams it runs at once; after an answer
+/// the client has certainly read them, so the batch queues within that limit
+/// instead of racing it (a stream beyond the limit is refused, not queued).
+async fn warm_up(
+    mut send: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+) -> Result<(), ExerciseError> {
+    send.ready()
+        .await
+        .doing("waiting for the HTTP/2 connection")?;
+    let request = hyper::Request::get(format!("https://{SERVER_NAME}/health"))
+        .body(Empty::<Bytes>::new())
+        .doing("building a request")?;
+    let response = send
+        .send_request(request)
+        .await
+        .doing("HTTP/2 warm-up request")?;
+    response
+        .into_body()
+        .collect()
+        .await
+        .doing("reading the warm-up answer")?;
+    Ok(())
 }
 
 /// HTTP/1.1: every connection carries one request at a time; each takes the
@@ -355,6 +383,33 @@ mod tests {
         assert_eq!(alpn_id("HTTP/2.0"), "h2");
         assert_eq!(alpn_id("HTTP/1.1"), "http/1.1");
         assert_eq!(alpn_id("HTTP/1.0"), "http/1.0");
+    }
+
+    #[test]
+    fn connections_and_protocols_are_counted_from_what_nginx_said() {
+        let seen = |c: &str, p: &str| Seen {
+            connection: c.into(),
+            protocol: p.into(),
+        };
+        let obs = observe(
+            &[
+                seen("3", "HTTP/1.1"),
+                seen("4", "HTTP/1.1"),
+                seen("3", "HTTP/1.1"),
+            ],
+            "http/1.1",
+            Duration::from_millis(410),
+            200,
+        );
+        assert_eq!(obs["connections_used"], 2);
+        assert_eq!(obs["max_requests_per_connection"], 2);
+        assert_eq!(obs["negotiated_protocol"], "http/1.1");
+        assert_eq!(obs["ratio"], 2.05);
+        assert_eq!(obs["wall_ms"], 410.0);
+        // No delay: no ratio rather than an infinite one.
+        assert!(
+            observe(&[seen("1", "HTTP/2.0")], "h2", Duration::from_millis(5), 0)["ratio"].is_null()
+        );
     }
 
     #[test]
