@@ -30,7 +30,6 @@ impl ServiceKind for Nginx {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::catalog::spec;
 
     #[test]

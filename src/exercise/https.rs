@@ -187,7 +187,7 @@ impl Exercise for Https {
         let server_name = ctx.text("server_name").to_string();
         let versions = tls::versions(ctx.text("tls_version"));
         let verify = ctx.flag("verify");
-        let trusting = config(verify, || Ok(tls::lab_ca()?), versions)?;
+        let trusting = config(verify, tls::lab_ca, versions)?;
         let mut obs = Observations::new();
 
         ctx.mark("handshakes-started");
