@@ -13,38 +13,36 @@ fn int(s: &Value, observation: &str) -> i64 {
         .unwrap_or_else(|| panic!("no integer {observation} in {s}"))
 }
 
-#[test]
-fn load_balancing_passes_and_leaves_nothing() {
-    let lab = temp_lab_with_files("scaling/load-balancing.yaml", "pass", |t| t);
-    let out = run(&["run", lab.path.to_str().unwrap(), "--format", "json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let report = json_report(&out);
-    assert_eq!(report["labs"][0]["verdict"], "pass", "{report}");
+const LOAD_BALANCING: &str = "scaling/load-balancing.yaml";
 
-    // Round-robin: 100 each, counted from the instance that answered.
-    let rr = scenario(&report, "round-robin");
-    let per: Vec<i64> = rr["observations"]["per_instance"]
-        .as_object()
-        .expect("per_instance")
-        .values()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
-    assert_eq!(per.len(), 3, "{rr}");
-    assert_eq!(per.iter().sum::<i64>(), 300, "{rr}");
-    assert!(
-        rr["observations"]["spread"].as_f64().unwrap() <= 1.1,
-        "{rr}"
-    );
+/// The checks of a scenario that did not pass, by observation name.
+fn not_passed(s: &Value) -> Vec<String> {
+    s["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["verdict"] != "pass")
+        .map(|c| c["observation"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
 
-    // IP hash: one client address, one replica.
-    assert_eq!(int(scenario(&report, "ip-hash"), "instances_used"), 1);
+/// Edits the Nginx config a load-balancing lab copy mounts.
+fn break_nginx(lab: &TempLab, edits: &[(&str, &str)]) {
+    let path = lab.dir.path().join("load-balancing.nginx.conf");
+    let mut text = std::fs::read_to_string(&path).expect("nginx config");
+    for (from, to) in edits {
+        let broken = text.replacen(from, to, 1);
+        assert_ne!(
+            broken, text,
+            "the config changed: fix this test's edit `{from}`"
+        );
+        text = broken;
+    }
+    std::fs::write(&path, text).expect("write nginx config");
+}
 
-    // Failover: the kill really happened mid-traffic, and nothing after it
-    // reached the killed replica.
-    let killed = scenario(&report, "replica-killed");
-    assert!(int(killed, "served_by_killed_before_kill") > 0, "{killed}");
-    assert_eq!(int(killed, "served_by_killed_after_kill"), 0, "{killed}");
-    assert!(int(killed, "served_after_kill") >= 150, "{killed}");
+/// The kill came after `half-served` and before the end, while traffic ran.
+fn assert_killed_mid_traffic(killed: &Value) {
     let timeline = killed["timeline"].as_array().expect("timeline");
     let at = |what: &str| {
         timeline
@@ -55,30 +53,138 @@ fn load_balancing_passes_and_leaves_nothing() {
             .unwrap()
     };
     assert!(at("half-served") <= at("kill agent-2"), "{killed}");
-    assert!(at("kill agent-2") <= at("requests-finished"), "{killed}");
+    assert!(at("kill agent-2") <= at("replica-down"), "{killed}");
+    assert!(at("replica-down") <= at("requests-finished"), "{killed}");
+    assert!(int(killed, "served_by_killed_before_kill") > 0, "{killed}");
+    assert_eq!(int(killed, "served_by_killed_after_kill"), 0, "{killed}");
+}
+
+#[test]
+fn load_balancing_passes_and_leaves_nothing() {
+    let lab = temp_lab_with_files(LOAD_BALANCING, "pass", |t| t);
+    let (code, report, text) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(report["labs"][0]["verdict"], "pass", "{report}");
+
+    // Round-robin: 100 each, counted from the instance that answered.
+    let rr = scenario(&report, "round-robin");
+    assert_eq!(
+        rr["observations"]["per_instance"],
+        serde_json::json!([100, 100, 100]),
+        "{rr}"
+    );
+
+    // IP hash (context): one client address, one replica.
+    assert_eq!(int(scenario(&report, "ip-hash"), "instances_used"), 1);
+
+    // Failover with retries: the kill came mid-traffic and no client saw it.
+    let killed = scenario(&report, "replica-killed");
+    assert_killed_mid_traffic(killed);
+    assert_eq!(int(killed, "errors"), 0, "{killed}");
+    // Without retries the same kill reaches the clients.
+    let no_retry = scenario(&report, "replica-killed-no-retry");
+    assert_killed_mid_traffic(no_retry);
+    assert!(int(no_retry, "errors") > 0, "{no_retry}");
+    // POST: only the requests in flight on the killed replica fail.
+    let post = scenario(&report, "replica-killed-post");
+    assert_killed_mid_traffic(post);
+    assert!(int(post, "errors") > 0, "{post}");
+    assert!(int(post, "errors") <= 6, "{post}");
+    assert_eq!(int(post, "errors_after_kill"), 0, "{post}");
     assert_nothing_left(&lab.name);
 }
 
 #[test]
-fn load_balancing_with_a_wrong_expectation_fails() {
-    // Broken: expect IP hash to use every replica.
-    let lab = temp_lab_with_files("scaling/load-balancing.yaml", "broken", |t| {
-        t.replace("      instances_used: 1\n", "      instances_used: 3\n")
-    });
-    let out = run(&[
-        "run",
-        lab.path.to_str().unwrap(),
-        "--scenario",
-        "ip-hash",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let report = json_report(&out);
-    assert_eq!(report["labs"][0]["verdict"], "fail", "{report}");
-    let s = scenario(&report, "ip-hash");
+fn load_balancing_passes_with_other_parameters() {
+    let lab = temp_lab_with_files(
+        LOAD_BALANCING,
+        "params",
+        changed_params(&[
+            ("requests", serde_json::json!(150)),
+            ("concurrency", serde_json::json!(5)),
+        ]),
+    );
+    let (code, report, text) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let rr = scenario(&report, "round-robin");
+    assert_eq!(
+        rr["observations"]["per_instance"],
+        serde_json::json!([50, 50, 50]),
+        "{rr}"
+    );
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
+fn load_balancing_with_a_broken_nginx_fails_each_contrast() {
+    // Broken config: agent-1 weighted up in the round-robin and least-conn
+    // blocks, the no-retry location retrying, POSTs resent after a replica
+    // received them (`non_idempotent`).
+    let lab = temp_lab_with_files(LOAD_BALANCING, "broken", |t| t);
+    break_nginx(
+        &lab,
+        &[
+            (
+                "upstream round_robin {\n        server  agent-1:8080",
+                "upstream round_robin {\n        server  agent-1:8080  weight=3",
+            ),
+            (
+                "least_conn;\n        server  agent-1:8080",
+                "least_conn;\n        server  agent-1:8080  weight=3",
+            ),
+            (
+                "proxy_next_upstream        error timeout http_502 http_503;",
+                "proxy_next_upstream        error timeout http_502 http_503 non_idempotent;",
+            ),
+            (
+                "location /no-retry/round-robin/ {\n            proxy_next_upstream  off;",
+                "location /no-retry/round-robin/ {\n            proxy_next_upstream  error timeout;",
+            ),
+        ],
+    );
+    let names = [
+        "round-robin",
+        "least-conn",
+        "replica-killed-no-retry",
+        "replica-killed-post",
+    ];
+    let mut args = Vec::new();
+    for n in names {
+        args.extend(["--scenario", n]);
+    }
+    let (code, report, text) = run_json(&lab, &args);
+    assert_eq!(code, Some(1), "{text}");
+    let expect = [
+        ("round-robin", "imbalance"),
+        ("least-conn", "spread"),
+        ("replica-killed-no-retry", "errors"),
+        ("replica-killed-post", "errors"),
+    ];
+    for (name, check) in expect {
+        let s = scenario(&report, name);
+        assert_eq!(s["verdict"], "fail", "{s}");
+        assert_eq!(not_passed(s), vec![check.to_string()], "{s}");
+    }
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
+fn load_balancing_without_failover_fails_the_retrying_scenario() {
+    // Broken config: the round-robin location does not retry.
+    let lab = temp_lab_with_files(LOAD_BALANCING, "nofailover", |t| t);
+    break_nginx(
+        &lab,
+        &[(
+            "location /round-robin/ {\n            proxy_next_upstream        error timeout http_502 http_503;",
+            "location /round-robin/ {\n            proxy_next_upstream        off;",
+        )],
+    );
+    let (code, report, text) = run_json(&lab, &["--scenario", "replica-killed"]);
+    assert_eq!(code, Some(1), "{text}");
+    let s = scenario(&report, "replica-killed");
     assert_eq!(s["verdict"], "fail", "{s}");
-    assert_eq!(int(s, "instances_used"), 1, "{s}");
+    assert_eq!(not_passed(s), vec!["errors".to_string()], "{s}");
+    assert!(int(s, "errors") > 0, "{s}");
     assert_nothing_left(&lab.name);
 }
 

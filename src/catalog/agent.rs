@@ -20,7 +20,7 @@ impl ServiceKind for Agent {
 
     async fn probe(&self, endpoint: &Endpoint) -> Result<(), String> {
         let url = format!("{}/health", endpoint.url.trim_end_matches('/'));
-        match super::nginx::http_get(&url).await? {
+        match crate::client::http::probe_get(&url).await? {
             s if s.is_success() => Ok(()),
             s => Err(format!("GET /health answered {s}")),
         }

@@ -11,9 +11,11 @@
 //! Connections are counted by Nginx, not guessed by the client: every answer
 //! carries `$connection` (the serial number of the TCP connection it arrived
 //! on) and `$server_protocol`. The client opens its connections before the
-//! clock starts, so `wall_ms` measures the requests, not the handshakes.
+//! clock starts, so `wall_ms` measures the requests, not the handshakes; over
+//! HTTP/2 it also waits for one answer first, so it knows the server's limit
+//! on concurrent streams (see [`warm_up`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -24,8 +26,9 @@ use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
-use super::https::{TlsConn, client_config, connect_tls, lab_ca, tls_port};
-use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
+use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
+use crate::client::tls::{TlsConn, client_config, connect_tls, lab_ca, tls_port};
+use crate::stats::{ratio, round2};
 
 /// The name the client connects as (the lab certificate's name).
 const SERVER_NAME: &str = "localhost";
@@ -108,7 +111,22 @@ impl Exercise for Http2Multiplexing {
                     "ratio",
                     "wall_ms ÷ delay_ms: about `requests` when they queue on one connection, about 1 when they all run at once",
                 ),
-                ObsSpec::number("requests_per_connection", "requests ÷ connections_used"),
+                ObsSpec::number(
+                    "max_requests_per_connection",
+                    "the most requests Nginx saw arrive on one connection",
+                ),
+            ]
+        }
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[
+                Milestone::new(
+                    "requests-started",
+                    "the connections are open and the clock starts: every request is sent",
+                ),
+                Milestone::new("requests-finished", "every answer has been read"),
             ]
         }
     }
@@ -130,75 +148,19 @@ impl Exercise for Http2Multiplexing {
         // Generous: every request one after another, plus slack.
         let deadline = Duration::from_millis(delay_ms) * requests as u32 + Duration::from_secs(30);
 
+        let batch = Batch {
+            requests,
+            path,
+            deadline,
+        };
         let (seen, wall) = if agreed == "h2" {
-            // One connection; every request is a stream on it, all at once.
-            let (send, conn) = hyper::client::conn::http2::handshake(
-                TokioExecutor::new(),
-                TokioIo::new(first.stream),
-            )
-            .await
-            .doing("starting HTTP/2")?;
-            tokio::spawn(conn);
-            ctx.mark("requests-started");
-            let started = Instant::now();
-            let mut tasks = tokio::task::JoinSet::new();
-            for _ in 0..requests {
-                let mut send = send.clone();
-                let uri = format!("https://{SERVER_NAME}{path}");
-                tasks.spawn(async move {
-                    send.ready()
-                        .await
-                        .doing("waiting for the HTTP/2 connection")?;
-                    let request = hyper::Request::get(uri)
-                        .body(Empty::<Bytes>::new())
-                        .doing("building a request")?;
-                    let response = send.send_request(request).await.doing("HTTP/2 request")?;
-                    read(response).await
-                });
-            }
-            let seen = within(deadline, collect(tasks)).await?;
-            (seen, started.elapsed())
+            over_http2(ctx, first, &batch).await?
         } else {
-            // HTTP/1.1: `pool` connections, each carrying one request at a time.
             let mut conns = vec![first];
             while conns.len() < pool {
                 conns.push(connect(port, config.clone()).await?);
             }
-            let mut senders = Vec::new();
-            for conn in conns {
-                let (send, driver) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(conn.stream))
-                        .await
-                        .doing("starting HTTP/1.1")?;
-                tokio::spawn(driver);
-                senders.push(send);
-            }
-            ctx.mark("requests-started");
-            let started = Instant::now();
-            let next = Arc::new(AtomicUsize::new(0));
-            let mut tasks = tokio::task::JoinSet::new();
-            for mut send in senders {
-                let next = next.clone();
-                let path = path.clone();
-                tasks.spawn(async move {
-                    let mut seen = Vec::new();
-                    while next.fetch_add(1, Ordering::SeqCst) < requests {
-                        send.ready()
-                            .await
-                            .doing("waiting for the HTTP/1.1 connection")?;
-                        let request = hyper::Request::get(path.as_str())
-                            .header(hyper::header::HOST, SERVER_NAME)
-                            .body(Empty::<Bytes>::new())
-                            .doing("building a request")?;
-                        let response =
-                            send.send_request(request).await.doing("HTTP/1.1 request")?;
-                        seen.extend(read(response).await?);
-                    }
-                    Ok(seen)
-                });
-            }
-            let seen = within(deadline, collect(tasks)).await?;
-            (seen, started.elapsed())
+            over_http1(ctx, conns, &batch).await?
         };
         ctx.mark("requests-finished");
 
@@ -208,25 +170,142 @@ impl Exercise for Http2Multiplexing {
                 seen.len()
             )));
         }
-        let connections: BTreeSet<&str> = seen.iter().map(|s| s.connection.as_str()).collect();
-        let protocols: BTreeSet<String> = seen.iter().map(|s| alpn_id(&s.protocol)).collect();
-        let protocol = protocols.into_iter().collect::<Vec<_>>().join(",");
-        let wall_ms = round2(wall.as_secs_f64() * 1000.0);
-        Ok(Observations::from([
-            ("connections_used".into(), Value::from(connections.len())),
-            ("negotiated_protocol".into(), Value::from(protocol)),
-            ("alpn".into(), Value::from(agreed)),
-            ("wall_ms".into(), Value::from(wall_ms)),
-            (
-                "ratio".into(),
-                Value::from(round2(wall_ms / delay_ms as f64)),
-            ),
-            (
-                "requests_per_connection".into(),
-                Value::from(round2(requests as f64 / connections.len() as f64)),
-            ),
-        ]))
+        Ok(observe(&seen, &agreed, wall, delay_ms))
     }
+}
+
+/// The requests to send at once.
+struct Batch {
+    requests: usize,
+    path: String,
+    /// Longest the whole batch may take.
+    deadline: Duration,
+}
+
+/// HTTP/2: one connection; every request is a stream on it, all sent at once.
+async fn over_http2(
+    ctx: &Ctx,
+    conn: TlsConn,
+    batch: &Batch,
+) -> Result<(Vec<Seen>, Duration), ExerciseError> {
+    let (send, driver) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(conn.stream))
+            .await
+            .doing("starting HTTP/2")?;
+    tokio::spawn(driver);
+    warm_up(send.clone()).await?;
+    ctx.mark("requests-started");
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..batch.requests {
+        let mut send = send.clone();
+        let uri = format!("https://{SERVER_NAME}{}", batch.path);
+        tasks.spawn(async move {
+            send.ready()
+                .await
+                .doing("waiting for the HTTP/2 connection")?;
+            let request = hyper::Request::get(uri)
+                .body(Empty::<Bytes>::new())
+                .doing("building a request")?;
+            let response = send.send_request(request).await.doing("HTTP/2 request")?;
+            read(response).await
+        });
+    }
+    let seen = within(batch.deadline, collect(tasks)).await?;
+    Ok((seen, started.elapsed()))
+}
+
+/// One answered request before the clock starts. The server's first frame is
+/// its SETTINGS, which carry how many streams it runs at once; after an answer
+/// the client has certainly read them, so the batch queues within that limit
+/// instead of racing it (a stream beyond the limit is refused, not queued).
+async fn warm_up(
+    mut send: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+) -> Result<(), ExerciseError> {
+    send.ready()
+        .await
+        .doing("waiting for the HTTP/2 connection")?;
+    let request = hyper::Request::get(format!("https://{SERVER_NAME}/health"))
+        .body(Empty::<Bytes>::new())
+        .doing("building a request")?;
+    let response = send
+        .send_request(request)
+        .await
+        .doing("HTTP/2 warm-up request")?;
+    response
+        .into_body()
+        .collect()
+        .await
+        .doing("reading the warm-up answer")?;
+    Ok(())
+}
+
+/// HTTP/1.1: every connection carries one request at a time; each takes the
+/// next request as soon as its previous answer is read.
+async fn over_http1(
+    ctx: &Ctx,
+    conns: Vec<TlsConn>,
+    batch: &Batch,
+) -> Result<(Vec<Seen>, Duration), ExerciseError> {
+    let mut senders = Vec::new();
+    for conn in conns {
+        let (send, driver) = hyper::client::conn::http1::handshake(TokioIo::new(conn.stream))
+            .await
+            .doing("starting HTTP/1.1")?;
+        tokio::spawn(driver);
+        senders.push(send);
+    }
+    ctx.mark("requests-started");
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let requests = batch.requests;
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut send in senders {
+        let next = next.clone();
+        let path = batch.path.clone();
+        tasks.spawn(async move {
+            let mut seen = Vec::new();
+            while next.fetch_add(1, Ordering::SeqCst) < requests {
+                send.ready()
+                    .await
+                    .doing("waiting for the HTTP/1.1 connection")?;
+                let request = hyper::Request::get(path.as_str())
+                    .header(hyper::header::HOST, SERVER_NAME)
+                    .body(Empty::<Bytes>::new())
+                    .doing("building a request")?;
+                let response = send.send_request(request).await.doing("HTTP/1.1 request")?;
+                seen.extend(read(response).await?);
+            }
+            Ok(seen)
+        });
+    }
+    let seen = within(batch.deadline, collect(tasks)).await?;
+    Ok((seen, started.elapsed()))
+}
+
+/// Counts what Nginx said about the answers into observations.
+fn observe(seen: &[Seen], agreed: &str, wall: Duration, delay_ms: u64) -> Observations {
+    let mut per_connection: BTreeMap<&str, u64> = BTreeMap::new();
+    for s in seen {
+        *per_connection.entry(s.connection.as_str()).or_default() += 1;
+    }
+    let protocols: BTreeSet<String> = seen.iter().map(|s| alpn_id(&s.protocol)).collect();
+    let protocol = protocols.into_iter().collect::<Vec<_>>().join(",");
+    let wall_ms = round2(wall.as_secs_f64() * 1000.0);
+    Observations::from([
+        ("connections_used".into(), Value::from(per_connection.len())),
+        ("negotiated_protocol".into(), Value::from(protocol)),
+        ("alpn".into(), Value::from(agreed)),
+        ("wall_ms".into(), Value::from(wall_ms)),
+        (
+            "ratio".into(),
+            Value::from(ratio(wall_ms, delay_ms as f64).map(round2)),
+        ),
+        (
+            "max_requests_per_connection".into(),
+            Value::from(per_connection.values().max().copied()),
+        ),
+    ])
 }
 
 /// A verified TLS connection to Nginx.
@@ -295,10 +374,6 @@ fn alpn_id(server_protocol: &str) -> String {
     }
 }
 
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +383,33 @@ mod tests {
         assert_eq!(alpn_id("HTTP/2.0"), "h2");
         assert_eq!(alpn_id("HTTP/1.1"), "http/1.1");
         assert_eq!(alpn_id("HTTP/1.0"), "http/1.0");
+    }
+
+    #[test]
+    fn connections_and_protocols_are_counted_from_what_nginx_said() {
+        let seen = |c: &str, p: &str| Seen {
+            connection: c.into(),
+            protocol: p.into(),
+        };
+        let obs = observe(
+            &[
+                seen("3", "HTTP/1.1"),
+                seen("4", "HTTP/1.1"),
+                seen("3", "HTTP/1.1"),
+            ],
+            "http/1.1",
+            Duration::from_millis(410),
+            200,
+        );
+        assert_eq!(obs["connections_used"], 2);
+        assert_eq!(obs["max_requests_per_connection"], 2);
+        assert_eq!(obs["negotiated_protocol"], "http/1.1");
+        assert_eq!(obs["ratio"], 2.05);
+        assert_eq!(obs["wall_ms"], 410.0);
+        // No delay: no ratio rather than an infinite one.
+        assert!(
+            observe(&[seen("1", "HTTP/2.0")], "h2", Duration::from_millis(5), 0)["ratio"].is_null()
+        );
     }
 
     #[test]

@@ -1,43 +1,53 @@
-//! `load-balancing`: N requests through Nginx to a replicated agent, counting
-//! which instance answered each one, under one upstream strategy.
+//! `load-balancing`: requests through Nginx to a replicated agent, counting
+//! which instance answered each one, under one upstream strategy, and what
+//! clients see when a replica dies mid-traffic.
 //!
-//! The lab's Nginx proxies three path prefixes, each to its own upstream block
-//! over the same replicas: `/round-robin/`, `/least-conn/` and `/ip-hash/`.
-//! Every answer names the agent instance that produced it
-//! (`x-infralab-instance`), so the distribution is counted, not assumed.
+//! The lab's Nginx proxies one path prefix per upstream strategy over the same
+//! replicas (`/round-robin/`, `/least-conn/`, `/ip-hash/`), and the same three
+//! again under `/no-retry/` with `proxy_next_upstream off`. Every answer names
+//! the agent instance that produced it (`x-infralab-instance`), so the
+//! distribution is counted, not assumed.
 //!
-//! Failover: with `kill_replica` set, the exercise sends half the requests,
-//! records the milestone `half-served` (the lab kills the replica on it), keeps
-//! sending while it watches the replica's own published port until it stops
-//! answering, then sends the other half. Requests started after the replica
-//! went down must all be served by the survivors; the client counts the errors
-//! it saw on the way (Nginx retries a failed upstream with
-//! `proxy_next_upstream`, so there should be few or none).
+//! `concurrency` workers keep requests in flight without pause. The milestone
+//! `half-served` is recorded when half of `requests` are answered, while the
+//! others are still in flight, so a fault `after: half-served` kills a replica
+//! that is busy serving. From then on a watcher polls the killed replica's own
+//! published port until it stops answering; the workers keep going until the
+//! replica is seen down and then send the other half. Each outcome remembers
+//! whether its request started before or after the replica was seen down.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
-
-/// The header naming the agent instance that answered.
-const INSTANCE_HEADER: &str = "x-infralab-instance";
+use super::{
+    Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamKind, ParamSpec, Timeline,
+};
+use crate::client::http;
+use crate::stats::{join_workers, ratio, spread};
 
 /// The milestone after which the lab's fault kills `kill_replica`.
 pub const HALF_SERVED: &str = "half-served";
 
+/// The milestone recorded when the watcher saw the killed replica down.
+pub const REPLICA_DOWN: &str = "replica-down";
+
 /// How long the replica may take to go down after `half-served`.
 const KILL_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Client timeout on top of the requested delay: above the lab Nginx's
+/// `proxy_read_timeout` (5 s), so a hung upstream shows as Nginx's answer.
+const CLIENT_SLACK: Duration = Duration::from_secs(10);
 
 /// The `load-balancing` exercise.
 pub struct LoadBalancing;
 
 /// One request's outcome.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Outcome {
     /// The instance that answered, or `None` for an error.
     instance: Option<String>,
@@ -52,7 +62,7 @@ impl Exercise for LoadBalancing {
     }
 
     fn summary(&self) -> &'static str {
-        "requests through Nginx to replicated agents: who served each one per upstream strategy, and failover when a replica dies"
+        "requests through Nginx to replicated agents: who served each one per upstream strategy, and what clients see when a replica dies"
     }
 
     fn needs(&self) -> &'static [&'static str] {
@@ -67,18 +77,29 @@ impl Exercise for LoadBalancing {
                 "round-robin",
                 "the Nginx upstream to use (the path prefix `/STRATEGY/`)",
             ),
+            ParamSpec::flag(
+                "retry",
+                true,
+                "Nginx retries a failed attempt on the next replica (`proxy_next_upstream`); false: the `/no-retry/` locations, `proxy_next_upstream off`",
+            ),
+            ParamSpec::choice(
+                "method",
+                &["GET", "POST"],
+                "GET",
+                "request method; Nginx never retries a POST it already sent to a replica",
+            ),
             ParamSpec::int("requests", 2, 100_000, 300, "requests to send"),
             ParamSpec::int("concurrency", 1, 64, 4, "requests in flight at once"),
             ParamSpec::int(
                 "delay_ms",
                 0,
-                10_000,
+                4_000,
                 0,
-                "how long the agent takes to answer each request",
+                "how long the agent takes to answer each request (under the lab Nginx's 5 s read timeout)",
             ),
             ParamSpec {
                 name: "kill_replica",
-                kind: super::ParamKind::Text,
+                kind: ParamKind::Text,
                 default: Value::from(""),
                 doc: "replica the lab kills after `half-served` (e.g. `agent-2`); empty: no failover phase",
             },
@@ -89,7 +110,7 @@ impl Exercise for LoadBalancing {
         const {
             &[
                 ObsSpec::number(
-                    "requests",
+                    "sent",
                     "requests sent (more than `requests` with a kill: the client keeps sending until the replica is down)",
                 ),
                 ObsSpec::number("served", "requests answered 200 by an agent"),
@@ -97,34 +118,40 @@ impl Exercise for LoadBalancing {
                     "errors",
                     "requests that failed or got a non-200 answer, as the client saw them",
                 ),
-                ObsSpec::number("error_rate", "errors ÷ requests"),
+                ObsSpec::number("error_rate", "errors ÷ sent"),
                 ObsSpec::list(
                     "per_instance",
-                    "answers per agent instance (from x-infralab-instance)",
+                    "answers per agent replica, in name order (agent-1, agent-2, …), from x-infralab-instance",
                 ),
                 ObsSpec::number(
                     "instances_used",
                     "instances that answered at least one request",
                 ),
                 ObsSpec::number(
-                    "spread",
-                    "max ÷ min answers per replica over all replicas (a replica with none counts as 1)",
+                    "imbalance",
+                    "most answers of one replica minus fewest of another (a replica with none counts 0)",
                 ),
                 ObsSpec::number(
-                    "served_after_kill",
-                    "answers to requests started after the killed replica was down",
+                    "spread",
+                    "most ÷ fewest answers per replica (absent when a replica got none)",
+                ),
+                ObsSpec::number(
+                    "sent_after_kill",
+                    "requests started after the killed replica was seen down",
+                ),
+                ObsSpec::number("served_after_kill", "answers to those requests"),
+                ObsSpec::number("errors_after_kill", "errors on those requests"),
+                ObsSpec::number(
+                    "errors_before_down",
+                    "errors on requests started before the replica was seen down: the ones the kill caught in flight, or sent to it before Nginx noticed",
                 ),
                 ObsSpec::number(
                     "served_by_killed_before_kill",
-                    "answers from the killed replica before it went down",
+                    "answers from the killed replica before it went down (> 0: the kill came mid-traffic)",
                 ),
                 ObsSpec::number(
                     "served_by_killed_after_kill",
-                    "answers from the killed replica to requests started after it was down",
-                ),
-                ObsSpec::number(
-                    "errors_after_kill",
-                    "errors on requests started after the killed replica was down",
+                    "answers from the killed replica to requests started after it was down (context: a dead process serves nothing)",
                 ),
                 ObsSpec::number(
                     "survivors_used_after_kill",
@@ -136,173 +163,195 @@ impl Exercise for LoadBalancing {
 
     fn milestones(&self) -> &'static [Milestone] {
         const {
-            &[Milestone::new(
-                "half-served",
-                "half of the requests were served",
-            )]
+            &[
+                Milestone::new(
+                    HALF_SERVED,
+                    "half of `requests` were answered; the others are in flight",
+                ),
+                Milestone::new(
+                    REPLICA_DOWN,
+                    "the killed replica's own port stopped answering (only with `kill_replica`)",
+                ),
+                Milestone::new("requests-finished", "every request has its outcome"),
+            ]
         }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
-        let nginx = ctx.service("nginx")?;
+        let target = Target::from_ctx(ctx)?;
         let replicas: Vec<String> = ctx
             .services
             .values()
             .filter(|e| e.kind == "agent")
             .map(|e| e.service.clone())
             .collect();
-        let requests = ctx.int("requests") as usize;
-        let concurrency = ctx.int("concurrency") as usize;
-        let delay_ms = ctx.int("delay_ms");
-        let path = if delay_ms > 0 {
-            format!("delay/{delay_ms}")
-        } else {
-            "lb".to_string()
+        let plan = Plan {
+            requests: ctx.int("requests") as usize,
+            kill: target.killed.is_some(),
         };
+        let traffic = Arc::new(Traffic::default());
+        let watcher = target
+            .killed
+            .clone()
+            .map(|health| tokio::spawn(watch_down(ctx.timeline(), health, traffic.clone())));
+        let workers = (0..ctx.int("concurrency"))
+            .map(|_| {
+                tokio::spawn(worker(
+                    target.clone(),
+                    plan,
+                    traffic.clone(),
+                    ctx.timeline(),
+                ))
+            })
+            .collect();
+        let outcomes = join_workers(workers).await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        let outcomes: Vec<Outcome> = outcomes
+            .map_err(|e| match &target.killed {
+                Some(_) => ExerciseError(format!(
+                    "{e} (the lab must kill `{}` after the milestone `{HALF_SERVED}`)",
+                    ctx.text("kill_replica")
+                )),
+                None => e,
+            })?
+            .into_iter()
+            .flatten()
+            .collect();
+        ctx.mark("requests-finished");
+        Ok(observe(&outcomes, &replicas, ctx.text("kill_replica")))
+    }
+}
+
+/// Where and how to send, shared by the workers.
+#[derive(Clone)]
+struct Target {
+    client: reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    /// The killed replica's own `/health` URL, when the lab kills one.
+    killed: Option<String>,
+}
+
+impl Target {
+    fn from_ctx(ctx: &Ctx) -> Result<Target, ExerciseError> {
+        let nginx = ctx.service("nginx")?;
+        let delay_ms = ctx.int("delay_ms");
+        let prefix = if ctx.flag("retry") { "" } else { "no-retry/" };
         let url = format!(
-            "{}/{}/{path}",
+            "{}/{prefix}{}/lb?delay_ms={delay_ms}",
             nginx.url.trim_end_matches('/'),
             ctx.text("strategy")
         );
-        let kill = ctx.text("kill_replica").to_string();
-        let killed_url = if kill.is_empty() {
+        let kill = ctx.text("kill_replica");
+        let killed = if kill.is_empty() {
             None
         } else {
-            let e = ctx.services.get(&kill).ok_or_else(|| {
+            let e = ctx.services.get(kill).ok_or_else(|| {
                 ExerciseError(format!(
                     "`kill_replica`: the lab has no service `{kill}` (replicas are NAME-1, NAME-2, …)"
                 ))
             })?;
             Some(format!("{}/health", e.url.trim_end_matches('/')))
         };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10) + Duration::from_millis(delay_ms as u64))
-            .build()
-            .doing("building the HTTP client")?;
-
-        let first = requests / 2;
-        let never = Arc::new(AtomicBool::new(false));
-        let mut outcomes = send(&client, &url, concurrency, Until::Count(first), &never).await?;
-        ctx.mark(HALF_SERVED);
-        if let Some(health) = killed_url {
-            let down = Arc::new(AtomicBool::new(false));
-            let watcher = tokio::spawn(watch_down(health, down.clone()));
-            // Keep the traffic flowing while the replica goes down.
-            let during = send(&client, &url, concurrency, Until::Down, &down).await;
-            watcher.abort();
-            outcomes.extend(during.map_err(|e| {
-                ExerciseError(format!(
-                    "{e} (the lab must kill `{kill}` after the milestone `{HALF_SERVED}`)"
-                ))
-            })?);
-            outcomes.extend(
-                send(
-                    &client,
-                    &url,
-                    concurrency,
-                    Until::Count(requests - first),
-                    &down,
-                )
-                .await?,
-            );
-        } else {
-            outcomes.extend(
-                send(
-                    &client,
-                    &url,
-                    concurrency,
-                    Until::Count(requests - first),
-                    &never,
-                )
-                .await?,
-            );
-        }
-        ctx.mark("requests-finished");
-        Ok(observe(&outcomes, &replicas, &kill))
+        let method = match ctx.text("method") {
+            "POST" => reqwest::Method::POST,
+            _ => reqwest::Method::GET,
+        };
+        Ok(Target {
+            client: http::client(CLIENT_SLACK + Duration::from_millis(delay_ms as u64))?,
+            method,
+            url,
+            killed,
+        })
     }
 }
 
-/// When a batch of requests stops.
+/// How many requests, and whether a kill splits them.
 #[derive(Clone, Copy)]
-enum Until {
-    /// After this many requests.
-    Count(usize),
-    /// Once the flag says the killed replica is down.
-    Down,
+struct Plan {
+    requests: usize,
+    kill: bool,
 }
 
-/// Sends requests with `concurrency` in flight until `until`; each outcome
-/// notes whether `down` was set when its request started.
-async fn send(
-    client: &reqwest::Client,
-    url: &str,
-    concurrency: usize,
-    until: Until,
-    down: &Arc<AtomicBool>,
+/// Counters the workers share.
+#[derive(Default)]
+struct Traffic {
+    /// Requests started before the replica was seen down (or in all, without a kill).
+    started: AtomicUsize,
+    /// Requests started after it was seen down.
+    started_after: AtomicUsize,
+    /// Requests with an outcome.
+    answered: AtomicUsize,
+    /// When `half-served` was recorded.
+    half_at: OnceLock<Instant>,
+    /// The killed replica was seen down.
+    down: AtomicBool,
+}
+
+/// One worker: one request in flight at a time, until the plan is done.
+async fn worker(
+    target: Target,
+    plan: Plan,
+    traffic: Arc<Traffic>,
+    timeline: Timeline,
 ) -> Result<Vec<Outcome>, ExerciseError> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let (client, url, next, down) =
-            (client.clone(), url.to_string(), next.clone(), down.clone());
-        tasks.spawn(async move {
-            let mut seen = Vec::new();
-            loop {
-                match until {
-                    Until::Count(n) => {
-                        if next.fetch_add(1, Ordering::SeqCst) >= n {
-                            break;
-                        }
-                    }
-                    Until::Down => {
-                        if down.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        if started.elapsed() > KILL_DEADLINE {
-                            return Err(ExerciseError(format!(
-                                "the replica still answered {} s after `{HALF_SERVED}`",
-                                KILL_DEADLINE.as_secs()
-                            )));
-                        }
-                    }
-                }
-                let after_kill = down.load(Ordering::SeqCst);
-                seen.push(Outcome {
-                    instance: one(&client, &url).await,
-                    after_kill,
-                });
+    let half = plan.requests / 2;
+    let mut seen = Vec::new();
+    loop {
+        let after_kill = traffic.down.load(Ordering::SeqCst);
+        let go = if !plan.kill {
+            traffic.started.fetch_add(1, Ordering::SeqCst) < plan.requests
+        } else if after_kill {
+            traffic.started_after.fetch_add(1, Ordering::SeqCst) < plan.requests - half
+        } else {
+            if let Some(at) = traffic.half_at.get()
+                && at.elapsed() > KILL_DEADLINE
+            {
+                return Err(ExerciseError(format!(
+                    "the replica still answered {} s after `{HALF_SERVED}`",
+                    KILL_DEADLINE.as_secs()
+                )));
             }
-            Ok(seen)
+            traffic.started.fetch_add(1, Ordering::SeqCst);
+            true
+        };
+        if !go {
+            return Ok(seen);
+        }
+        seen.push(Outcome {
+            instance: one(&target).await,
+            after_kill,
         });
+        if traffic.answered.fetch_add(1, Ordering::SeqCst) + 1 == half {
+            let _ = traffic.half_at.set(Instant::now());
+            timeline.record("exercise", HALF_SERVED);
+        }
     }
-    let mut all = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        all.extend(joined.map_err(|e| ExerciseError(format!("a request task panicked: {e}")))??);
-    }
-    Ok(all)
 }
 
-/// One GET: the instance that answered 200, or `None`.
-async fn one(client: &reqwest::Client, url: &str) -> Option<String> {
-    let response = client.get(url).send().await.ok()?;
+/// One request: the instance that answered 200, or `None`.
+async fn one(target: &Target) -> Option<String> {
+    let mut request = target.client.request(target.method.clone(), &target.url);
+    if target.method == reqwest::Method::POST {
+        request = request.body("an order that must not be placed twice");
+    }
+    let response = request.send().await.ok()?;
     if response.status() != reqwest::StatusCode::OK {
         return None;
     }
-    let instance = response
-        .headers()
-        .get(INSTANCE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let instance = http::instance(response.headers());
     response.bytes().await.ok()?;
     instance
 }
 
-/// Polls the replica's own port (fresh connections) until it fails to answer
-/// twice in a row (once could be a slow moment on a busy machine).
-async fn watch_down(health: String, down: Arc<AtomicBool>) {
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
+/// After `half-served`, polls the replica's own port (fresh connections) until
+/// it fails to answer twice in a row (once could be a slow moment on a busy
+/// machine), then says so.
+async fn watch_down(timeline: Timeline, health: String, traffic: Arc<Traffic>) {
+    timeline.wait_for(HALF_SERVED).await;
+    let Ok(client) = http::builder(Duration::from_secs(1))
         .pool_max_idle_per_host(0)
         .build()
     else {
@@ -316,7 +365,8 @@ async fn watch_down(health: String, down: Arc<AtomicBool>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    down.store(true, Ordering::SeqCst);
+    traffic.down.store(true, Ordering::SeqCst);
+    timeline.record("exercise", REPLICA_DOWN);
 }
 
 /// Counts the outcomes into observations.
@@ -329,79 +379,67 @@ fn observe(outcomes: &[Outcome], replicas: &[String], killed: &str) -> Observati
             None => errors += 1,
         }
     }
-    let served: u64 = per_instance.values().sum();
-    let used = per_instance.values().filter(|&&n| n > 0).count();
-    let max = per_instance.values().copied().max().unwrap_or_default();
-    let min = per_instance.values().copied().min().unwrap_or_default();
-    let spread = round2(max as f64 / min.max(1) as f64);
-    let total = outcomes.len() as u64;
+    let counts: Vec<u64> = per_instance.values().copied().collect();
+    let served: u64 = counts.iter().sum();
+    let used = counts.iter().filter(|&&n| n > 0).count();
+    let max = counts.iter().copied().max().unwrap_or_default();
+    let min = counts.iter().copied().min().unwrap_or_default();
+    let sent = outcomes.len() as u64;
     let mut obs = Observations::from([
-        ("requests".into(), Value::from(total)),
+        ("sent".into(), Value::from(sent)),
         ("served".into(), Value::from(served)),
         ("errors".into(), Value::from(errors)),
         (
             "error_rate".into(),
-            Value::from(if total == 0 {
-                0.0
-            } else {
-                round4(errors as f64 / total as f64)
-            }),
+            Value::from(ratio(errors as f64, sent as f64)),
         ),
-        (
-            "per_instance".into(),
-            Value::Object(
-                per_instance
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::from(*v)))
-                    .collect(),
-            ),
-        ),
+        ("per_instance".into(), Value::from(counts.clone())),
         ("instances_used".into(), Value::from(used)),
-        ("spread".into(), Value::from(spread)),
+        ("imbalance".into(), Value::from(max - min)),
+        ("spread".into(), Value::from(spread(&counts))),
     ]);
     if !killed.is_empty() {
-        let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.after_kill).collect();
-        let by = |list: &mut dyn Iterator<Item = &Outcome>| {
-            list.filter(|o| o.instance.as_deref() == Some(killed))
-                .count()
-        };
-        let survivors: std::collections::BTreeSet<&str> = after
-            .iter()
-            .filter_map(|o| o.instance.as_deref())
-            .filter(|i| *i != killed)
-            .collect();
-        obs.extend([
-            (
-                "served_after_kill".into(),
-                Value::from(after.iter().filter(|o| o.instance.is_some()).count()),
-            ),
-            (
-                "served_by_killed_before_kill".into(),
-                Value::from(by(&mut outcomes.iter().filter(|o| !o.after_kill))),
-            ),
-            (
-                "served_by_killed_after_kill".into(),
-                Value::from(by(&mut after.iter().copied())),
-            ),
-            (
-                "errors_after_kill".into(),
-                Value::from(after.iter().filter(|o| o.instance.is_none()).count()),
-            ),
-            (
-                "survivors_used_after_kill".into(),
-                Value::from(survivors.len()),
-            ),
-        ]);
+        obs.extend(observe_kill(outcomes, killed));
     }
     obs
 }
 
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
-fn round4(x: f64) -> f64 {
-    (x * 10_000.0).round() / 10_000.0
+/// The failover observations: who served and who failed on each side of the kill.
+fn observe_kill(outcomes: &[Outcome], killed: &str) -> Observations {
+    let (after, before): (Vec<&Outcome>, Vec<&Outcome>) =
+        outcomes.iter().partition(|o| o.after_kill);
+    let by_killed = |list: &[&Outcome]| {
+        list.iter()
+            .filter(|o| o.instance.as_deref() == Some(killed))
+            .count()
+    };
+    let errors = |list: &[&Outcome]| list.iter().filter(|o| o.instance.is_none()).count();
+    let survivors: BTreeSet<&str> = after
+        .iter()
+        .filter_map(|o| o.instance.as_deref())
+        .filter(|i| *i != killed)
+        .collect();
+    Observations::from([
+        ("sent_after_kill".into(), Value::from(after.len())),
+        (
+            "served_after_kill".into(),
+            Value::from(after.len() - errors(&after)),
+        ),
+        ("errors_after_kill".into(), Value::from(errors(&after))),
+        ("errors_before_down".into(), Value::from(errors(&before))),
+        (
+            "served_by_killed_before_kill".into(),
+            Value::from(by_killed(&before)),
+        ),
+        (
+            "served_by_killed_after_kill".into(),
+            Value::from(by_killed(&after)),
+        ),
+        (
+            "survivors_used_after_kill".into(),
+            Value::from(survivors.len()),
+        ),
+    ])
 }
 
 #[cfg(test)]
@@ -415,6 +453,13 @@ mod tests {
         }
     }
 
+    fn failed(after_kill: bool) -> Outcome {
+        Outcome {
+            instance: None,
+            after_kill,
+        }
+    }
+
     #[test]
     fn the_defaults_are_valid_parameters() {
         for p in LoadBalancing.params() {
@@ -423,32 +468,43 @@ mod tests {
     }
 
     #[test]
-    fn counts_per_instance_spread_and_the_kill() {
+    fn counts_per_instance_imbalance_and_the_kill() {
         let replicas = ["agent-1".to_string(), "agent-2".into(), "agent-3".into()];
         let outcomes = vec![
             served("agent-1", false),
             served("agent-2", false),
             served("agent-3", false),
+            failed(false),
             served("agent-1", true),
             served("agent-3", true),
-            Outcome {
-                instance: None,
-                after_kill: true,
-            },
+            failed(true),
         ];
         let obs = observe(&outcomes, &replicas, "agent-2");
+        assert_eq!(obs["sent"], 7);
         assert_eq!(obs["served"], 5);
-        assert_eq!(obs["errors"], 1);
+        assert_eq!(obs["errors"], 2);
+        assert_eq!(obs["per_instance"], serde_json::json!([2, 1, 2]));
         assert_eq!(obs["instances_used"], 3);
+        assert_eq!(obs["imbalance"], 1);
         assert_eq!(obs["spread"], 2.0);
         assert_eq!(obs["served_by_killed_before_kill"], 1);
         assert_eq!(obs["served_by_killed_after_kill"], 0);
+        assert_eq!(obs["sent_after_kill"], 3);
         assert_eq!(obs["served_after_kill"], 2);
         assert_eq!(obs["errors_after_kill"], 1);
+        assert_eq!(obs["errors_before_down"], 1);
         assert_eq!(obs["survivors_used_after_kill"], 2);
+    }
+
+    #[test]
+    fn a_replica_without_answers_has_no_spread_and_no_kill_no_failover_counts() {
+        let replicas = ["agent-1".to_string(), "agent-2".into()];
         let none = observe(&[served("agent-1", false)], &replicas, "");
-        assert_eq!(none["spread"], 1.0);
+        assert_eq!(none["per_instance"], serde_json::json!([1, 0]));
+        assert_eq!(none["imbalance"], 1);
+        assert!(none["spread"].is_null());
         assert_eq!(none["instances_used"], 1);
         assert!(!none.contains_key("served_after_kill"));
+        assert!(observe(&[], &replicas, "")["error_rate"].is_null());
     }
 }

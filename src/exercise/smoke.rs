@@ -14,12 +14,14 @@
 //! - nginx (or, without nginx, the agent directly): `GET /` (reqwest); through
 //!   Nginx the answer names the agent instance behind it.
 //!
-//! Any failed round trip fails the exercise with the cause in the server's or
-//! client's own words, prefixed by the kind (`postgres: password authentication
-//! failed for user "lab"`). Every client first connects and sets up (table,
-//! queue, topic, subscription); then all clocks start together, and a round
-//! trip is timed from the write to the value read back (for HTTP: the GET,
-//! its TCP connection included).
+//! A failed round trip is an observation like a successful one: `KIND_ok` is
+//! false and `KIND_error` holds the cause in the server's or client's own
+//! words (`password authentication failed for user "lab"`), so the lab's
+//! `KIND_ok: true` FAILs and the report says why; the other kinds are still
+//! measured. Every client first connects and sets up (table, queue, topic,
+//! subscription); then all clocks start together, and a round trip is timed
+//! from the write to the value read back (for HTTP: the GET, its TCP
+//! connection included).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,6 +43,8 @@ use redis::AsyncCommands;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::sync::watch;
+
+use crate::client::http;
 
 use super::{Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamKind, ParamSpec};
 use super::{amqp, kafka_groups};
@@ -81,12 +85,20 @@ impl Exercise for Smoke {
     }
 
     fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec {
-            name: "postgres_password",
-            kind: ParamKind::Text,
-            default: Value::from(""),
-            doc: "password the postgres client logs in with (empty: the one in the connection string)",
-        }]
+        vec![
+            ParamSpec {
+                name: "postgres_password",
+                kind: ParamKind::Text,
+                default: Value::from(""),
+                doc: "password the postgres client logs in with (empty: the one in the connection string)",
+            },
+            ParamSpec {
+                name: "http_path",
+                kind: ParamKind::Text,
+                default: Value::from("/"),
+                doc: "path the HTTP client GETs through Nginx (or from the agent directly)",
+            },
+        ]
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
@@ -94,39 +106,61 @@ impl Exercise for Smoke {
             &[
                 ObsSpec::flag("redis_ok", "SET then GET returned the value written"),
                 ObsSpec::number("redis_ms", "SET + GET round trip"),
+                ObsSpec::text(
+                    "redis_error",
+                    "why the round trip failed (only when it did)",
+                ),
                 ObsSpec::flag(
                     "postgres_ok",
                     "a row INSERTed into a new table came back from SELECT",
                 ),
                 ObsSpec::number("postgres_ms", "INSERT + SELECT round trip"),
+                ObsSpec::text(
+                    "postgres_error",
+                    "why the round trip failed, in PostgreSQL's words when it sent any",
+                ),
                 ObsSpec::flag(
                     "rabbitmq_ok",
                     "a confirmed message published to a queue was consumed back",
                 ),
                 ObsSpec::number("rabbitmq_ms", "publish to delivery, confirm included"),
+                ObsSpec::text(
+                    "rabbitmq_error",
+                    "why the round trip failed (only when it did)",
+                ),
                 ObsSpec::flag(
                     "kafka_ok",
                     "a message produced to a new topic was consumed back",
                 ),
                 ObsSpec::number("kafka_ms", "produce (acks=all) to consume"),
+                ObsSpec::text(
+                    "kafka_error",
+                    "why the round trip failed (only when it did)",
+                ),
                 ObsSpec::flag(
                     "mqtt_ok",
                     "a QoS 1 message published on Mosquitto reached a subscriber",
                 ),
                 ObsSpec::number("mqtt_ms", "publish to delivery"),
+                ObsSpec::text("mqtt_error", "why the round trip failed (only when it did)"),
                 ObsSpec::flag(
                     "http_ok",
-                    "GET / through Nginx (or the agent directly) answered 2xx",
+                    "GET `http_path` through Nginx (or the agent directly) answered 2xx",
                 ),
-                ObsSpec::number("http_ms", "GET / round trip, TCP connection included"),
+                ObsSpec::number("http_ms", "the GET's round trip, TCP connection included"),
+                ObsSpec::text(
+                    "http_error",
+                    "why the GET failed, with the status line (only when it did)",
+                ),
                 ObsSpec::text(
                     "http_instance",
                     "the agent instance that answered (x-infralab-instance)",
                 ),
                 ObsSpec::number(
                     "services_checked",
-                    "round trips made (one per kind present; nginx and agent count once)",
+                    "round trips attempted (one per kind present; nginx and agent count once)",
                 ),
+                ObsSpec::number("services_ok", "round trips that read back what they wrote"),
             ]
         }
     }
@@ -187,7 +221,8 @@ impl Exercise for Smoke {
             trips.push(timed("mqtt", mqtt_trip(url, ns.clone(), gate.ticket())));
         }
         if let Some(url) = http {
-            trips.push(timed("http", http_trip(url, gate.ticket())));
+            let path = ctx.text("http_path").to_string();
+            trips.push(timed("http", http_trip(url, path, gate.ticket())));
         }
         let checked = trips.len();
         ctx.mark("round-trips-started");
@@ -198,26 +233,34 @@ impl Exercise for Smoke {
         }
         ctx.mark("round-trips-finished");
 
-        let mut obs = Observations::new();
-        let mut failures = Vec::new();
-        for (what, result) in results {
-            match result {
-                Ok(trip) => {
-                    obs.insert(format!("{what}_ok"), Value::Bool(true));
-                    obs.insert(format!("{what}_ms"), Value::from(ms(trip.elapsed)));
-                    if let Some(instance) = trip.instance {
-                        obs.insert(format!("{what}_instance"), Value::from(instance));
-                    }
+        Ok(observe(results, checked))
+    }
+}
+
+/// Every round trip's outcome as observations: a failed one is `KIND_ok:
+/// false` with its cause in `KIND_error`, so the check on it FAILs with the
+/// reason beside it instead of the whole scenario being Unknown.
+fn observe(results: Vec<(&'static str, Result<Trip, String>)>, checked: usize) -> Observations {
+    let mut obs = Observations::new();
+    let mut ok = 0;
+    for (what, result) in results {
+        obs.insert(format!("{what}_ok"), Value::Bool(result.is_ok()));
+        match result {
+            Ok(trip) => {
+                ok += 1;
+                obs.insert(format!("{what}_ms"), Value::from(ms(trip.elapsed)));
+                if let Some(instance) = trip.instance {
+                    obs.insert(format!("{what}_instance"), Value::from(instance));
                 }
-                Err(why) => failures.push(format!("{what}: {why}")),
+            }
+            Err(why) => {
+                obs.insert(format!("{what}_error"), Value::from(why));
             }
         }
-        if !failures.is_empty() {
-            return Err(ExerciseError(failures.join("; ")));
-        }
-        obs.insert("services_checked".into(), Value::from(checked));
-        Ok(obs)
     }
+    obs.insert("services_checked".into(), Value::from(checked));
+    obs.insert("services_ok".into(), Value::from(ok));
+    obs
 }
 
 /// Milliseconds with 0.01 ms precision.
@@ -612,32 +655,28 @@ async fn mqtt_trip(url: String, ns: String, mut gate: Ticket) -> Result<Trip, St
     result
 }
 
-async fn http_trip(url: String, mut gate: Ticket) -> Result<Trip, String> {
-    let client = reqwest::Client::builder()
-        // A proxy from the environment must not sit between us and a loopback port.
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
+async fn http_trip(url: String, path: String, mut gate: Ticket) -> Result<Trip, String> {
+    let client = http::builder(Duration::from_secs(10))
         .build()
-        .map_err(|e| e.to_string())?;
-    let target = format!("{}/", url.trim_end_matches('/'));
+        .map_err(|e| http::error_chain(&e))?;
+    let target = format!(
+        "{}/{}",
+        url.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
     gate.wait().await;
     let started = Instant::now();
     let response = client
         .get(&target)
         .send()
         .await
-        .map_err(|e| format!("GET {target}: {}", chain(&e)))?;
+        .map_err(|e| format!("GET {target}: {}", http::error_chain(&e)))?;
     let status = response.status();
-    let header = response
-        .headers()
-        .get(crate::agent::INSTANCE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let header = http::instance(response.headers());
     let body = response
         .bytes()
         .await
-        .map_err(|e| format!("GET {target}: reading the body: {}", chain(&e)))?;
+        .map_err(|e| format!("GET {target}: reading the body: {}", http::error_chain(&e)))?;
     let elapsed = started.elapsed();
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body);
@@ -680,6 +719,37 @@ mod tests {
         assert_eq!(p[0].name, "postgres_password");
         assert!(p[0].check(&Value::from("wrong")).is_ok());
         assert!(p[0].check(&Value::from(3)).is_err());
+    }
+
+    #[test]
+    fn a_failed_round_trip_is_false_with_its_cause_and_the_others_still_count() {
+        let obs = observe(
+            vec![
+                (
+                    "redis",
+                    Ok(Trip {
+                        elapsed: Duration::from_millis(2),
+                        instance: None,
+                    }),
+                ),
+                (
+                    "postgres",
+                    Err("password authentication failed for user \"lab\"".into()),
+                ),
+            ],
+            2,
+        );
+        assert_eq!(obs["redis_ok"], true);
+        assert_eq!(obs["redis_ms"], 2.0);
+        assert!(!obs.contains_key("redis_error"));
+        assert_eq!(obs["postgres_ok"], false);
+        assert_eq!(
+            obs["postgres_error"],
+            "password authentication failed for user \"lab\""
+        );
+        assert!(!obs.contains_key("postgres_ms"));
+        assert_eq!(obs["services_checked"], 2);
+        assert_eq!(obs["services_ok"], 1);
     }
 
     #[tokio::test]
