@@ -150,16 +150,12 @@ fn eviction_lab_passes_with_changed_parameters() {
     let lab = temp_lab(
         "caching/eviction-lru-ttl.yaml",
         "params",
-        changed_params(&[
-            ("cold_keys", json!(6000)),
-            ("ttl_keys", json!(300)),
-            ("ttl_ms", json!(1500)),
-        ]),
+        changed_params(&[("cold_keys", json!(6500)), ("value_bytes", json!(800))]),
     );
     let (code, report, out) = run_json(&lab, &[]);
     assert_eq!(code, Some(0), "{out}");
     all_pass(&report);
-    assert_eq!(obs(&report, "ttl", "expired_observed"), 300.0);
+    assert_eq!(obs(&report, "allkeys-lru", "writes"), 100.0 + 6500.0);
     assert_nothing_left(&lab.name);
 }
 
