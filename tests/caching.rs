@@ -43,7 +43,8 @@ fn cache_patterns_passes_and_leaves_nothing() {
     // The same cold start for every strategy: write-through keeps hot
     // entries (no delete), so it hits more often than cache-aside.
     assert!(
-        obs(&report, "write-through", "hit_ratio") > obs(&report, "cache-aside-skewed", "hit_ratio")
+        obs(&report, "write-through", "hit_ratio")
+            > obs(&report, "cache-aside-skewed", "hit_ratio")
     );
     // Set after the commit: never ahead; set before it: ahead.
     assert_eq!(obs(&report, "write-through", "ahead_reads"), 0.0);
@@ -121,7 +122,11 @@ fn cache_patterns_broken_implementations_fail() {
         ("write-behind-cache-dies", "lost_writes"),
     ] {
         assert_eq!(scenario(&report, name)["verdict"], "fail", "{out}");
-        assert_eq!(check(&report, name, observation)["verdict"], "fail", "{out}");
+        assert_eq!(
+            check(&report, name, observation)["verdict"],
+            "fail",
+            "{out}"
+        );
     }
     assert_nothing_left(&lab.name);
 }
@@ -179,7 +184,11 @@ fn eviction_broken_variants_fail() {
     assert_eq!(code, Some(1), "{out}");
     for (name, observation) in [("allkeys-lru", "hot_survival"), ("ttl", "expired_observed")] {
         assert_eq!(scenario(&report, name)["verdict"], "fail", "{out}");
-        assert_eq!(check(&report, name, observation)["verdict"], "fail", "{out}");
+        assert_eq!(
+            check(&report, name, observation)["verdict"],
+            "fail",
+            "{out}"
+        );
     }
     assert_nothing_left(&lab.name);
 }

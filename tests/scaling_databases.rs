@@ -185,7 +185,11 @@ fn sql_acid_transfers_broken_implementations_fail() {
         ("in-place-update", "accounts_off_ledger"),
     ] {
         assert_eq!(scenario(&report, name)["verdict"], "fail", "{out}");
-        assert_eq!(check(&report, name, observation)["verdict"], "fail", "{out}");
+        assert_eq!(
+            check(&report, name, observation)["verdict"],
+            "fail",
+            "{out}"
+        );
     }
     assert_nothing_left(&lab.name);
 }

@@ -49,10 +49,7 @@ pub async fn drop_tables(client: &Client, tables: &[&str]) -> Result<(), tokio_p
 /// Runs `SELECT 1` over a fresh connection: the readiness probe's question.
 pub async fn select_one(url: &str) -> Result<(), String> {
     let client = connect(url).await.map_err(|e| why(&e))?;
-    let rows = client
-        .simple_query("SELECT 1")
-        .await
-        .map_err(|e| why(&e))?;
+    let rows = client.simple_query("SELECT 1").await.map_err(|e| why(&e))?;
     let one = rows.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
         _ => None,

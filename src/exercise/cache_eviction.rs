@@ -152,7 +152,10 @@ impl Exercise for CacheEviction {
             &[
                 Milestone::new("filling", "the hot keys are about to be written"),
                 Milestone::new("filled", "every cold key was written"),
-                Milestone::new("ttl-keys-written", "the keys with and without a TTL are written"),
+                Milestone::new(
+                    "ttl-keys-written",
+                    "the keys with and without a TTL are written",
+                ),
                 Milestone::new("ttl-halfway", "the halfway check (by Redis's PTTL) is done"),
                 Milestone::new("ttl-checked", "the check after the TTL is done"),
             ]
@@ -188,7 +191,10 @@ impl Exercise for CacheEviction {
             ("writes".into(), Value::from(hot + cold)),
             ("write_errors".into(), Value::from(fill.write_errors)),
             ("evicted_keys".into(), Value::from(evicted)),
-            ("hot_survival".into(), Value::from(share(fill.hot_alive, hot))),
+            (
+                "hot_survival".into(),
+                Value::from(share(fill.hot_alive, hot)),
+            ),
             (
                 "cold_survival".into(),
                 Value::from(share(fill.cold_alive, cold)),
@@ -218,9 +224,7 @@ impl Exercise for CacheEviction {
 
 /// The Redis service named by `service`, emptied and with fresh statistics,
 /// so its own counters describe this scenario only.
-async fn connect_and_reset(
-    ctx: &Ctx,
-) -> Result<redis::aio::MultiplexedConnection, ExerciseError> {
+async fn connect_and_reset(ctx: &Ctx) -> Result<redis::aio::MultiplexedConnection, ExerciseError> {
     let name = ctx.text("service");
     let endpoint = ctx.services.get(name).ok_or_else(|| {
         ExerciseError(format!(
@@ -417,10 +421,7 @@ async fn touch(
     for k in keys {
         pipe.get(k);
     }
-    let found: Vec<Option<Vec<u8>>> = pipe
-        .query_async(conn)
-        .await
-        .doing("reading the hot set")?;
+    let found: Vec<Option<Vec<u8>>> = pipe.query_async(conn).await.doing("reading the hot set")?;
     Ok(found.iter().filter(|f| f.is_none()).count() as u64)
 }
 

@@ -602,10 +602,7 @@ fn observe(
         ),
         ("db_reads".into(), Value::from(settled.db_reads)),
         ("db_writes".into(), Value::from(settled.db_writes)),
-        (
-            "coalesced".into(),
-            Value::from(writes - settled.db_writes),
-        ),
+        ("coalesced".into(), Value::from(writes - settled.db_writes)),
         ("stale_reads".into(), Value::from(read.stale)),
         ("ahead_reads".into(), Value::from(read.ahead)),
         ("phantoms_at_end".into(), Value::from(settled.phantoms)),
@@ -614,11 +611,11 @@ fn observe(
             "cache_regressions".into(),
             Value::from(get(&shared.regressions)),
         ),
+        ("lost_writes".into(), Value::from(writes - settled.applied)),
         (
-            "lost_writes".into(),
-            Value::from(writes - settled.applied),
+            "cache_errors".into(),
+            Value::from(get(&shared.cache_errors)),
         ),
-        ("cache_errors".into(), Value::from(get(&shared.cache_errors))),
         (
             "read_p50_ms".into(),
             Value::from(percentile_ms(&mut rl, 50.0)),

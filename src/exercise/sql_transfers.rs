@@ -513,11 +513,15 @@ async fn read_then_write(
         // crosswise (no deadlocks, each of which costs a 1 s detection).
         writes.sort();
     }
-    client.execute(&update, &[&writes[0].0, &writes[0].1]).await?;
+    client
+        .execute(&update, &[&writes[0].0, &writes[0].1])
+        .await?;
     if t.fail && breaks_midway(client, plan).await? {
         return Ok(Attempt::FailedMidway);
     }
-    client.execute(&update, &[&writes[1].0, &writes[1].1]).await?;
+    client
+        .execute(&update, &[&writes[1].0, &writes[1].1])
+        .await?;
     record(client, plan, t).await?;
     finish(client, plan).await?;
     Ok(Attempt::Committed)
