@@ -188,64 +188,114 @@ fn load_balancing_without_failover_fails_the_retrying_scenario() {
     assert_nothing_left(&lab.name);
 }
 
+/// The verdict of one expectation of one scenario.
+fn check<'a>(report: &'a Value, name: &str, observation: &str) -> &'a Value {
+    scenario(report, name)["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["observation"] == observation)
+        .unwrap_or_else(|| panic!("{name}: no check on {observation}"))
+}
+
 #[test]
 fn sql_acid_transfers_passes_and_leaves_nothing() {
     let lab = temp_lab("databases/sql-acid-transfers.yaml", "pass", |t| t);
-    let out = run(&["run", lab.path.to_str().unwrap(), "--format", "json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let report = json_report(&out);
+    let (code, report, out) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{out}");
     assert_eq!(report["labs"][0]["verdict"], "pass", "{report}");
 
     let naive = scenario(&report, "read-committed-naive");
     assert_eq!(int(naive, "total_before"), 10_000, "{naive}");
-    assert_ne!(int(naive, "total_after"), 10_000, "{naive}");
-    assert!(int(naive, "money_created") > 0, "{naive}");
+    assert!(int(naive, "accounts_off_ledger") > 0, "{naive}");
 
-    let locked = scenario(&report, "read-committed-for-update");
-    assert_eq!(int(locked, "total_after"), 10_000, "{locked}");
-    assert_eq!(int(locked, "money_created"), 0, "{locked}");
-
-    let serializable = scenario(&report, "serializable");
-    assert_eq!(int(serializable, "money_created"), 0, "{serializable}");
-    assert!(
-        int(serializable, "serialization_failures") > 0,
-        "{serializable}"
-    );
-    assert!(int(serializable, "retries") > 0, "{serializable}");
-    // Every transfer ends committed or declined: retries lose none.
-    assert_eq!(
-        int(serializable, "committed") + int(serializable, "declined"),
-        400,
-        "{serializable}"
-    );
+    for name in [
+        "read-committed-for-update",
+        "repeatable-read",
+        "serializable",
+        "in-place-update",
+    ] {
+        let s = scenario(&report, name);
+        assert_eq!(int(s, "total_after"), 10_000, "{s}");
+        assert_eq!(int(s, "accounts_off_ledger"), 0, "{s}");
+        // Every transfer ends committed or declined: retries lose none.
+        assert_eq!(int(s, "committed") + int(s, "declined"), 400, "{s}");
+    }
+    // REPEATABLE READ aborts the second writer; in-place needs no retry.
+    let rr = scenario(&report, "repeatable-read");
+    assert!(int(rr, "serialization_failures") > 0, "{rr}");
+    assert_eq!(int(scenario(&report, "in-place-update"), "retries"), 0);
 
     let rolled_back = scenario(&report, "failure-inside-a-transaction");
     assert!(int(rolled_back, "failed_midway") > 0, "{rolled_back}");
     assert_eq!(int(rolled_back, "money_created"), 0, "{rolled_back}");
     let autocommit = scenario(&report, "failure-in-autocommit");
-    assert!(int(autocommit, "money_created") > 0, "{autocommit}");
+    assert!(int(autocommit, "total_after") < 10_000, "{autocommit}");
     assert_nothing_left(&lab.name);
 }
 
 #[test]
-fn sql_acid_transfers_with_a_wrong_expectation_fails() {
-    // Broken: expect the unlocked read-then-write to keep the total.
+fn sql_acid_transfers_passes_with_changed_parameters() {
+    let lab = temp_lab(
+        "databases/sql-acid-transfers.yaml",
+        "params",
+        changed_params(&[
+            ("accounts", serde_json::json!(12)),
+            ("initial_balance", serde_json::json!(700)),
+            ("transfers", serde_json::json!(40)),
+        ]),
+    );
+    let (code, report, out) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    let locked = scenario(&report, "read-committed-for-update");
+    assert_eq!(int(locked, "total_after"), 12 * 700, "{locked}");
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
+fn sql_acid_transfers_broken_implementations_fail() {
     let lab = temp_lab("databases/sql-acid-transfers.yaml", "broken", |t| {
-        t.replacen("money_created: \"> 0\"", "money_created: 0", 1)
+        t
+            // The "naive" scenario locks after all: nothing is lost.
+            .replace(
+                "params: { isolation: read-committed, locking: none }\n    expect:\n      accounts_off_ledger: \"> 0\"",
+                "params: { isolation: read-committed, locking: for-update }\n    expect:\n      accounts_off_ledger: \"> 0\"",
+            )
+            // REPEATABLE READ scenario run under READ COMMITTED.
+            .replace(
+                "params: { isolation: repeatable-read, locking: none }",
+                "params: { isolation: read-committed, locking: none }",
+            )
+            // The in-place update done as a read-then-write.
+            .replace(
+                "params: { isolation: read-committed, locking: none, write: in-place }",
+                "params: { isolation: read-committed, locking: none, write: read-then-write }",
+            )
     });
-    let out = run(&[
-        "run",
-        lab.path.to_str().unwrap(),
-        "--scenario",
-        "read-committed-naive",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let report = json_report(&out);
-    assert_eq!(report["labs"][0]["verdict"], "fail", "{report}");
-    let s = scenario(&report, "read-committed-naive");
-    assert_eq!(s["verdict"], "fail", "{s}");
-    assert!(int(s, "money_created") > 0, "{s}");
+    let (code, report, out) = run_json(
+        &lab,
+        &[
+            "--scenario",
+            "read-committed-naive",
+            "--scenario",
+            "repeatable-read",
+            "--scenario",
+            "in-place-update",
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    for (name, observation) in [
+        ("read-committed-naive", "accounts_off_ledger"),
+        ("repeatable-read", "accounts_off_ledger"),
+        ("repeatable-read", "serialization_failures"),
+        ("in-place-update", "accounts_off_ledger"),
+    ] {
+        assert_eq!(scenario(&report, name)["verdict"], "fail", "{out}");
+        assert_eq!(
+            check(&report, name, observation)["verdict"],
+            "fail",
+            "{out}"
+        );
+    }
     assert_nothing_left(&lab.name);
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{Endpoint, ServiceKind};
+use crate::client;
 
 /// How long one probe attempt may take: under the engine's 2 s cap per attempt,
 /// so a timeout is reported in the probe's own words.
@@ -28,41 +29,9 @@ impl ServiceKind for Postgres {
     }
 
     async fn probe(&self, endpoint: &Endpoint) -> Result<(), String> {
-        let attempt = async {
-            let (client, connection) =
-                tokio_postgres::connect(&endpoint.url, tokio_postgres::NoTls)
-                    .await
-                    .map_err(why)?;
-            // The connection object does the I/O; it ends when the client is dropped.
-            tokio::spawn(connection);
-            let rows = client.simple_query("SELECT 1").await.map_err(why)?;
-            let one = rows.iter().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-                _ => None,
-            });
-            match one.as_deref() {
-                Some("1") => Ok(()),
-                other => Err(format!("SELECT 1 returned {other:?}")),
-            }
-        };
-        tokio::time::timeout(ATTEMPT, attempt)
+        tokio::time::timeout(ATTEMPT, client::postgres::select_one(&endpoint.url))
             .await
             .map_err(|_| format!("no answer to SELECT 1 within {ATTEMPT:?}"))?
-    }
-}
-
-/// The server's own message when there is one ("the database system is
-/// starting up", "password authentication failed ...").
-fn why(e: tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => {
-            let mut text = e.to_string();
-            if let Some(source) = std::error::Error::source(&e) {
-                text = format!("{text}: {source}");
-            }
-            text
-        }
     }
 }
 

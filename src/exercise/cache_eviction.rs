@@ -8,15 +8,24 @@
 //! only.
 //!
 //! Fill: `hot_keys` keys are written first, then `cold_keys` keys of the same
-//! size (`cold_per_s` a second, as fast as possible when 0); after every
-//! `touch_every` cold writes every hot key is read again, as an application
-//! keeps reading its popular items. Redis's LRU clock has a resolution of one
-//! second: keys used within the same second look equally old to it, so a fill
-//! must span a few seconds for "least recently used" to mean anything. At the end `EXISTS` (which
-//! does not count as an access) tells which keys survived, and `INFO` how many
-//! Redis evicted. TTL: `ttl_keys` keys are written with a `PX ttl_ms` expiry
-//! next to as many without one; they are checked halfway through the TTL and
-//! again after it.
+//! size in batches of `touch_every`, paced at `cold_per_s` (as fast as
+//! possible when 0) by a pacer that resumes at the same rate after a stall
+//! instead of bursting to catch up; after every batch the whole hot set is
+//! read again, as an application keeps reading its popular items. Why the
+//! pace matters: Redis's LRU is approximated. It keeps no list; to evict, it
+//! samples `maxmemory-samples` keys (5 by default) into a small pool of
+//! candidates and evicts the one idle longest. Idle time comes from a
+//! per-key LRU clock with a resolution of one second, so keys used within
+//! the same second are tied. A fill that writes all of memory within a second
+//! (or a catch-up burst after a stall) leaves the hot keys tied with the cold
+//! ones; a fill spread over several seconds makes the cold keys measurably
+//! older. At the end `EXISTS` (which does not count as an access) tells which
+//! keys survived, and `INFO` how many Redis evicted.
+//!
+//! TTL: `ttl_keys` keys are written with a `PX ttl_ms` expiry next to as many
+//! without one. The halfway and after-expiry checks are timed from what Redis
+//! says (`PTTL` read back after the write), not from the client's clock, so
+//! a slow write or a stall before the read-back cannot shift them.
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +34,10 @@ use futures_util::future::join_all;
 use redis::AsyncCommands;
 use serde_json::Value;
 
-use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamKind, ParamSpec};
+use super::{
+    Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamKind, ParamSpec,
+};
+use crate::stats::{pacer, ratio};
 
 /// The `cache-eviction` exercise.
 pub struct CacheEviction;
@@ -73,7 +85,7 @@ impl Exercise for CacheEviction {
                 0,
                 10_000_000,
                 0,
-                "pace of the cold writes (0: as fast as possible); Redis's LRU clock ticks once a second",
+                "pace of the cold writes, without catch-up bursts (0: as fast as possible); Redis's LRU clock has a one-second resolution",
             ),
             ParamSpec::int(
                 "ttl_keys",
@@ -116,7 +128,11 @@ impl Exercise for CacheEviction {
                 ),
                 ObsSpec::number(
                     "ttl_alive_halfway",
-                    "keys with an expiry still there halfway through their TTL",
+                    "keys with an expiry still there halfway through their TTL (timed by PTTL read back)",
+                ),
+                ObsSpec::number(
+                    "halfway_remaining_ms",
+                    "smallest PTTL Redis reported at the halfway check (about ttl_ms / 2 when the check was on time)",
                 ),
                 ObsSpec::number(
                     "expired_observed",
@@ -131,119 +147,40 @@ impl Exercise for CacheEviction {
         }
     }
 
-    async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
-        let name = ctx.text("service");
-        let endpoint = ctx.services.get(name).ok_or_else(|| {
-            ExerciseError(format!(
-                "the lab has no service `{name}` (services: {})",
-                ctx.services.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-        })?;
-        if endpoint.kind != "redis" {
-            return Err(ExerciseError(format!(
-                "service `{name}` is a {}, not redis",
-                endpoint.kind
-            )));
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[
+                Milestone::new("filling", "the hot keys are about to be written"),
+                Milestone::new("filled", "every cold key was written"),
+                Milestone::new(
+                    "ttl-keys-written",
+                    "the keys with and without a TTL are written",
+                ),
+                Milestone::new("ttl-halfway", "the halfway check (by Redis's PTTL) is done"),
+                Milestone::new("ttl-checked", "the check after the TTL is done"),
+            ]
         }
-        let client = redis::Client::open(endpoint.url.as_str()).doing("redis url")?;
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .doing("connecting to redis")?;
-        let _: () = redis::cmd("FLUSHALL")
-            .query_async(&mut conn)
-            .await
-            .doing("emptying redis")?;
-        let _: () = redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query_async(&mut conn)
-            .await
-            .doing("resetting redis statistics")?;
+    }
+
+    async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
+        let mut conn = connect_and_reset(ctx).await?;
         let policy = config_get(&mut conn, "maxmemory-policy").await?;
         let maxmemory: i64 = config_get(&mut conn, "maxmemory")
             .await?
             .parse()
             .unwrap_or_default();
-
-        let hot = ctx.int("hot_keys");
-        let cold = ctx.int("cold_keys");
-        let touch_every = ctx.int("touch_every").max(1);
         let value = "x".repeat(ctx.int("value_bytes") as usize);
-        let ns = &ctx.namespace;
-        let hot_key = |i: i64| format!("{ns}:hot:{i}");
-        let cold_key = |i: i64| format!("{ns}:cold:{i}");
-
-        ctx.mark("filling");
-        let mut write_errors = 0u64;
-        let mut first_error = None;
-        let mut hot_misses = 0u64;
-        let hot_keys: Vec<String> = (0..hot).map(hot_key).collect();
-        write_errors += set_all(&conn, &hot_keys, &value, &mut first_error).await;
-        let per_s = ctx.int("cold_per_s");
-        let fill_started = Instant::now();
-        let mut i = 0;
-        while i < cold {
-            let end = (i + touch_every).min(cold);
-            let batch: Vec<String> = (i..end).map(cold_key).collect();
-            write_errors += set_all(&conn, &batch, &value, &mut first_error).await;
-            i = end;
-            hot_misses += touch(&conn, &hot_keys).await?;
-            if per_s > 0 {
-                let due = Duration::from_secs_f64(i as f64 / per_s as f64);
-                tokio::time::sleep(due.saturating_sub(fill_started.elapsed())).await;
-            }
-        }
-        ctx.mark("filled");
-        let used_memory = info_field(&mut conn, "memory", "used_memory").await?;
-        let hot_alive = count_existing(&mut conn, &hot_keys).await?;
-        let cold_keys: Vec<String> = (0..cold).map(cold_key).collect();
-        let cold_alive = count_existing(&mut conn, &cold_keys).await?;
-
-        // TTL: half the keys expire, half do not.
-        let ttl_n = ctx.int("ttl_keys");
-        let ttl_ms = ctx.int("ttl_ms") as u64;
-        let (mut alive_halfway, mut expired, mut kept) = (0, 0, 0);
-        if ttl_n > 0 {
-            let expiring: Vec<String> = (0..ttl_n).map(|i| format!("{ns}:ttl:{i}")).collect();
-            let lasting: Vec<String> = (0..ttl_n).map(|i| format!("{ns}:keep:{i}")).collect();
-            let mut pipe = redis::pipe();
-            for k in &expiring {
-                pipe.pset_ex(k, &value, ttl_ms).ignore();
-            }
-            for k in &lasting {
-                pipe.set(k, &value).ignore();
-            }
-            let _: () = pipe
-                .query_async(&mut conn)
-                .await
-                .doing("writing keys with and without a TTL")?;
-            let written = Instant::now();
-            ctx.mark("ttl-keys-written");
-            tokio::time::sleep(Duration::from_millis(ttl_ms / 2)).await;
-            alive_halfway = count_existing(&mut conn, &expiring).await?;
-            let until = Duration::from_millis(ttl_ms + 100).saturating_sub(written.elapsed());
-            tokio::time::sleep(until).await;
-            expired = ttl_n as u64 - count_existing(&mut conn, &expiring).await?;
-            kept = count_existing(&mut conn, &lasting).await?;
-            ctx.mark("ttl-checked");
-        }
+        let fill = fill(ctx, &mut conn, &value).await?;
+        let ttl = ttl_check(ctx, &mut conn, &value).await?;
         let evicted = info_field(&mut conn, "stats", "evicted_keys").await?;
         let expired_keys = info_field(&mut conn, "stats", "expired_keys").await?;
         let _: () = redis::cmd("FLUSHALL")
             .query_async(&mut conn)
             .await
             .doing("emptying redis")?;
-        if let Some(e) = &first_error {
-            tracing::debug!("first refused write: {e}");
-        }
 
-        let share = |alive: u64, n: i64| {
-            if n == 0 {
-                0.0
-            } else {
-                (alive as f64 / n as f64 * 1000.0).round() / 1000.0
-            }
-        };
+        let (hot, cold) = (ctx.int("hot_keys"), ctx.int("cold_keys"));
+        let share = |alive: u64, n: i64| ratio(alive as f64, n as f64);
         Ok(Observations::from([
             ("policy".into(), Value::from(policy)),
             ("maxmemory_bytes".into(), Value::from(maxmemory)),
@@ -252,24 +189,204 @@ impl Exercise for CacheEviction {
                 Value::from((hot + cold) * value.len() as i64),
             ),
             ("writes".into(), Value::from(hot + cold)),
-            ("write_errors".into(), Value::from(write_errors)),
+            ("write_errors".into(), Value::from(fill.write_errors)),
             ("evicted_keys".into(), Value::from(evicted)),
-            ("hot_survival".into(), Value::from(share(hot_alive, hot))),
-            ("cold_survival".into(), Value::from(share(cold_alive, cold))),
-            ("hot_misses".into(), Value::from(hot_misses)),
-            ("used_memory_bytes".into(), Value::from(used_memory)),
-            ("ttl_alive_halfway".into(), Value::from(alive_halfway)),
-            ("expired_observed".into(), Value::from(expired)),
-            ("persistent_kept".into(), Value::from(kept)),
+            (
+                "hot_survival".into(),
+                Value::from(share(fill.hot_alive, hot)),
+            ),
+            (
+                "cold_survival".into(),
+                Value::from(share(fill.cold_alive, cold)),
+            ),
+            ("hot_misses".into(), Value::from(fill.hot_misses)),
+            ("used_memory_bytes".into(), Value::from(fill.used_memory)),
+            (
+                "ttl_alive_halfway".into(),
+                Value::from(ttl.as_ref().map(|t| t.alive_halfway)),
+            ),
+            (
+                "halfway_remaining_ms".into(),
+                Value::from(ttl.as_ref().and_then(|t| t.halfway_remaining_ms)),
+            ),
+            (
+                "expired_observed".into(),
+                Value::from(ttl.as_ref().map(|t| t.expired)),
+            ),
+            (
+                "persistent_kept".into(),
+                Value::from(ttl.as_ref().map(|t| t.kept)),
+            ),
             ("expired_keys".into(), Value::from(expired_keys)),
         ]))
     }
 }
 
+/// The Redis service named by `service`, emptied and with fresh statistics,
+/// so its own counters describe this scenario only.
+async fn connect_and_reset(ctx: &Ctx) -> Result<redis::aio::MultiplexedConnection, ExerciseError> {
+    let name = ctx.text("service");
+    let endpoint = ctx.services.get(name).ok_or_else(|| {
+        ExerciseError(format!(
+            "the lab has no service `{name}` (services: {})",
+            ctx.services.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    if endpoint.kind != "redis" {
+        return Err(ExerciseError(format!(
+            "service `{name}` is a {}, not redis",
+            endpoint.kind
+        )));
+    }
+    let client = redis::Client::open(endpoint.url.as_str()).doing("redis url")?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .doing("connecting to redis")?;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .doing("emptying redis")?;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .doing("resetting redis statistics")?;
+    Ok(conn)
+}
+
+/// What the fill left behind.
+struct Fill {
+    write_errors: u64,
+    hot_misses: u64,
+    hot_alive: u64,
+    cold_alive: u64,
+    used_memory: i64,
+}
+
+/// The hot keys, then the cold ones in paced batches, the hot set read after
+/// every batch; then which keys survived.
+async fn fill(
+    ctx: &Ctx,
+    conn: &mut redis::aio::MultiplexedConnection,
+    value: &str,
+) -> Result<Fill, ExerciseError> {
+    let hot = ctx.int("hot_keys");
+    let cold = ctx.int("cold_keys");
+    let touch_every = ctx.int("touch_every").max(1);
+    let ns = &ctx.namespace;
+    let hot_keys: Vec<String> = (0..hot).map(|i| format!("{ns}:hot:{i}")).collect();
+    let cold_keys: Vec<String> = (0..cold).map(|i| format!("{ns}:cold:{i}")).collect();
+    let per_s = ctx.int("cold_per_s");
+    // One tick per batch; after a stall the pace resumes, no burst.
+    let mut pace = (per_s > 0).then(|| pacer(per_s as f64 / touch_every as f64));
+
+    ctx.mark("filling");
+    let mut first_error = None;
+    let mut write_errors = set_all(conn, &hot_keys, value, &mut first_error).await;
+    let mut hot_misses = 0;
+    for batch in cold_keys.chunks(touch_every as usize) {
+        if let Some(p) = pace.as_mut() {
+            p.tick().await;
+        }
+        write_errors += set_all(conn, batch, value, &mut first_error).await;
+        hot_misses += touch(conn, &hot_keys).await?;
+    }
+    ctx.mark("filled");
+    if let Some(e) = &first_error {
+        tracing::debug!("first refused write: {e}");
+    }
+    Ok(Fill {
+        write_errors,
+        hot_misses,
+        used_memory: info_field(conn, "memory", "used_memory").await?,
+        hot_alive: count_existing(conn, &hot_keys).await?,
+        cold_alive: count_existing(conn, &cold_keys).await?,
+    })
+}
+
+/// What the TTL check saw.
+struct TtlSeen {
+    alive_halfway: u64,
+    halfway_remaining_ms: Option<i64>,
+    expired: u64,
+    kept: u64,
+}
+
+/// Keys with and without a TTL; checked halfway through the TTL and after
+/// it, both times taken from the PTTLs Redis reports, not from a sleep
+/// started on the client.
+async fn ttl_check(
+    ctx: &Ctx,
+    conn: &mut redis::aio::MultiplexedConnection,
+    value: &str,
+) -> Result<Option<TtlSeen>, ExerciseError> {
+    let n = ctx.int("ttl_keys");
+    if n == 0 {
+        return Ok(None);
+    }
+    let ttl_ms = ctx.int("ttl_ms");
+    let ns = &ctx.namespace;
+    let expiring: Vec<String> = (0..n).map(|i| format!("{ns}:ttl:{i}")).collect();
+    let lasting: Vec<String> = (0..n).map(|i| format!("{ns}:keep:{i}")).collect();
+    let mut pipe = redis::pipe();
+    for k in &expiring {
+        pipe.pset_ex(k, value, ttl_ms as u64).ignore();
+    }
+    for k in &lasting {
+        pipe.set(k, value).ignore();
+    }
+    let _: () = pipe
+        .query_async(conn)
+        .await
+        .doing("writing keys with and without a TTL")?;
+    ctx.mark("ttl-keys-written");
+
+    // Redis's view: the first key written has the least time left. Halfway
+    // is when that key has ttl_ms / 2 left; the end is when the last has none.
+    let (first_left, last_left) = remaining(conn, &expiring).await?;
+    let asked = Instant::now();
+    let halfway = Duration::from_millis(first_left.saturating_sub(ttl_ms / 2).max(0) as u64);
+    tokio::time::sleep(halfway.saturating_sub(asked.elapsed())).await;
+    let (at_halfway, _) = remaining(conn, &expiring).await?;
+    let alive_halfway = count_existing(conn, &expiring).await?;
+    ctx.mark("ttl-halfway");
+    let after = Duration::from_millis(last_left.max(0) as u64 + 50);
+    tokio::time::sleep(after.saturating_sub(asked.elapsed())).await;
+    let expired = n as u64 - count_existing(conn, &expiring).await?;
+    let kept = count_existing(conn, &lasting).await?;
+    ctx.mark("ttl-checked");
+    Ok(Some(TtlSeen {
+        alive_halfway,
+        halfway_remaining_ms: (at_halfway >= 0).then_some(at_halfway),
+        expired,
+        kept,
+    }))
+}
+
+/// The smallest and largest PTTL (ms) Redis reports for the keys; -2 for a
+/// key that is gone.
+async fn remaining(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &[String],
+) -> Result<(i64, i64), ExerciseError> {
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.pttl(k);
+    }
+    let left: Vec<i64> = pipe
+        .query_async(conn)
+        .await
+        .doing("reading the keys' PTTL")?;
+    let min = left.iter().copied().min().unwrap_or(-2);
+    let max = left.iter().copied().max().unwrap_or(-2);
+    Ok((min, max))
+}
+
 /// SETs every key concurrently on the multiplexed connection; returns how many
 /// Redis refused (remembering the first refusal).
 async fn set_all(
-    conn: &redis::aio::MultiplexedConnection,
+    conn: &mut redis::aio::MultiplexedConnection,
     keys: &[String],
     value: &str,
     first_error: &mut Option<String>,
@@ -294,7 +411,7 @@ async fn set_all(
 
 /// Reads every hot key (an access, as the application's); returns the misses.
 async fn touch(
-    conn: &redis::aio::MultiplexedConnection,
+    conn: &mut redis::aio::MultiplexedConnection,
     keys: &[String],
 ) -> Result<u64, ExerciseError> {
     if keys.is_empty() {
@@ -304,10 +421,7 @@ async fn touch(
     for k in keys {
         pipe.get(k);
     }
-    let found: Vec<Option<Vec<u8>>> = pipe
-        .query_async(&mut conn.clone())
-        .await
-        .doing("reading the hot set")?;
+    let found: Vec<Option<Vec<u8>>> = pipe.query_async(conn).await.doing("reading the hot set")?;
     Ok(found.iter().filter(|f| f.is_none()).count() as u64)
 }
 

@@ -1,21 +1,30 @@
 //! `sql-transfers`: concurrent money transfers between accounts in PostgreSQL,
-//! under one isolation level and locking strategy.
+//! under one isolation level, locking strategy and way of writing.
 //!
 //! Each of `workers` connections runs `transfers` transfers between two random
-//! accounts as a read-then-write: SELECT both balances, compute the new ones
-//! in the client, UPDATE each with the computed value. Under READ COMMITTED
-//! without locking two transfers can read the same balance and the later
-//! write silently overwrites the earlier one (a lost update): money appears or
-//! vanishes. `SELECT … FOR UPDATE` makes the second transfer wait for the
-//! first; SERIALIZABLE (or REPEATABLE READ) lets both run and aborts one with
-//! a serialization failure (SQLSTATE 40001), which the worker retries.
+//! accounts, written one of two ways:
+//!
+//! - `read-then-write`: SELECT both balances, compute the new ones in the
+//!   client, UPDATE each with the computed value. Under READ COMMITTED
+//!   without locking two transfers can read the same balance and the later
+//!   write silently overwrites the earlier one (a lost update). `SELECT … FOR
+//!   UPDATE` makes the second transfer wait for the first; REPEATABLE READ
+//!   and SERIALIZABLE abort the second writer of a row changed since its
+//!   snapshot ("could not serialize access due to concurrent update",
+//!   SQLSTATE 40001), which the worker retries.
+//! - `in-place`: `UPDATE … SET balance = balance - $1 WHERE id = $2 AND
+//!   balance >= $1`, then the credit. The row lock taken by the UPDATE and
+//!   the re-check of the condition on the newest row version make it exact
+//!   under READ COMMITTED, with nothing to retry.
 //!
 //! Atomicity: with `fail_every: N` every Nth transfer debits the source and
 //! then fails (`SELECT 1/0`) before crediting the destination. Inside a
 //! transaction the debit is rolled back; with `transaction: false`
 //! (autocommit) it stays, and the money is gone.
 //!
-//! Every figure is read back from the database, in the scenario's own table.
+//! Every figure is read back from the database, in the scenario's own tables:
+//! each committed transfer also appends a ledger row in the same transaction,
+//! so PostgreSQL can say which accounts disagree with their own history.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,10 +32,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
+use crate::client::postgres::{connect, drop_tables, table_name, why};
+use crate::stats::{join_workers, round2};
 
 /// The `sql-transfers` exercise.
 pub struct SqlTransfers;
@@ -42,17 +53,36 @@ struct Counts {
     failed_midway: AtomicU64,
 }
 
+/// How a transfer writes the balances.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Read both balances, write the values computed in the client.
+    ReadThenWrite,
+    /// `SET balance = balance ± amount`: the server computes on the newest row.
+    InPlace,
+}
+
 /// Settings of one run.
 #[derive(Clone)]
 struct Plan {
-    table: String,
+    accounts_table: String,
+    ledger_table: String,
     accounts: i64,
     transfers: u64,
     max_amount: i64,
     think: Duration,
     begin: Option<&'static str>,
     for_update: bool,
+    write: Write,
     fail_every: u64,
+}
+
+/// What PostgreSQL holds after the transfers.
+struct ReadBack {
+    total_after: i64,
+    negative: i64,
+    ledger_rows: i64,
+    off_ledger: i64,
 }
 
 #[async_trait]
@@ -62,7 +92,7 @@ impl Exercise for SqlTransfers {
     }
 
     fn summary(&self) -> &'static str {
-        "concurrent read-then-write money transfers in PostgreSQL per isolation level and locking: lost updates, row locks, serialization failures, atomicity"
+        "concurrent money transfers in PostgreSQL per isolation level, locking and way of writing: lost updates, row locks, serialization failures, atomicity"
     }
 
     fn needs(&self) -> &'static [&'static str] {
@@ -105,7 +135,7 @@ impl Exercise for SqlTransfers {
                 0,
                 1000,
                 2,
-                "pause between reading the balances and writing them (widens the race)",
+                "read-then-write: pause between reading the balances and writing them (widens the race)",
             ),
             ParamSpec::choice(
                 "isolation",
@@ -118,6 +148,12 @@ impl Exercise for SqlTransfers {
                 &["none", "for-update"],
                 "none",
                 "`for-update`: the read is SELECT … FOR UPDATE (rows locked in id order)",
+            ),
+            ParamSpec::choice(
+                "write",
+                &["read-then-write", "in-place"],
+                "read-then-write",
+                "`read-then-write`: SELECT, compute in the client, UPDATE with the value; `in-place`: UPDATE … SET balance = balance - amount WHERE balance >= amount",
             ),
             ParamSpec::flag(
                 "transaction",
@@ -145,13 +181,21 @@ impl Exercise for SqlTransfers {
                 ),
                 ObsSpec::flag("exact", "total_after == total_before"),
                 ObsSpec::number(
+                    "accounts_off_ledger",
+                    "accounts whose balance differs from opening + credits − debits of the committed transfers in the ledger (lost updates)",
+                ),
+                ObsSpec::number(
+                    "ledger_transfers",
+                    "transfers PostgreSQL holds in the ledger (appended in each transfer's transaction)",
+                ),
+                ObsSpec::number(
                     "negative_balances",
                     "accounts below zero afterwards (overdrafts)",
                 ),
-                ObsSpec::number("committed", "transfers committed"),
+                ObsSpec::number("committed", "transfers the workers saw commit"),
                 ObsSpec::number(
                     "declined",
-                    "transfers declined for insufficient funds (as the transfer read them)",
+                    "transfers declined for insufficient funds (as the transfer saw them)",
                 ),
                 ObsSpec::number(
                     "serialization_failures",
@@ -185,116 +229,149 @@ impl Exercise for SqlTransfers {
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
         let url = ctx.service("postgres")?.url.clone();
-        let table = table_name(&ctx.namespace);
-        let transaction = ctx.flag("transaction");
-        let plan = Plan {
-            table: table.clone(),
-            accounts: ctx.int("accounts"),
-            transfers: ctx.int("transfers") as u64,
-            max_amount: ctx.int("max_amount"),
-            think: Duration::from_millis(ctx.int("think_ms") as u64),
-            begin: transaction.then(|| match ctx.text("isolation") {
-                "serializable" => "BEGIN ISOLATION LEVEL SERIALIZABLE",
-                "repeatable-read" => "BEGIN ISOLATION LEVEL REPEATABLE READ",
-                _ => "BEGIN ISOLATION LEVEL READ COMMITTED",
-            }),
-            for_update: ctx.text("locking") == "for-update",
-            fail_every: ctx.int("fail_every") as u64,
-        };
-        let workers = ctx.int("workers") as usize;
+        let plan = plan(ctx);
+        let admin = connect(&url).await.doing("connecting to postgres")?;
+        create_accounts(&admin, &plan, ctx.int("initial_balance")).await?;
+        let total_before = total(&admin, &plan.accounts_table).await?;
 
-        let admin = connect(&url).await?;
-        admin
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {table};
-                 CREATE TABLE {table} (id int PRIMARY KEY, balance bigint NOT NULL);
-                 INSERT INTO {table} SELECT g, {} FROM generate_series(1, {}) g;",
-                ctx.int("initial_balance"),
-                plan.accounts
-            ))
-            .await
-            .doing("creating the accounts")?;
-        let total_before = total(&admin, &table).await?;
-
-        let mut clients = Vec::new();
-        for _ in 0..workers {
-            clients.push(connect(&url).await?);
-        }
         let counts = Arc::new(Counts::default());
-        ctx.mark("transfers-started");
-        let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for (w, client) in clients.into_iter().enumerate() {
-            let (plan, counts) = (plan.clone(), counts.clone());
-            tasks.spawn(async move { worker(client, w as u64, plan, counts).await });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            joined.map_err(|e| ExerciseError(format!("a worker panicked: {e}")))??;
-        }
-        let wall = started.elapsed();
-        ctx.mark("transfers-finished");
+        let wall = run_workers(ctx, &url, &plan, &counts).await?;
 
-        let total_after = total(&admin, &table).await?;
-        let negative: i64 = admin
-            .query_one(
-                &format!("SELECT count(*) FROM {table} WHERE balance < 0"),
-                &[],
-            )
+        let back = read_back(&admin, &plan).await?;
+        drop_tables(&admin, &[&plan.accounts_table, &plan.ledger_table])
             .await
-            .doing("counting negative balances")?
-            .get(0);
-        let _ = admin
-            .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
-            .await;
-
-        let get = |c: &AtomicU64| c.load(Ordering::SeqCst);
-        let committed = get(&counts.committed);
-        Ok(Observations::from([
-            ("total_before".into(), Value::from(total_before)),
-            ("total_after".into(), Value::from(total_after)),
-            (
-                "money_created".into(),
-                Value::from((total_after - total_before).abs()),
-            ),
-            ("exact".into(), Value::from(total_after == total_before)),
-            ("negative_balances".into(), Value::from(negative)),
-            ("committed".into(), Value::from(committed)),
-            ("declined".into(), Value::from(get(&counts.declined))),
-            (
-                "serialization_failures".into(),
-                Value::from(get(&counts.serialization_failures)),
-            ),
-            ("deadlocks".into(), Value::from(get(&counts.deadlocks))),
-            ("retries".into(), Value::from(get(&counts.retries))),
-            (
-                "failed_midway".into(),
-                Value::from(get(&counts.failed_midway)),
-            ),
-            (
-                "tps".into(),
-                Value::from(
-                    (committed as f64 / wall.as_secs_f64().max(1e-9) * 10.0).round() / 10.0,
-                ),
-            ),
-        ]))
+            .doing("dropping the tables")?;
+        Ok(observe(total_before, &back, &counts, wall))
     }
 }
 
-/// A table name unique to the scenario's namespace.
-fn table_name(namespace: &str) -> String {
-    let digest = Sha256::digest(namespace.as_bytes());
-    format!("accounts_{}", hex::encode(&digest[..8]))
+/// The run's settings from the scenario's parameters.
+fn plan(ctx: &Ctx) -> Plan {
+    let transaction = ctx.flag("transaction");
+    Plan {
+        accounts_table: table_name("accounts", &ctx.namespace),
+        ledger_table: table_name("ledger", &ctx.namespace),
+        accounts: ctx.int("accounts"),
+        transfers: ctx.int("transfers") as u64,
+        max_amount: ctx.int("max_amount"),
+        think: Duration::from_millis(ctx.int("think_ms") as u64),
+        begin: transaction.then(|| match ctx.text("isolation") {
+            "serializable" => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "repeatable-read" => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            _ => "BEGIN ISOLATION LEVEL READ COMMITTED",
+        }),
+        for_update: ctx.text("locking") == "for-update",
+        write: match ctx.text("write") {
+            "in-place" => Write::InPlace,
+            _ => Write::ReadThenWrite,
+        },
+        fail_every: ctx.int("fail_every") as u64,
+    }
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client, ExerciseError> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+/// The accounts (each remembering its opening balance) and an empty ledger.
+async fn create_accounts(admin: &Client, plan: &Plan, initial: i64) -> Result<(), ExerciseError> {
+    let (accounts, ledger) = (&plan.accounts_table, &plan.ledger_table);
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {accounts}, {ledger};
+             CREATE TABLE {accounts} (id int PRIMARY KEY, balance bigint NOT NULL, opening bigint NOT NULL);
+             INSERT INTO {accounts} SELECT g, {initial}, {initial} FROM generate_series(1, {n}) g;
+             CREATE TABLE {ledger} (src int NOT NULL, dst int NOT NULL, amount bigint NOT NULL);",
+            n = plan.accounts
+        ))
         .await
-        .doing("connecting to postgres")?;
-    tokio::spawn(connection);
-    Ok(client)
+        .doing("creating the accounts")
 }
 
-async fn total(client: &tokio_postgres::Client, table: &str) -> Result<i64, ExerciseError> {
+/// Every worker on its own connection, started together; the wall time of
+/// the transfers.
+async fn run_workers(
+    ctx: &Ctx,
+    url: &str,
+    plan: &Plan,
+    counts: &Arc<Counts>,
+) -> Result<Duration, ExerciseError> {
+    let mut clients = Vec::new();
+    for _ in 0..ctx.int("workers") {
+        clients.push(connect(url).await.doing("connecting a worker")?);
+    }
+    ctx.mark("transfers-started");
+    let started = Instant::now();
+    let handles = clients
+        .into_iter()
+        .enumerate()
+        .map(|(w, client)| {
+            let (plan, counts) = (plan.clone(), counts.clone());
+            tokio::spawn(async move { worker(client, w as u64, plan, counts).await })
+        })
+        .collect();
+    join_workers(handles).await?;
+    let wall = started.elapsed();
+    ctx.mark("transfers-finished");
+    Ok(wall)
+}
+
+async fn read_back(admin: &Client, plan: &Plan) -> Result<ReadBack, ExerciseError> {
+    let (accounts, ledger) = (&plan.accounts_table, &plan.ledger_table);
+    let row = admin
+        .query_one(
+            &format!(
+                "SELECT
+                   (SELECT COALESCE(sum(balance), 0)::bigint FROM {accounts}),
+                   (SELECT count(*) FROM {accounts} WHERE balance < 0),
+                   (SELECT count(*) FROM {ledger}),
+                   (SELECT count(*) FROM {accounts} a WHERE a.balance <> a.opening
+                      + COALESCE((SELECT sum(amount) FROM {ledger} WHERE dst = a.id), 0)
+                      - COALESCE((SELECT sum(amount) FROM {ledger} WHERE src = a.id), 0))"
+            ),
+            &[],
+        )
+        .await
+        .doing("reading the balances and the ledger back")?;
+    Ok(ReadBack {
+        total_after: row.get(0),
+        negative: row.get(1),
+        ledger_rows: row.get(2),
+        off_ledger: row.get(3),
+    })
+}
+
+fn observe(total_before: i64, back: &ReadBack, counts: &Counts, wall: Duration) -> Observations {
+    let get = |c: &AtomicU64| c.load(Ordering::SeqCst);
+    let committed = get(&counts.committed);
+    let total_after = back.total_after;
+    Observations::from([
+        ("total_before".into(), Value::from(total_before)),
+        ("total_after".into(), Value::from(total_after)),
+        (
+            "money_created".into(),
+            Value::from((total_after - total_before).abs()),
+        ),
+        ("exact".into(), Value::from(total_after == total_before)),
+        ("accounts_off_ledger".into(), Value::from(back.off_ledger)),
+        ("ledger_transfers".into(), Value::from(back.ledger_rows)),
+        ("negative_balances".into(), Value::from(back.negative)),
+        ("committed".into(), Value::from(committed)),
+        ("declined".into(), Value::from(get(&counts.declined))),
+        (
+            "serialization_failures".into(),
+            Value::from(get(&counts.serialization_failures)),
+        ),
+        ("deadlocks".into(), Value::from(get(&counts.deadlocks))),
+        ("retries".into(), Value::from(get(&counts.retries))),
+        (
+            "failed_midway".into(),
+            Value::from(get(&counts.failed_midway)),
+        ),
+        (
+            "tps".into(),
+            Value::from(round2(committed as f64 / wall.as_secs_f64().max(1e-9))),
+        ),
+    ])
+}
+
+async fn total(client: &Client, table: &str) -> Result<i64, ExerciseError> {
     let row = client
         .query_one(
             &format!("SELECT COALESCE(sum(balance), 0)::bigint FROM {table}"),
@@ -324,8 +401,17 @@ enum Attempt {
     FailedMidway,
 }
 
+/// One transfer: source, destination, amount, and whether it breaks midway.
+#[derive(Clone, Copy)]
+struct Transfer {
+    from: i32,
+    to: i32,
+    amount: i64,
+    fail: bool,
+}
+
 async fn worker(
-    client: tokio_postgres::Client,
+    client: Client,
     w: u64,
     plan: Plan,
     counts: Arc<Counts>,
@@ -337,24 +423,23 @@ async fn worker(
         if to >= from {
             to += 1;
         }
-        let amount = rng.below(plan.max_amount as u64) as i64 + 1;
-        let fail = plan.fail_every > 0 && i % plan.fail_every == 0;
+        let t = Transfer {
+            from,
+            to,
+            amount: rng.below(plan.max_amount as u64) as i64 + 1,
+            fail: plan.fail_every > 0 && i % plan.fail_every == 0,
+        };
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match transfer(&client, &plan, from, to, amount, fail).await {
-                Ok(Attempt::Committed) => {
-                    counts.committed.fetch_add(1, Ordering::SeqCst);
-                    break;
-                }
-                Ok(Attempt::Declined) => {
-                    counts.declined.fetch_add(1, Ordering::SeqCst);
-                    break;
-                }
-                Ok(Attempt::FailedMidway) => {
-                    counts.failed_midway.fetch_add(1, Ordering::SeqCst);
-                    break;
-                }
+            let outcome = match plan.write {
+                Write::ReadThenWrite => read_then_write(&client, &plan, t).await,
+                Write::InPlace => in_place(&client, &plan, t).await,
+            };
+            let counter = match outcome {
+                Ok(Attempt::Committed) => &counts.committed,
+                Ok(Attempt::Declined) => &counts.declined,
+                Ok(Attempt::FailedMidway) => &counts.failed_midway,
                 Err(e) => {
                     if plan.begin.is_some() {
                         let _ = client.batch_execute("ROLLBACK").await;
@@ -367,9 +452,7 @@ async fn worker(
                     } else {
                         return Err(ExerciseError(format!(
                             "worker {w}, transfer {i}: {}",
-                            e.as_db_error()
-                                .map(|d| d.message().to_string())
-                                .unwrap_or_else(|| e.to_string())
+                            why(&e)
                         )));
                     }
                     if attempts >= 1000 {
@@ -379,31 +462,31 @@ async fn worker(
                     }
                     counts.retries.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(rng.below(5) + 1)).await;
+                    continue;
                 }
-            }
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            break;
         }
     }
     Ok(())
 }
 
-/// One attempt: read both balances, think, write the computed ones.
-async fn transfer(
-    client: &tokio_postgres::Client,
+/// One attempt the naive way: read both balances, think, write the computed ones.
+async fn read_then_write(
+    client: &Client,
     plan: &Plan,
-    from: i32,
-    to: i32,
-    amount: i64,
-    fail: bool,
+    t: Transfer,
 ) -> Result<Attempt, tokio_postgres::Error> {
-    let t = &plan.table;
+    let table = &plan.accounts_table;
     if let Some(begin) = plan.begin {
         client.batch_execute(begin).await?;
     }
     let lock = if plan.for_update { " FOR UPDATE" } else { "" };
     let rows = client
         .query(
-            &format!("SELECT id, balance FROM {t} WHERE id IN ($1, $2) ORDER BY id{lock}"),
-            &[&from, &to],
+            &format!("SELECT id, balance FROM {table} WHERE id IN ($1, $2) ORDER BY id{lock}"),
+            &[&t.from, &t.to],
         )
         .await?;
     let balance = |id: i32| {
@@ -412,44 +495,110 @@ async fn transfer(
             .map(|r| r.get::<_, i64>(1))
             .unwrap_or_default()
     };
-    let (from_balance, to_balance) = (balance(from), balance(to));
-    if from_balance < amount {
-        if plan.begin.is_some() {
-            client.batch_execute("COMMIT").await?;
-        }
+    let (from_balance, to_balance) = (balance(t.from), balance(t.to));
+    if from_balance < t.amount {
+        finish(client, plan).await?;
         return Ok(Attempt::Declined);
     }
     if !plan.think.is_zero() {
         tokio::time::sleep(plan.think).await;
     }
-    let update = format!("UPDATE {t} SET balance = $2 WHERE id = $1");
-    if fail {
-        // The transfer breaks between the debit and the credit.
-        client
-            .execute(&update, &[&from, &(from_balance - amount)])
-            .await?;
-        if client.batch_execute("SELECT 1/0").await.is_err() {
-            if plan.begin.is_some() {
-                client.batch_execute("ROLLBACK").await?;
-            }
-            return Ok(Attempt::FailedMidway);
-        }
-        client
-            .execute(&update, &[&to, &(to_balance + amount)])
-            .await?;
-    } else {
+    let update = format!("UPDATE {table} SET balance = $2 WHERE id = $1");
+    let mut writes = [
+        (t.from, from_balance - t.amount),
+        (t.to, to_balance + t.amount),
+    ];
+    if !t.fail {
         // Rows written in id order: two transfers never wait for each other
         // crosswise (no deadlocks, each of which costs a 1 s detection).
-        let mut writes = [(from, from_balance - amount), (to, to_balance + amount)];
         writes.sort();
-        for (id, balance) in writes {
-            client.execute(&update, &[&id, &balance]).await?;
+    }
+    client
+        .execute(&update, &[&writes[0].0, &writes[0].1])
+        .await?;
+    if t.fail && breaks_midway(client, plan).await? {
+        return Ok(Attempt::FailedMidway);
+    }
+    client
+        .execute(&update, &[&writes[1].0, &writes[1].1])
+        .await?;
+    record(client, plan, t).await?;
+    finish(client, plan).await?;
+    Ok(Attempt::Committed)
+}
+
+/// One attempt the simple, safe way: each UPDATE computes the new balance
+/// from the row as it is when the row lock is granted; the debit only
+/// happens while the balance covers it. No read, nothing to lose, nothing to
+/// retry under READ COMMITTED.
+async fn in_place(
+    client: &Client,
+    plan: &Plan,
+    t: Transfer,
+) -> Result<Attempt, tokio_postgres::Error> {
+    let table = &plan.accounts_table;
+    if let Some(begin) = plan.begin {
+        client.batch_execute(begin).await?;
+    }
+    let debit =
+        format!("UPDATE {table} SET balance = balance - $2 WHERE id = $1 AND balance >= $2");
+    let credit = format!("UPDATE {table} SET balance = balance + $2 WHERE id = $1");
+    // In a transaction, rows are locked in id order (no deadlocks); in
+    // autocommit, the debit goes first so a declined transfer credits nothing.
+    let debit_first = t.fail || plan.begin.is_none() || t.from < t.to;
+    if debit_first {
+        if client.execute(&debit, &[&t.from, &t.amount]).await? == 0 {
+            finish(client, plan).await?;
+            return Ok(Attempt::Declined);
+        }
+        if t.fail && breaks_midway(client, plan).await? {
+            return Ok(Attempt::FailedMidway);
+        }
+        client.execute(&credit, &[&t.to, &t.amount]).await?;
+    } else {
+        client.execute(&credit, &[&t.to, &t.amount]).await?;
+        if client.execute(&debit, &[&t.from, &t.amount]).await? == 0 {
+            // Inside a transaction: the credit goes with the rollback.
+            client.batch_execute("ROLLBACK").await?;
+            return Ok(Attempt::Declined);
         }
     }
+    record(client, plan, t).await?;
+    finish(client, plan).await?;
+    Ok(Attempt::Committed)
+}
+
+/// The injected failure between the debit and the credit: `SELECT 1/0`, then
+/// ROLLBACK inside a transaction. True when the failure happened.
+async fn breaks_midway(client: &Client, plan: &Plan) -> Result<bool, tokio_postgres::Error> {
+    if client.batch_execute("SELECT 1/0").await.is_err() {
+        if plan.begin.is_some() {
+            client.batch_execute("ROLLBACK").await?;
+        }
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Appends the transfer to the ledger (inside the transfer's transaction).
+async fn record(client: &Client, plan: &Plan, t: Transfer) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {} (src, dst, amount) VALUES ($1, $2, $3)",
+                plan.ledger_table
+            ),
+            &[&t.from, &t.to, &t.amount],
+        )
+        .await
+        .map(drop)
+}
+
+async fn finish(client: &Client, plan: &Plan) -> Result<(), tokio_postgres::Error> {
     if plan.begin.is_some() {
         client.batch_execute("COMMIT").await?;
     }
-    Ok(Attempt::Committed)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -461,14 +610,6 @@ mod tests {
         for p in SqlTransfers.params() {
             p.check(&p.default).unwrap();
         }
-    }
-
-    #[test]
-    fn table_names_are_plain_identifiers_per_namespace() {
-        let a = table_name("infralab:abc:naive");
-        assert_ne!(a, table_name("infralab:abc:serializable"));
-        assert!(a.len() < 63);
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
     }
 
     #[test]
