@@ -12,9 +12,9 @@
 //! | `true`, `"== h2"`                        | equals the boolean or text                |
 //!
 //! The operand of a number observation is arithmetic (`+ - * /`, parentheses,
-//! `min(a, b)`-free: keep it to what an instructor reads at a glance) over
-//! numbers, the scenario's parameters and the exercise's observations, so an
-//! expectation stays right when an instructor changes the parameters.
+//! `min(a, b)`, `max(a, b)`, `ceil(x)`, `floor(x)`) over numbers, the
+//! scenario's parameters and the exercise's observations, so an expectation
+//! stays right when an instructor changes the parameters.
 //! Whether a name exists is checked at validation; its value is taken when the
 //! check runs. An observation named in an operand that was not observed makes
 //! the check Unknown, never Pass.
@@ -99,7 +99,7 @@ impl Expr {
         if text.is_empty() || text.starts_with(['=', '<', '>', '!']) {
             return Err(not_arithmetic());
         }
-        let flat = Box::new(exmex::parse::<f64>(text).map_err(|_| not_arithmetic())?);
+        let flat = Box::new(exmex::parse::<f64>(&braced(text)).map_err(|_| not_arithmetic())?);
         Ok(Expr {
             text: text.to_string(),
             flat,
@@ -132,6 +132,45 @@ impl Expr {
     fn is_constant(&self) -> bool {
         self.names().is_empty()
     }
+}
+
+/// `text` with every name put in braces (`{max_holders} * 2`), exmex's
+/// syntax for a variable whatever its spelling: otherwise a name that starts
+/// like one of its functions (`max…`, `min…`, `e…`) is read as that function.
+/// A name followed by `(` is a function call (`min(a, b)`) and stays as is.
+fn braced(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut chars = text.char_indices().peekable();
+    let mut in_number = false;
+    while let Some((i, c)) = chars.next() {
+        // `1e3`, `2.5E-1`: an exponent belongs to its number.
+        let exponent = in_number && matches!(c, 'e' | 'E');
+        if exponent || !(c.is_ascii_alphabetic() || c == '_') {
+            in_number = c.is_ascii_digit() || c == '.' || (in_number && matches!(c, 'e' | 'E'));
+            out.push(c);
+            continue;
+        }
+        in_number = false;
+        let mut end = i + c.len_utf8();
+        while let Some(&(j, d)) = chars.peek() {
+            if d.is_ascii_alphanumeric() || d == '_' {
+                end = j + d.len_utf8();
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let name = &text[i..end];
+        let call = text[end..].trim_start().starts_with('(');
+        if call {
+            out.push_str(name);
+        } else {
+            out.push('{');
+            out.push_str(name);
+            out.push('}');
+        }
+    }
+    out
 }
 
 /// What an observation is compared with.
@@ -436,6 +475,20 @@ mod tests {
         assert_eq!(b.resolved(&lookup).unwrap(), "between 4 and 5");
         // A name with no value is undecidable, not a failure.
         assert!(n("== missing + 1").holds(&json!(1), &lookup).is_err());
+    }
+
+    #[test]
+    fn names_that_start_like_functions_are_names() {
+        let p = n("<= maxmemory_bytes / 2 + min(e_count, 3)");
+        assert_eq!(p.names(), vec!["e_count", "maxmemory_bytes"]);
+        let lookup = |name: &str| match name {
+            "maxmemory_bytes" => Some(100.0),
+            "e_count" => Some(7.0),
+            _ => None,
+        };
+        assert_eq!(p.resolved(&lookup).unwrap(), "<= 53");
+        assert!(n("== 1.5 * 2").holds(&json!(3), &none).unwrap());
+        assert!(n("== max(2, 3) + ceil(0.2) - floor(0.9)").holds(&json!(4), &none).unwrap());
     }
 
     #[test]
