@@ -43,7 +43,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamKind, ParamSpec};
-use super::{amqp, kafka_groups};
+use super::kafka_groups;
+use crate::client::{amqp, mqtt};
 
 /// The `smoke` exercise.
 pub struct Smoke;
@@ -608,7 +609,7 @@ async fn mqtt_trip(url: String, ns: String, mut gate: Ticket) -> Result<Trip, St
             _ => {}
         }
     };
-    super::mqtt_telemetry::disconnect(&client, &mut eventloop).await;
+    mqtt::disconnect(&client, &mut eventloop).await;
     result
 }
 
