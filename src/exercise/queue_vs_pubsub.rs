@@ -129,6 +129,14 @@ impl Exercise for QueueVsPubsub {
                 false,
                 "publish everything first, then let the K consumers subscribe",
             ),
+            ParamSpec::choice(
+                "subscribe",
+                &["together", "staggered"],
+                "together",
+                "together: the K consumers subscribe at once and start working when all are \
+                 subscribed; staggered (with a backlog in a work queue): consumer 1 subscribes, \
+                 the others once the broker has started handing it the backlog",
+            ),
             ParamSpec::int(
                 "idle_ms",
                 50,
@@ -210,6 +218,10 @@ impl Exercise for QueueVsPubsub {
                     "the late subscriber is subscribed",
                 ),
                 Milestone::new("published", "every message is published"),
+                Milestone::new(
+                    "backlog-handed-out",
+                    "subscribe: staggered: the broker started handing the backlog to the first consumer",
+                ),
                 Milestone::new("consumers-stopped", "every consumer has stopped"),
             ]
         }
@@ -225,6 +237,7 @@ impl Exercise for QueueVsPubsub {
             work: Duration::from_millis(ctx.int("work_ms") as u64),
             late_subscriber: ctx.flag("late_subscriber"),
             publish_first: ctx.flag("publish_before_subscribe"),
+            staggered: ctx.text("subscribe") == "staggered",
             idle: Duration::from_millis(ctx.int("idle_ms") as u64),
             origin: Instant::now(),
         };
@@ -244,6 +257,9 @@ struct Config {
     work: Duration,
     late_subscriber: bool,
     publish_first: bool,
+    /// With a backlog in a work queue: the others subscribe only once the
+    /// broker has started handing the backlog to the first.
+    staggered: bool,
     idle: Duration,
     /// Send and receive times are measured from here.
     origin: Instant,
@@ -517,6 +533,18 @@ impl Broker {
         }
     }
 
+    /// Returns once the broker has started handing the work queue's backlog
+    /// out (fewer than `backlog` messages ready), at most after 10 s.
+    async fn handing_out(&self, backlog: u32) -> Result<(), ExerciseError> {
+        if let Broker::Amqp { ch, target, .. } = self {
+            let until = Instant::now() + Duration::from_secs(10);
+            while amqp::queue_state(ch, target).await?.ready >= backlog && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes what the exercise declared (best effort) and closes the producer.
     async fn cleanup(self) {
         if let Broker::Amqp {
@@ -672,11 +700,22 @@ async fn drive(
     let mut consumers = Vec::new();
     let mut opened = Some(opened);
     if !cfg.publish_first {
-        consumers = subscribe_all(ctx, broker, &spawner, opened.take()).await?;
+        consumers = subscribe_all(ctx, broker, &spawner, opened.take(), 0).await?;
     }
     let publishing = publish_stream(ctx, cfg, broker, &spawner).await?;
     if cfg.publish_first {
-        consumers = subscribe_all(ctx, broker, &spawner, opened.take()).await?;
+        let mut opened = opened.take().unwrap_or_default();
+        if cfg.staggered && cfg.mode == Mode::WorkQueue && !opened.is_empty() {
+            let rest = opened.split_off(1);
+            let first = broker.subscribe(opened.remove(0), 0).await?;
+            consumers.push(spawner.spawn(first));
+            broker.handing_out(publishing.published).await?;
+            ctx.mark("backlog-handed-out");
+            let rest = subscribe_all(ctx, broker, &spawner, Some(rest), 1).await?;
+            consumers.extend(rest);
+        } else {
+            consumers = subscribe_all(ctx, broker, &spawner, Some(opened), 0).await?;
+        }
     }
 
     let expected = expected_deliveries(cfg, &publishing);
@@ -721,13 +760,14 @@ async fn subscribe_all(
     broker: &Broker,
     spawner: &Spawner,
     opened: Option<Vec<Opened>>,
+    first_index: usize,
 ) -> Result<Vec<Consumer>, ExerciseError> {
     let opened = opened.unwrap_or_default();
     let sources: Vec<Source> = join_all(
         opened
             .into_iter()
             .enumerate()
-            .map(|(i, o)| broker.subscribe(o, i)),
+            .map(|(i, o)| broker.subscribe(o, first_index + i)),
     )
     .await
     .into_iter()
@@ -903,6 +943,7 @@ mod tests {
             work: Duration::ZERO,
             late_subscriber,
             publish_first: false,
+            staggered: false,
             idle: Duration::from_millis(100),
             origin: Instant::now(),
         }
