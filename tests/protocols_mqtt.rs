@@ -176,10 +176,18 @@ fn mqtt_telemetry_broken_implementations_fail() {
         "broken",
         scenario_params(&[
             // The default Mosquitto where the lesson needs one that queues QoS 0.
-            ("subscriber-offline-queue-qos0", "service", json!("mosquitto")),
+            (
+                "subscriber-offline-queue-qos0",
+                "service",
+                json!("mosquitto"),
+            ),
             // A dashboard without a persistent session, and one with it.
             ("subscriber-offline", "persistent", json!(false)),
-            ("subscriber-offline-clean-session", "persistent", json!(true)),
+            (
+                "subscriber-offline-clean-session",
+                "persistent",
+                json!(true),
+            ),
             // Links that lose acks where nothing should fail, and the reverse.
             ("all-online", "flap_sensors", json!(true)),
             ("lost-acks", "flap_sensors", json!(false)),

@@ -55,8 +55,10 @@ pub async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
     .await;
 }
 
-/// A client subscribed (at QoS 1) to one topic, to wait for a message there:
-/// e.g. a last will, which tells that the broker noticed a client is gone.
+/// A client subscribed (at QoS 2) to one topic filter, to wait for live
+/// messages there: a last will, which tells that the broker noticed a client
+/// is gone, or a count of messages, which tells that the broker has routed
+/// them to every subscriber it had.
 pub struct Watcher {
     client: AsyncClient,
     payloads: mpsc::UnboundedReceiver<Vec<u8>>,
@@ -76,14 +78,15 @@ impl Watcher {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = sub.try_subscribe(topic.as_str(), QoS::AtLeastOnce);
+                        let _ = sub.try_subscribe(topic.as_str(), QoS::ExactlyOnce);
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(r) = ready_tx.take() {
                             let _ = r.send(Ok(()));
                         }
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topic => {
+                    // Live messages only: a retained replay is old news.
+                    Ok(Event::Incoming(Packet::Publish(p))) if !p.retain => {
                         let _ = tx.send(p.payload.to_vec());
                     }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
@@ -110,6 +113,24 @@ impl Watcher {
         }
     }
 
+    /// Waits (at most `limit`) until `n` messages arrived; returns how many did.
+    pub async fn wait_count(&mut self, n: usize, limit: Duration) -> usize {
+        let mut got = 0;
+        let _ = tokio::time::timeout(limit, async {
+            while got < n && self.payloads.recv().await.is_some() {
+                got += 1;
+            }
+        })
+        .await;
+        got
+    }
+
+    /// Says goodbye (DISCONNECT), waiting at most 1 s.
+    pub async fn close(mut self) {
+        let _ = self.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.task).await;
+    }
+
     /// Waits (at most `limit`) for a message whose payload is `payload`, then
     /// says goodbye. Returns whether it came.
     pub async fn wait_for(mut self, payload: &[u8], limit: Duration) -> bool {
@@ -123,8 +144,7 @@ impl Watcher {
         })
         .await
         .unwrap_or(false);
-        let _ = self.client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.task).await;
+        self.close().await;
         seen
     }
 }

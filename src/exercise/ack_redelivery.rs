@@ -256,7 +256,13 @@ async fn scenario(
 
     let (by_b, redelivered) = drain(ctx, plan, uri, admin, queue, origin).await?;
     ctx.mark("consumer-b-idle");
-    Ok(observe(plan.messages, published, &death, &by_b, redelivered))
+    Ok(observe(
+        plan.messages,
+        published,
+        &death,
+        &by_b,
+        redelivered,
+    ))
 }
 
 /// Publishes M messages and returns how many the broker confirmed.

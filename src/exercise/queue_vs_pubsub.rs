@@ -39,8 +39,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::client::amqp;
 use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
+use crate::client::amqp;
 use crate::stats::{join_workers, pacer, percentile_ms, round2, spread};
 
 /// The `queue-vs-pubsub` exercise.
@@ -348,8 +348,12 @@ impl Broker {
         if mode == Mode::RedisPubsub {
             let endpoint = ctx.service("redis")?;
             let client = redis::Client::open(endpoint.url.as_str()).doing("redis url")?;
+            // The default answer timeout (under a second) is shorter than a
+            // stall of a busy machine; a PUBLISH that waits is not a failure.
+            let patient = redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(30)));
             let conn = client
-                .get_multiplexed_async_connection()
+                .get_multiplexed_async_connection_with_config(&patient)
                 .await
                 .doing("connecting the producer to redis")?;
             return Ok(Broker::Redis {
@@ -728,12 +732,8 @@ async fn drive(
     };
     ctx.mark("consumers-stopped");
 
-    let last_delivery = Duration::from_micros(
-        spawner
-            .activity
-            .last_delivery_us
-            .load(Ordering::Relaxed),
-    );
+    let last_delivery =
+        Duration::from_micros(spawner.activity.last_delivery_us.load(Ordering::Relaxed));
     let window = last_delivery.saturating_sub(publishing.first_publish);
     let received = Received {
         published: publishing.published,
@@ -885,8 +885,8 @@ fn observe(cfg: &Config, r: &Received) -> Observations {
 
     let min = per_consumer.iter().copied().min();
     let max = per_consumer.iter().copied().max();
-    let msgs_per_s = (!r.window.is_zero())
-        .then(|| round2(delivered_total as f64 / r.window.as_secs_f64()));
+    let msgs_per_s =
+        (!r.window.is_zero()).then(|| round2(delivered_total as f64 / r.window.as_secs_f64()));
     let mut latencies: Vec<Duration> = r
         .tallies
         .iter()

@@ -52,8 +52,8 @@ use super::{
     Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamKind, ParamSpec,
 };
 use crate::client::mqtt::{self, disconnect, topic_root};
-use crate::stats::pacer;
 use crate::client::relay::Relay;
+use crate::stats::pacer;
 
 /// The `mqtt-telemetry` exercise.
 pub struct MqttTelemetry;
@@ -317,7 +317,11 @@ impl Exercise for MqttTelemetry {
         // Everything published that can still arrive, has (or stays away for `QUIET`).
         board
             .wait(
-                |t| published.iter().all(|p| t.deliveries.contains_key(&p.key())),
+                |t| {
+                    published
+                        .iter()
+                        .all(|p| t.deliveries.contains_key(&p.key()))
+                },
                 QUIET,
                 DEADLINE,
             )
@@ -428,12 +432,13 @@ impl Fleet {
 /// the exercise can tell when the broker has noticed it is gone.
 fn dashboard_options(cfg: &Config, net: &Net) -> MqttOptions {
     let mut o = net.options("dashboard");
-    o.set_clean_session(!cfg.persistent).set_last_will(LastWill::new(
-        net.dashboard_will(),
-        "offline",
-        QoS::AtLeastOnce,
-        false,
-    ));
+    o.set_clean_session(!cfg.persistent)
+        .set_last_will(LastWill::new(
+            net.dashboard_will(),
+            "offline",
+            QoS::AtLeastOnce,
+            false,
+        ));
     o
 }
 
@@ -479,16 +484,28 @@ async fn stream(
 ) -> Result<Vec<Published>, ExerciseError> {
     let mut published: Vec<Published> = Vec::new();
     let mut away = false;
+    let mut witness: Option<mqtt::Watcher> = None;
     let (leave_at, back_at) = (cfg.rounds / 3, 2 * cfg.rounds / 3);
     let mut tick = pacer(cfg.rate_hz as f64);
     for seq in 0..cfg.rounds {
         tick.tick().await;
         if cfg.offline && seq == leave_at {
-            dashboard_goes_away(cfg, net, board, &mut lab.dashboard, seq).await?;
+            witness = Some(dashboard_goes_away(cfg, net, board, &mut lab.dashboard, seq).await?);
             away = true;
             ctx.mark("dashboard-offline");
         }
         if cfg.offline && seq == back_at {
+            if let Some(mut w) = witness.take() {
+                // The broker has routed every reading of the outage (queued it
+                // for the dashboard's session, or dropped it) before it returns.
+                let n = published.iter().filter(|p| p.away).count();
+                if w.wait_count(n, DEADLINE).await < n {
+                    return Err(ExerciseError(format!(
+                        "the broker did not route the {n} readings of the outage within {DEADLINE:?}"
+                    )));
+                }
+                w.close().await;
+            }
             lab.dashboard = Dashboard::connect(board, dashboard_options(cfg, net)).await?;
             away = false;
             ctx.mark("dashboard-back");
@@ -520,7 +537,11 @@ async fn stream(
         if flap {
             // The broker has answered (4 bytes of PUBACK or PUBREC per QoS
             // 1/2 reading) and the answers are gone: now the links die.
-            let acks = 4 * lab.fleet.iter().filter(|s| s.qos != QoS::AtMostOnce).count() as u64;
+            let acks = 4 * lab
+                .fleet
+                .iter()
+                .filter(|s| s.qos != QoS::AtMostOnce)
+                .count() as u64;
             let deadline = Instant::now() + Duration::from_secs(2);
             while lab.relay.dropped() < dropped_before + acks && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -534,14 +555,16 @@ async fn stream(
 
 /// The dashboard's connection dies (no DISCONNECT); returns once the broker
 /// has noticed (it published the dashboard's will), so every reading from
-/// now on is published while the broker knows the dashboard is away.
+/// now on is published while the broker knows the dashboard is away. Also
+/// returns a witness subscribed to every sensor's readings: once it has the
+/// outage's readings, the broker has routed them, and the dashboard may return.
 async fn dashboard_goes_away(
     cfg: &Config,
     net: &Net,
     board: &Arc<Board>,
     dashboard: &mut Dashboard,
     seq: u64,
-) -> Result<(), ExerciseError> {
+) -> Result<mqtt::Watcher, ExerciseError> {
     // Everything so far has arrived, and every QoS 2 handshake is complete:
     // what goes missing from now on went missing because the dashboard was
     // away. (A new client process knows nothing of a half-done handshake;
@@ -556,13 +579,19 @@ async fn dashboard_goes_away(
     let watcher = mqtt::Watcher::subscribe(net.options("will-watcher"), &net.dashboard_will())
         .await
         .doing("watching for the dashboard's will")?;
+    let witness = mqtt::Watcher::subscribe(
+        net.options("witness"),
+        &format!("{}/sensors/+/temperature", net.root),
+    )
+    .await
+    .doing("subscribing the outage's witness")?;
     dashboard.crash().await;
     if !watcher.wait_for(b"offline", DEADLINE).await {
         return Err(ExerciseError(format!(
             "the broker did not publish the dashboard's will within {DEADLINE:?}"
         )));
     }
-    Ok(())
+    Ok(witness)
 }
 
 /// One sensor leaves at the end: crashes (its will is published) or says goodbye.
