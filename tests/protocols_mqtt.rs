@@ -1,9 +1,11 @@
-//! The mqtt-telemetry lab, end to end on the real Docker engine (Mosquitto).
+//! The mqtt-telemetry lab, end to end on the real Docker engine (Mosquitto):
+//! it passes, passes with changed parameters, a broken implementation of each
+//! scenario fails its named expectations with exit 1, and nothing is left.
 
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const LAB: &str = "protocols/mqtt-telemetry.yaml";
 
@@ -13,16 +15,54 @@ fn obs(report: &Value, name: &str, observation: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name}: no numeric {observation}"))
 }
 
+/// An edit for [`temp_lab_with_files`] that sets parameters of single
+/// scenarios, leaving their expectations as shipped.
+fn scenario_params(edits: &[(&str, &str, Value)]) -> impl Fn(String) -> String + use<> {
+    let edits: Vec<(String, String, Value)> = edits
+        .iter()
+        .map(|(s, k, v)| (s.to_string(), k.to_string(), v.clone()))
+        .collect();
+    move |text: String| {
+        let mut lab: Value = serde_saphyr::from_str(&text).expect("lab parses");
+        for (name, key, value) in &edits {
+            let s = lab["scenarios"]
+                .as_array_mut()
+                .expect("scenarios")
+                .iter_mut()
+                .find(|s| s["name"] == name.as_str())
+                .unwrap_or_else(|| panic!("scenario {name}"));
+            if s.get("params").is_none() {
+                s["params"] = json!({});
+            }
+            s["params"][key.as_str()] = value.clone();
+        }
+        serde_json::to_string_pretty(&lab).expect("json")
+    }
+}
+
+fn assert_fails_on(report: &Value, name: &str, observations: &[&str]) {
+    let s = scenario(report, name);
+    assert_eq!(s["verdict"], "fail", "{s}");
+    for o in observations {
+        let check = s["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["observation"] == *o)
+            .unwrap_or_else(|| panic!("{name}: no check on {o}: {s}"));
+        assert_eq!(check["verdict"], "fail", "{name}: {check}");
+    }
+}
+
 #[test]
 fn mqtt_telemetry_passes_and_leaves_nothing() {
-    let lab = temp_lab(LAB, "pass", |t| t);
-    let out = run(&["run", lab.path.to_str().unwrap(), "--format", "json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let report = json_report(&out);
+    let lab = temp_lab_with_files(LAB, "pass", |t| t);
+    let (code, report, out) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{out}");
     let scenarios = report["labs"][0]["scenarios"]
         .as_array()
         .expect("scenarios");
-    assert_eq!(scenarios.len(), 9);
+    assert_eq!(scenarios.len(), 10);
     for s in scenarios {
         assert_eq!(s["verdict"], "pass", "{s}");
     }
@@ -35,11 +75,14 @@ fn mqtt_telemetry_passes_and_leaves_nothing() {
         );
     }
 
-    // The dashboard is away: QoS 0 readings of that time are lost, QoS 1/2 are
-    // queued in its session and delivered on return.
+    // The dashboard is away: with Mosquitto's defaults every QoS 0 reading of
+    // that time is lost, QoS 1/2 are queued in its session and delivered on return.
     let s = "subscriber-offline";
-    assert!(obs(&report, s, "published_while_offline") > 0.0);
-    assert!(obs(&report, s, "missing_while_offline_qos0") > 0.0);
+    assert!(obs(&report, s, "published_while_offline_qos0") > 0.0);
+    assert_eq!(
+        obs(&report, s, "missing_while_offline_qos0"),
+        obs(&report, s, "published_while_offline_qos0")
+    );
     assert_eq!(obs(&report, s, "missing_while_offline_qos1"), 0.0);
     assert_eq!(obs(&report, s, "missing_while_offline_qos2"), 0.0);
     assert_eq!(
@@ -57,6 +100,10 @@ fn mqtt_telemetry_passes_and_leaves_nothing() {
         pos("dashboard-offline") < pos("dashboard-back") && pos("dashboard-offline").is_some(),
         "{timeline:?}"
     );
+    // A Mosquitto told to queue QoS 0 for the session loses nothing.
+    let s = "subscriber-offline-queue-qos0";
+    assert!(obs(&report, s, "published_while_offline_qos0") > 0.0);
+    assert_eq!(obs(&report, s, "missing_while_offline"), 0.0);
 
     // Without a persistent session nothing waits for the dashboard.
     let s = "subscriber-offline-clean-session";
@@ -103,44 +150,110 @@ fn mqtt_telemetry_passes_and_leaves_nothing() {
 }
 
 #[test]
-fn expecting_qos0_to_survive_an_outage_fails_with_exit_1() {
-    // The broken variant: QoS 0 readings published while the dashboard was
-    // away are expected to arrive after all.
-    let lab = temp_lab(LAB, "broken", |t| {
-        t.replacen(
-            "missing_while_offline_qos0: \"> 0\"",
-            "missing_while_offline_qos0: \"== 0\"",
-            1,
-        )
-    });
-    let out = run(&[
-        "run",
-        lab.path.to_str().unwrap(),
-        "--scenario",
+fn mqtt_telemetry_passes_with_changed_params() {
+    let lab = temp_lab_with_files(
+        LAB,
+        "params",
+        changed_params(&[("sensors", json!(9)), ("rate_hz", json!(25))]),
+    );
+    let (code, report, out) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    for s in report["labs"][0]["scenarios"].as_array().unwrap() {
+        assert_eq!(s["verdict"], "pass", "{s}");
+    }
+    assert_eq!(obs(&report, "all-online", "received_qos0"), 90.0);
+    assert_eq!(
+        obs(&report, "retained-late-subscriber", "retained_received"),
+        9.0
+    );
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
+fn mqtt_telemetry_broken_implementations_fail() {
+    let lab = temp_lab_with_files(
+        LAB,
+        "broken",
+        scenario_params(&[
+            // The default Mosquitto where the lesson needs one that queues QoS 0.
+            (
+                "subscriber-offline-queue-qos0",
+                "service",
+                json!("mosquitto"),
+            ),
+            // A dashboard without a persistent session, and one with it.
+            ("subscriber-offline", "persistent", json!(false)),
+            (
+                "subscriber-offline-clean-session",
+                "persistent",
+                json!(true),
+            ),
+            // Links that lose acks where nothing should fail, and the reverse.
+            ("all-online", "flap_sensors", json!(true)),
+            ("lost-acks", "flap_sensors", json!(false)),
+            // Readings not retained; a sensor that says goodbye, one that crashes.
+            ("retained-late-subscriber", "retain", json!(false)),
+            ("sensor-crash-last-will", "sensor_exit", json!("disconnect")),
+            ("sensor-clean-disconnect", "sensor_exit", json!("crash")),
+        ]),
+    );
+    let mut args = Vec::new();
+    for s in [
+        "all-online",
         "subscriber-offline",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let report = json_report(&out);
-    assert_eq!(report["verdict"], "fail", "{report}");
-    let s = scenario(&report, "subscriber-offline");
-    assert_eq!(s["verdict"], "fail", "{s}");
-    let check = s["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["observation"] == "missing_while_offline_qos0")
-        .expect("the QoS 0 check");
-    assert_eq!(check["verdict"], "fail", "{check}");
-    assert!(check["observed"].as_f64().unwrap() > 0.0, "{check}");
-    // The other checks of the scenario still pass: only the broken one fails.
-    let failed = s["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["verdict"] == "fail")
-        .count();
-    assert_eq!(failed, 1, "{s}");
+        "subscriber-offline-queue-qos0",
+        "subscriber-offline-clean-session",
+        "lost-acks",
+        "retained-late-subscriber",
+        "sensor-crash-last-will",
+        "sensor-clean-disconnect",
+    ] {
+        args.extend(["--scenario", s]);
+    }
+    let (code, report, out) = run_json(&lab, &args);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(report["verdict"], "fail");
+    assert_fails_on(
+        &report,
+        "subscriber-offline-queue-qos0",
+        &["missing_while_offline", "received_qos0"],
+    );
+    assert_fails_on(
+        &report,
+        "subscriber-offline",
+        &[
+            "session_resumed",
+            "missing_while_offline_qos1",
+            "missing_while_offline_qos2",
+            "received_qos1",
+        ],
+    );
+    assert_fails_on(
+        &report,
+        "subscriber-offline-clean-session",
+        &[
+            "session_resumed",
+            "missing_while_offline",
+            "missing_while_offline_qos1",
+        ],
+    );
+    assert_fails_on(&report, "all-online", &["duplicates", "will_received"]);
+    assert_fails_on(
+        &report,
+        "lost-acks",
+        &[
+            "sensor_reconnects",
+            "resent_qos1",
+            "duplicates_qos1",
+            "will_received",
+        ],
+    );
+    assert_fails_on(
+        &report,
+        "retained-late-subscriber",
+        &["retained_received", "retained_latest"],
+    );
+    assert_fails_on(&report, "sensor-crash-last-will", &["will_received"]);
+    assert_fails_on(&report, "sensor-clean-disconnect", &["will_received"]);
     assert_nothing_left(&lab.name);
 }

@@ -1,5 +1,5 @@
 //! Mosquitto: probed with an MQTT CONNECT that must be answered by a
-//! successful CONNACK (rumqttc).
+//! successful CONNACK ([`mqtt::probe`]).
 //!
 //! Quirk: Mosquitto 2 listens on localhost only and refuses anonymous clients
 //! unless its config says `listener 1883` and `allow_anonymous true`; the compose
@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rumqttc::{ConnectReturnCode, Event, EventLoop, MqttOptions, Packet};
 
 use super::{Endpoint, ServiceKind};
+use crate::client::mqtt;
 
 /// How long one probe attempt may take: under the engine's 2 s cap per attempt,
 /// so a timeout is reported in the probe's own words.
@@ -39,22 +39,7 @@ impl ServiceKind for Mosquitto {
             std::process::id(),
             PROBES.fetch_add(1, Ordering::Relaxed)
         );
-        let mut options = MqttOptions::new(id, endpoint.host.clone(), endpoint.port());
-        options.set_keep_alive(Duration::from_secs(5));
-        let mut eventloop = EventLoop::new(options, 1);
-        let event = tokio::time::timeout(ATTEMPT, eventloop.poll())
-            .await
-            .map_err(|_| format!("no CONNACK within {ATTEMPT:?}"))?
-            .map_err(|e| e.to_string())?;
-        match event {
-            Event::Incoming(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
-                Ok(())
-            }
-            Event::Incoming(Packet::ConnAck(ack)) => {
-                Err(format!("CONNACK refused: {:?}", ack.code))
-            }
-            other => Err(format!("expected CONNACK, got {other:?}")),
-        }
+        mqtt::probe(&id, &endpoint.host, endpoint.port(), ATTEMPT).await
     }
 }
 

@@ -1,5 +1,5 @@
-//! RabbitMQ: probed by opening an AMQP connection (lapin) with the lab's
-//! credentials.
+//! RabbitMQ: probed by opening an AMQP connection with the lab's credentials
+//! ([`amqp::probe`]).
 //!
 //! Quirk: the broker accepts TCP well before it accepts AMQP logins (the Erlang
 //! VM boots, then RabbitMQ's boot steps run); an open port means nothing.
@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{Endpoint, ServiceKind};
+use crate::client::amqp;
 
 /// How long one probe attempt may take: under the engine's 2 s cap per attempt,
 /// so a timeout is reported in the probe's own words.
@@ -28,15 +29,7 @@ impl ServiceKind for Rabbitmq {
     }
 
     async fn probe(&self, endpoint: &Endpoint) -> Result<(), String> {
-        let connect =
-            lapin::Connection::connect(&endpoint.url, lapin::ConnectionProperties::default());
-        let connection = tokio::time::timeout(ATTEMPT, connect)
-            .await
-            .map_err(|_| format!("no AMQP connection within {ATTEMPT:?}"))?
-            .map_err(|e| e.to_string())?;
-        // A polite close keeps "client unexpectedly closed TCP connection" out of the log.
-        let _ = tokio::time::timeout(ATTEMPT, connection.close(200, "infralab probe".into())).await;
-        Ok(())
+        amqp::probe(&endpoint.url, ATTEMPT).await
     }
 }
 

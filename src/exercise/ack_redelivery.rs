@@ -2,10 +2,11 @@
 //! second consumer takes over.
 //!
 //! The producer puts M messages in a queue (publisher confirms on). Consumer A
-//! connects through a local TCP relay, handles `kill_after` messages and is
+//! connects through a local TCP [`Relay`], handles `kill_after` messages and is
 //! then killed: the relay closes both sockets at once, so the broker sees the
 //! connection vanish without an AMQP `connection.close`, exactly as when the
-//! process crashes. Consumer B then drains the queue.
+//! process crashes. Once the broker has noticed (the queue reports no
+//! consumer), consumer B drains the queue.
 //!
 //! - `ack_mode: manual`: A acknowledges each message after its work. What A
 //!   held unacknowledged when it died (up to `prefetch`) goes back to the
@@ -16,6 +17,9 @@
 //! - `ack_mode: auto`: the broker counts a message as done when it sends it.
 //!   It pushes the whole queue to A at once (prefetch does not apply to
 //!   auto-ack consumers); what A had received but not handled dies with it.
+//!
+//! What A and B handled comes from the message ids they received; what A
+//! held and what came back come from the broker's own queue counts.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -26,19 +30,25 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use serde_json::Value;
 
-use super::amqp;
-use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
+use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
+use crate::client::amqp::{self, QueueState};
+use crate::client::relay::Relay;
 
 /// The `ack-redelivery` exercise.
 pub struct AckRedelivery;
 
 /// How long the doomed consumer may wait for a message before the exercise gives up.
 const RECEIVE_DEADLINE: Duration = Duration::from_secs(10);
-/// How long to wait for the broker to fill the doomed consumer's prefetch window.
-const SETTLE_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest wait for the broker to fill the doomed consumer's window, or to
+/// notice its death; both usually take milliseconds, and the waits end on the
+/// event, so a wide margin costs nothing on a quiet machine.
+const BROKER_DEADLINE: Duration = Duration::from_secs(10);
+/// How often the broker's queue counts are read while waiting for it.
+const POLL: Duration = Duration::from_millis(20);
 
 #[async_trait]
 impl Exercise for AckRedelivery {
@@ -88,7 +98,7 @@ impl Exercise for AckRedelivery {
                 50,
                 60_000,
                 500,
-                "the second consumer stops after this long without a delivery",
+                "the second consumer stops after this long without a delivery, once the broker has nothing ready",
             ),
         ]
     }
@@ -96,7 +106,10 @@ impl Exercise for AckRedelivery {
     fn observations(&self) -> &'static [ObsSpec] {
         const {
             &[
-                ObsSpec::number("published", "messages confirmed into the queue (M)"),
+                ObsSpec::number(
+                    "published",
+                    "messages the broker confirmed into the queue (publisher confirms)",
+                ),
                 ObsSpec::number(
                     "killed_consumer_handled",
                     "messages the first consumer handled (did the work for) before it died",
@@ -104,7 +117,12 @@ impl Exercise for AckRedelivery {
                 ObsSpec::number(
                     "in_flight_at_kill",
                     "messages sent to the first consumer and not acknowledged when it died \
-                      (M − acknowledged − ready in the queue, as the broker counts them)",
+                      (published − acknowledged − ready in the queue, as the broker counts them)",
+                ),
+                ObsSpec::number(
+                    "requeued",
+                    "messages the broker put back in the queue when the first consumer died \
+                      (its ready count after the death minus before)",
                 ),
                 ObsSpec::number(
                     "redelivered",
@@ -120,13 +138,35 @@ impl Exercise for AckRedelivery {
         }
     }
 
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[
+                Milestone::new("published", "every message is confirmed into the queue"),
+                Milestone::new("consumer-a-started", "the doomed consumer is subscribed"),
+                Milestone::new(
+                    "consumer-a-holding",
+                    "the doomed consumer did its work and the broker filled its window",
+                ),
+                Milestone::new(
+                    "consumer-a-killed",
+                    "the doomed consumer's connection was cut",
+                ),
+                Milestone::new(
+                    "consumer-a-gone",
+                    "the broker noticed: the queue has no consumer left",
+                ),
+                Milestone::new("consumer-b-started", "the second consumer is subscribed"),
+                Milestone::new("consumer-b-idle", "the second consumer drained the queue"),
+            ]
+        }
+    }
+
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
-        let messages = ctx.int("messages") as u32;
-        let kill_after = ctx.int("kill_after") as u32;
-        let crash_after_work = ctx.flag("crash_after_work");
-        if kill_after + u32::from(crash_after_work) > messages {
+        let plan = Plan::from(ctx);
+        if plan.kill_after + usize::from(plan.crash_after_work) > plan.messages as usize {
             return Err(ExerciseError(format!(
-                "kill_after ({kill_after}) leaves no message in flight: it must be below messages ({messages})"
+                "kill_after ({}) must leave a message to hold: it must be below messages ({})",
+                plan.kill_after, plan.messages
             )));
         }
         let uri = amqp::parse_uri(&ctx.service("rabbitmq")?.url)?;
@@ -135,7 +175,7 @@ impl Exercise for AckRedelivery {
         let ch = amqp::confirming_channel(&admin).await?;
         let queue = format!("{ns}:tasks");
         amqp::declare_shared_queue(&ch, &queue).await?;
-        let result = scenario(ctx, &uri, &ch, &queue).await;
+        let result = scenario(ctx, &plan, &uri, &ch, &queue).await;
         let _ = ch
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
@@ -144,87 +184,185 @@ impl Exercise for AckRedelivery {
     }
 }
 
+/// The scenario's parameters.
+struct Plan {
+    messages: u32,
+    manual: bool,
+    prefetch: u16,
+    kill_after: usize,
+    crash_after_work: bool,
+    work: Duration,
+    idle: Duration,
+}
+
+impl From<&Ctx> for Plan {
+    fn from(ctx: &Ctx) -> Self {
+        Plan {
+            messages: ctx.int("messages") as u32,
+            manual: ctx.text("ack_mode") == "manual",
+            prefetch: ctx.int("prefetch").min(u16::MAX as i64) as u16,
+            kill_after: ctx.int("kill_after") as usize,
+            crash_after_work: ctx.flag("crash_after_work"),
+            work: Duration::from_millis(ctx.int("work_ms") as u64),
+            idle: Duration::from_millis(ctx.int("idle_ms") as u64),
+        }
+    }
+}
+
+/// The doomed consumer: its connection runs through a relay that can cut it.
+struct Doomed {
+    relay: Relay,
+    /// Held until the cut and never closed: closing it would say goodbye.
+    _conn: Connection,
+    ch: Channel,
+    consumer: Consumer,
+}
+
+/// What the broker and the doomed consumer reported around its death.
+struct Death {
+    /// Ids A handled (did the work for).
+    handled: Vec<u32>,
+    in_flight: i64,
+    requeued: i64,
+}
+
 async fn scenario(
     ctx: &Ctx,
-    uri: &lapin::uri::AMQPUri,
+    plan: &Plan,
+    uri: &AMQPUri,
     admin: &Channel,
     queue: &str,
 ) -> Result<Observations, ExerciseError> {
-    let ns = &ctx.namespace;
-    let messages = ctx.int("messages") as u32;
-    let manual = ctx.text("ack_mode") == "manual";
-    let prefetch = ctx.int("prefetch").min(u16::MAX as i64) as u16;
-    let kill_after = ctx.int("kill_after") as usize;
-    let crash_after_work = ctx.flag("crash_after_work");
-    let work = Duration::from_millis(ctx.int("work_ms") as u64);
-    let idle = Duration::from_millis(ctx.int("idle_ms") as u64);
     let origin = Instant::now();
+    let published = publish_all(admin, queue, plan.messages, origin).await?;
+    ctx.mark("published");
 
-    // The producer: M messages, each confirmed by the broker.
+    let mut a = start_doomed(ctx, plan, uri, queue).await?;
+    ctx.mark("consumer-a-started");
+    let (handled, acked) = work_then_stop(plan, &mut a, origin).await?;
+    let held = wait_for_window(plan, admin, queue, acked).await?;
+    ctx.mark("consumer-a-holding");
+
+    a.relay.cut_and_wait(BROKER_DEADLINE).await;
+    drop(a);
+    ctx.mark("consumer-a-killed");
+    let after = wait_until_gone(admin, queue).await?;
+    ctx.mark("consumer-a-gone");
+    let death = Death {
+        handled,
+        in_flight: i64::from(plan.messages) - i64::from(acked) - i64::from(held.ready),
+        requeued: i64::from(after.ready) - i64::from(held.ready),
+    };
+
+    let (by_b, redelivered) = drain(ctx, plan, uri, admin, queue, origin).await?;
+    ctx.mark("consumer-b-idle");
+    Ok(observe(
+        plan.messages,
+        published,
+        &death,
+        &by_b,
+        redelivered,
+    ))
+}
+
+/// Publishes M messages and returns how many the broker confirmed.
+async fn publish_all(
+    ch: &Channel,
+    queue: &str,
+    messages: u32,
+    origin: Instant,
+) -> Result<u32, ExerciseError> {
     let mut confirms = Vec::with_capacity(messages as usize);
     for id in 0..messages {
         confirms.push(
-            admin
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions::default(),
-                    &amqp::payload(id, origin),
-                    BasicProperties::default(),
-                )
-                .await
-                .doing("publishing")?,
+            ch.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &amqp::payload(id, origin),
+                BasicProperties::default(),
+            )
+            .await
+            .doing("publishing")?,
         );
     }
+    let mut confirmed = 0;
     for c in confirms {
-        if !c.await.doing("waiting for a publisher confirm")?.is_ack() {
-            return Err(ExerciseError("the broker refused a message (nack)".into()));
+        if c.await.doing("waiting for a publisher confirm")?.is_ack() {
+            confirmed += 1;
         }
     }
-    ctx.mark("published");
+    Ok(confirmed)
+}
 
-    // Consumer A, through a relay that can be cut like a crashing process.
-    let relay = amqp::Severable::to(amqp::broker_addr(uri).await?).await?;
-    let conn_a = amqp::connect(&relay.uri(uri), &format!("{ns} consumer A")).await?;
-    let ch_a = conn_a
+/// Consumer A, through a relay that can be cut like a crashing process.
+async fn start_doomed(
+    ctx: &Ctx,
+    plan: &Plan,
+    uri: &AMQPUri,
+    queue: &str,
+) -> Result<Doomed, ExerciseError> {
+    let relay = Relay::start(amqp::address(uri))
+        .await
+        .doing("starting the relay")?;
+    let conn = amqp::connect(
+        &amqp::via_port(uri, relay.port()),
+        &format!("{} consumer A", ctx.namespace),
+    )
+    .await?;
+    let ch = conn
         .create_channel()
         .await
         .doing("opening consumer A's channel")?;
-    if manual {
-        ch_a.basic_qos(prefetch, BasicQosOptions::default())
+    if plan.manual {
+        ch.basic_qos(plan.prefetch, BasicQosOptions::default())
             .await
             .doing("setting the prefetch window (basic.qos)")?;
     }
-    let mut consumer_a = ch_a
+    let consumer = ch
         .basic_consume(
             queue.into(),
             "consumer-a".into(),
             BasicConsumeOptions {
-                no_ack: !manual,
+                no_ack: !plan.manual,
                 ..Default::default()
             },
             FieldTable::default(),
         )
         .await
         .doing("starting consumer A")?;
-    ctx.mark("consumer-a-started");
+    Ok(Doomed {
+        relay,
+        _conn: conn,
+        ch,
+        consumer,
+    })
+}
 
+/// A handles `kill_after` messages (one more without its ack with
+/// `crash_after_work`); returns the ids it handled and how many the broker
+/// counts as done (acknowledged, or sent with auto-ack).
+async fn work_then_stop(
+    plan: &Plan,
+    a: &mut Doomed,
+    origin: Instant,
+) -> Result<(Vec<u32>, u32), ExerciseError> {
     let mut handled = Vec::new();
     let mut acked = 0u32;
-    let to_handle = kill_after + usize::from(crash_after_work);
+    let to_handle = plan.kill_after + usize::from(plan.crash_after_work);
     while handled.len() < to_handle {
-        let delivery = tokio::time::timeout(RECEIVE_DEADLINE, consumer_a.next())
+        let delivery = tokio::time::timeout(RECEIVE_DEADLINE, a.consumer.next())
             .await
             .map_err(|_| ExerciseError("consumer A received nothing for 10 s".into()))?
             .ok_or_else(|| ExerciseError("consumer A's stream ended".into()))?
             .doing("consumer A receiving")?;
         let (id, _) = amqp::read_payload(&delivery.data, origin)?;
-        if !work.is_zero() {
-            tokio::time::sleep(work).await;
+        if !plan.work.is_zero() {
+            tokio::time::sleep(plan.work).await;
         }
         handled.push(id);
-        let dies_before_ack = crash_after_work && handled.len() == to_handle;
-        if manual && !dies_before_ack {
+        let dies_before_ack = plan.crash_after_work && handled.len() == to_handle;
+        if plan.manual && !dies_before_ack {
             delivery
                 .ack(BasicAckOptions::default())
                 .await
@@ -232,49 +370,80 @@ async fn scenario(
             acked += 1;
         }
     }
-    if !manual {
+    if !plan.manual {
         // Auto-ack: the broker counted each message as done when it sent it.
         acked = handled.len() as u32;
     }
     // A round trip on A's channel: the broker has processed every ack sent before it.
-    ch_a.basic_qos(prefetch, BasicQosOptions::default())
+    a.ch.basic_qos(plan.prefetch, BasicQosOptions::default())
         .await
         .doing("consumer A's channel round trip")?;
-    // Let the broker top the window up again: A then holds min(prefetch, rest)
-    // (manual acks) or everything left (auto-ack, or no prefetch limit).
-    let rest = i64::from(messages) - i64::from(acked);
-    let window = if manual && prefetch > 0 {
-        rest.min(i64::from(prefetch))
+    Ok((handled, acked))
+}
+
+/// Waits until the broker has topped A's window up again: A then holds
+/// min(prefetch, rest) (manual acks) or everything left (auto-ack, or no
+/// prefetch limit). Returns the queue as the broker counts it then.
+async fn wait_for_window(
+    plan: &Plan,
+    admin: &Channel,
+    queue: &str,
+    acked: u32,
+) -> Result<QueueState, ExerciseError> {
+    let rest = i64::from(plan.messages) - i64::from(acked);
+    let window = if plan.manual && plan.prefetch > 0 {
+        rest.min(i64::from(plan.prefetch))
     } else {
         rest
     };
-    let settle_until = Instant::now() + SETTLE_DEADLINE;
-    let in_flight = loop {
-        let ready = amqp::ready_count(admin, queue).await?;
-        let in_flight = rest - i64::from(ready);
-        if in_flight >= window || Instant::now() >= settle_until {
-            break in_flight;
+    let until = Instant::now() + BROKER_DEADLINE;
+    loop {
+        let state = amqp::queue_state(admin, queue).await?;
+        if rest - i64::from(state.ready) >= window || Instant::now() >= until {
+            return Ok(state);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    ctx.mark("consumer-a-holding");
+        tokio::time::sleep(POLL).await;
+    }
+}
 
-    relay.cut().await;
-    drop(consumer_a);
-    drop(ch_a);
-    drop(conn_a);
-    ctx.mark("consumer-a-killed");
+/// Waits until the broker has noticed A's death (the queue has no consumer);
+/// by then it has requeued whatever A held unacknowledged.
+async fn wait_until_gone(admin: &Channel, queue: &str) -> Result<QueueState, ExerciseError> {
+    let until = Instant::now() + BROKER_DEADLINE;
+    loop {
+        let state = amqp::queue_state(admin, queue).await?;
+        if state.consumers == 0 {
+            return Ok(state);
+        }
+        if Instant::now() >= until {
+            return Err(ExerciseError(format!(
+                "the broker still lists consumer A {BROKER_DEADLINE:?} after its connection was cut"
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
 
-    // Consumer B: manual acks, drains whatever the broker still has.
-    let conn_b = amqp::connect(uri, &format!("{ns} consumer B")).await?;
-    let ch_b = conn_b
+/// Consumer B, manual acks: drains whatever the broker still has. It stops
+/// once nothing arrived for `idle` and the broker has nothing ready.
+/// Returns the ids it handled and how many came flagged `redelivered`.
+async fn drain(
+    ctx: &Ctx,
+    plan: &Plan,
+    uri: &AMQPUri,
+    admin: &Channel,
+    queue: &str,
+    origin: Instant,
+) -> Result<(Vec<u32>, u32), ExerciseError> {
+    let conn = amqp::connect(uri, &format!("{} consumer B", ctx.namespace)).await?;
+    let ch = conn
         .create_channel()
         .await
         .doing("opening consumer B's channel")?;
-    ch_b.basic_qos(50, BasicQosOptions::default())
+    ch.basic_qos(50, BasicQosOptions::default())
         .await
         .doing("setting consumer B's prefetch")?;
-    let mut consumer_b = ch_b
+    let mut consumer = ch
         .basic_consume(
             queue.into(),
             "consumer-b".into(),
@@ -284,10 +453,15 @@ async fn scenario(
         .await
         .doing("starting consumer B")?;
     ctx.mark("consumer-b-started");
+    let mut handled = Vec::new();
     let mut redelivered = 0u32;
-    let handled_by_a = handled.len();
-    while let Ok(Some(delivery)) = tokio::time::timeout(idle, consumer_b.next()).await {
-        let delivery = delivery.doing("consumer B receiving")?;
+    loop {
+        let delivery = match tokio::time::timeout(plan.idle, consumer.next()).await {
+            Ok(Some(d)) => d.doing("consumer B receiving")?,
+            Ok(None) => break,
+            Err(_) if amqp::queue_state(admin, queue).await?.ready == 0 => break,
+            Err(_) => continue,
+        };
         let (id, _) = amqp::read_payload(&delivery.data, origin)?;
         redelivered += u32::from(delivery.redelivered);
         handled.push(id);
@@ -296,39 +470,37 @@ async fn scenario(
             .await
             .doing("consumer B acknowledging")?;
     }
-    ctx.mark("consumer-b-idle");
-    drop(consumer_b);
-    let _ = ch_b.close(200, "OK".into()).await;
-    let _ = conn_b.close(200, "OK".into()).await;
-
-    Ok(observe(
-        messages,
-        &handled,
-        handled_by_a,
-        in_flight,
-        redelivered,
-    ))
+    drop(consumer);
+    let _ = ch.close(200, "OK".into()).await;
+    let _ = conn.close(200, "OK".into()).await;
+    Ok((handled, redelivered))
 }
 
+/// Turns what the consumers handled and the broker counted into observations.
 fn observe(
     messages: u32,
-    handled: &[u32],
-    handled_by_a: usize,
-    in_flight: i64,
+    published: u32,
+    death: &Death,
+    by_b: &[u32],
     redelivered: u32,
 ) -> Observations {
-    let unique = handled
+    let all: Vec<u32> = death.handled.iter().chain(by_b).copied().collect();
+    let unique = all
         .iter()
         .filter(|&&id| id < messages)
         .collect::<HashSet<_>>()
         .len();
     Observations::from([
-        ("published".into(), Value::from(messages)),
-        ("killed_consumer_handled".into(), Value::from(handled_by_a)),
-        ("in_flight_at_kill".into(), Value::from(in_flight)),
+        ("published".into(), Value::from(published)),
+        (
+            "killed_consumer_handled".into(),
+            Value::from(death.handled.len()),
+        ),
+        ("in_flight_at_kill".into(), Value::from(death.in_flight)),
+        ("requeued".into(), Value::from(death.requeued)),
         ("redelivered".into(), Value::from(redelivered)),
-        ("delivered_total".into(), Value::from(handled.len())),
-        ("duplicates".into(), Value::from(handled.len() - unique)),
+        ("delivered_total".into(), Value::from(all.len())),
+        ("duplicates".into(), Value::from(all.len() - unique)),
         ("lost".into(), Value::from(messages as usize - unique)),
     ])
 }
@@ -339,10 +511,29 @@ mod tests {
 
     #[test]
     fn lost_and_duplicates_come_from_the_handled_ids() {
-        let obs = observe(5, &[0, 1, 1, 3], 2, 2, 1);
+        let death = Death {
+            handled: vec![0, 1],
+            in_flight: 2,
+            requeued: 2,
+        };
+        let obs = observe(5, 5, &death, &[1, 3], 1);
         assert_eq!(obs["delivered_total"], 4);
         assert_eq!(obs["duplicates"], 1);
         assert_eq!(obs["lost"], 2);
         assert_eq!(obs["killed_consumer_handled"], 2);
+        assert_eq!(obs["requeued"], 2);
+        assert_eq!(obs["published"], 5);
+    }
+
+    #[test]
+    fn every_recorded_milestone_is_declared() {
+        let names: Vec<_> = AckRedelivery.milestones().iter().map(|m| m.name).collect();
+        let src = include_str!("ack_redelivery.rs");
+        for line in src.lines() {
+            if let Some(rest) = line.trim().strip_prefix("ctx.mark(\"") {
+                let name = rest.split('"').next().unwrap();
+                assert!(names.contains(&name), "{name}");
+            }
+        }
     }
 }

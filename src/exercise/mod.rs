@@ -6,7 +6,6 @@
 //! records milestones in the scenario timeline.
 
 pub mod ack_redelivery;
-mod amqp;
 pub mod cache_eviction;
 pub mod cache_patterns;
 pub mod consistent_hashing;

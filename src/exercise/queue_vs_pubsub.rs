@@ -11,8 +11,13 @@
 //!
 //! Every payload carries its id and send time, so what each consumer actually
 //! received (ids, duplicates, gaps) and how long delivery took is measured on
-//! the messages themselves. Consumers stop once nothing has arrived for
-//! `idle_ms` after the producer finished.
+//! the messages themselves. The K consumers connect and subscribe
+//! concurrently and handle nothing before all of them are subscribed (the
+//! `consumers-subscribed` milestone), so the order in which they happened to
+//! subscribe on a busy machine cannot decide who gets the backlog. Consumers
+//! stop once the deliveries a correct broker makes have arrived and nothing
+//! more came for `idle_ms` (or after `4 × idle_ms` of silence, for what never
+//! arrives).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -33,9 +39,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::amqp;
 use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
-use crate::stats::percentile_ms;
+use crate::client::amqp;
+use crate::stats::{join_workers, pacer, percentile_ms, round2, spread};
 
 /// The `queue-vs-pubsub` exercise.
 pub struct QueueVsPubsub;
@@ -123,12 +129,21 @@ impl Exercise for QueueVsPubsub {
                 false,
                 "publish everything first, then let the K consumers subscribe",
             ),
+            ParamSpec::choice(
+                "subscribe",
+                &["together", "staggered"],
+                "together",
+                "together: the K consumers subscribe at once and start working when all are \
+                 subscribed; staggered (with a backlog in a work queue): consumer 1 subscribes, \
+                 the others once the broker has started handing it the backlog",
+            ),
             ParamSpec::int(
                 "idle_ms",
                 50,
                 60_000,
                 500,
-                "consumers stop after this long without a delivery once publishing is done",
+                "consumers stop after this long without a delivery once every expected delivery \
+                 arrived (after four times as long when some never arrive)",
             ),
         ]
     }
@@ -136,7 +151,10 @@ impl Exercise for QueueVsPubsub {
     fn observations(&self) -> &'static [ObsSpec] {
         const {
             &[
-                ObsSpec::number("published", "messages the producer published (M)"),
+                ObsSpec::number(
+                    "published",
+                    "messages the broker took from the producer (RabbitMQ: confirmed; Redis: PUBLISH answered)",
+                ),
                 ObsSpec::number(
                     "delivered_total",
                     "deliveries to all subscribers together (the late subscriber's included)",
@@ -163,11 +181,15 @@ impl Exercise for QueueVsPubsub {
                 ),
                 ObsSpec::number(
                     "fairness",
-                    "max/min deliveries per consumer (a consumer with none counts as 1)",
+                    "max/min deliveries per consumer; absent when a consumer got none (see min_per_consumer)",
                 ),
                 ObsSpec::number(
                     "late_subscriber_received",
                     "deliveries to the late subscriber (only with late_subscriber: true)",
+                ),
+                ObsSpec::number(
+                    "published_after_late_join",
+                    "messages the broker took after the late subscriber was subscribed (only with late_subscriber: true)",
                 ),
                 ObsSpec::number(
                     "msgs_per_s",
@@ -196,6 +218,10 @@ impl Exercise for QueueVsPubsub {
                     "the late subscriber is subscribed",
                 ),
                 Milestone::new("published", "every message is published"),
+                Milestone::new(
+                    "backlog-handed-out",
+                    "subscribe: staggered: the broker started handing the backlog to the first consumer",
+                ),
                 Milestone::new("consumers-stopped", "every consumer has stopped"),
             ]
         }
@@ -211,6 +237,7 @@ impl Exercise for QueueVsPubsub {
             work: Duration::from_millis(ctx.int("work_ms") as u64),
             late_subscriber: ctx.flag("late_subscriber"),
             publish_first: ctx.flag("publish_before_subscribe"),
+            staggered: ctx.text("subscribe") == "staggered",
             idle: Duration::from_millis(ctx.int("idle_ms") as u64),
             origin: Instant::now(),
         };
@@ -230,6 +257,9 @@ struct Config {
     work: Duration,
     late_subscriber: bool,
     publish_first: bool,
+    /// With a backlog in a work queue: the others subscribe only once the
+    /// broker has started handing the backlog to the first.
+    staggered: bool,
     idle: Duration,
     /// Send and receive times are measured from here.
     origin: Instant,
@@ -247,6 +277,8 @@ struct Tally {
 struct Activity {
     last_delivery_us: AtomicU64,
     last_event_us: AtomicU64,
+    /// Deliveries to all consumers so far.
+    delivered: AtomicU64,
 }
 
 impl Activity {
@@ -257,6 +289,7 @@ impl Activity {
 
     fn delivery(&self, origin: Instant) {
         let now = origin.elapsed().as_micros() as u64;
+        self.delivered.fetch_add(1, Ordering::Relaxed);
         self.last_delivery_us.fetch_max(now, Ordering::Relaxed);
         self.last_event_us.fetch_max(now, Ordering::Relaxed);
     }
@@ -281,6 +314,8 @@ enum Broker {
         client: redis::Client,
         conn: redis::aio::MultiplexedConnection,
         channel: String,
+        /// PUBLISH commands Redis answered since the last flush.
+        taken: u32,
     },
 }
 
@@ -313,14 +348,19 @@ impl Broker {
         if mode == Mode::RedisPubsub {
             let endpoint = ctx.service("redis")?;
             let client = redis::Client::open(endpoint.url.as_str()).doing("redis url")?;
+            // The default answer timeout (under a second) is shorter than a
+            // stall of a busy machine; a PUBLISH that waits is not a failure.
+            let patient = redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(30)));
             let conn = client
-                .get_multiplexed_async_connection()
+                .get_multiplexed_async_connection_with_config(&patient)
                 .await
                 .doing("connecting the producer to redis")?;
             return Ok(Broker::Redis {
                 client,
                 conn,
                 channel: format!("{ns}:pubsub"),
+                taken: 0,
             });
         }
         let uri = amqp::parse_uri(&ctx.service("rabbitmq")?.url)?;
@@ -464,24 +504,46 @@ impl Broker {
                     .doing("publishing")?;
                 pending.push(confirm);
             }
-            Broker::Redis { conn, channel, .. } => {
+            Broker::Redis {
+                conn,
+                channel,
+                taken,
+                ..
+            } => {
                 let _receivers: i64 = conn
                     .publish(channel.as_str(), data)
                     .await
                     .doing("publishing")?;
+                *taken += 1;
             }
         }
         Ok(())
     }
 
-    /// Waits until the broker has taken every message published so far.
-    async fn flush(&mut self) -> Result<(), ExerciseError> {
-        if let Broker::Amqp { pending, .. } = self {
-            for confirm in pending.drain(..) {
-                let c = confirm.await.doing("waiting for a publisher confirm")?;
-                if !c.is_ack() {
-                    return Err(ExerciseError("the broker refused a message (nack)".into()));
+    /// Waits until the broker has answered every message published since the
+    /// last flush; returns how many it took (RabbitMQ: confirmed with an ack;
+    /// Redis: PUBLISH answered).
+    async fn flush(&mut self) -> Result<u32, ExerciseError> {
+        match self {
+            Broker::Amqp { pending, .. } => {
+                let mut acked = 0;
+                for confirm in pending.drain(..) {
+                    let c = confirm.await.doing("waiting for a publisher confirm")?;
+                    acked += u32::from(c.is_ack());
                 }
+                Ok(acked)
+            }
+            Broker::Redis { taken, .. } => Ok(std::mem::take(taken)),
+        }
+    }
+
+    /// Returns once the broker has started handing the work queue's backlog
+    /// out (fewer than `backlog` messages ready), at most after 10 s.
+    async fn handing_out(&self, backlog: u32) -> Result<(), ExerciseError> {
+        if let Broker::Amqp { ch, target, .. } = self {
+            let until = Instant::now() + Duration::from_secs(10);
+            while amqp::queue_state(ch, target).await?.ready >= backlog && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         Ok(())
@@ -545,15 +607,23 @@ impl Source {
     }
 }
 
-/// A consumer: receive, note id and latency, work, acknowledge; until told to stop.
+/// A consumer: receive, note id and latency, work, acknowledge; until told to
+/// stop. It handles nothing before `start` (every consumer subscribed), so
+/// which consumer subscribed first cannot decide how the work is shared: with
+/// a prefetch window each holds at most that many until then.
 async fn consume(
     mut source: Source,
     origin: Instant,
     work: Duration,
     activity: Arc<Activity>,
+    mut start: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Tally, ExerciseError> {
     let mut tally = Tally::default();
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => {}
+        _ = start.wait_for(|s| *s) => {}
+    }
     loop {
         let item = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
@@ -582,150 +652,257 @@ async fn consume(
 
 type Consumer = JoinHandle<Result<Tally, ExerciseError>>;
 
+/// Starts consumer tasks; they wait for `start` and end on `stop`.
+struct Spawner {
+    origin: Instant,
+    work: Duration,
+    activity: Arc<Activity>,
+    start: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+}
+
+impl Spawner {
+    fn spawn(&self, source: Source) -> Consumer {
+        tokio::spawn(consume(
+            source,
+            self.origin,
+            self.work,
+            self.activity.clone(),
+            self.start.subscribe(),
+            self.stop.subscribe(),
+        ))
+    }
+}
+
+/// What the producer got the broker to take.
+struct Publishing {
+    /// Messages the broker took (confirmed by RabbitMQ, accepted by Redis).
+    published: u32,
+    /// Of those, the ones published after the late subscriber joined.
+    after_late_join: Option<u32>,
+    /// The late subscriber, if any.
+    late: Option<Consumer>,
+    /// When the first message was sent.
+    first_publish: Duration,
+}
+
 async fn drive(
     ctx: &Ctx,
     cfg: &Config,
     broker: &mut Broker,
 ) -> Result<Observations, ExerciseError> {
     let origin = cfg.origin;
-    let activity = Arc::new(Activity::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let spawn = |source: Source| -> Consumer {
-        tokio::spawn(consume(
-            source,
-            origin,
-            cfg.work,
-            activity.clone(),
-            stop_rx.clone(),
-        ))
+    let spawner = Spawner {
+        origin,
+        work: cfg.work,
+        activity: Arc::new(Activity::default()),
+        start: watch::channel(false).0,
+        stop: watch::channel(false).0,
     };
 
-    // Connections first, so subscribing is one quick step for everyone.
-    let mut opened = Vec::with_capacity(cfg.consumers);
-    for i in 0..cfg.consumers {
-        opened.push(broker.open(i).await?);
-    }
-    let mut consumers: Vec<Consumer> = Vec::with_capacity(cfg.consumers);
+    let opened = open_all(broker, cfg.consumers).await?;
+    let mut consumers = Vec::new();
+    let mut opened = Some(opened);
     if !cfg.publish_first {
-        for (i, o) in opened.drain(..).enumerate() {
-            consumers.push(spawn(broker.subscribe(o, i).await?));
+        consumers = subscribe_all(ctx, broker, &spawner, opened.take(), 0).await?;
+    }
+    let publishing = publish_stream(ctx, cfg, broker, &spawner).await?;
+    if cfg.publish_first {
+        let mut opened = opened.take().unwrap_or_default();
+        if cfg.staggered && cfg.mode == Mode::WorkQueue && !opened.is_empty() {
+            let rest = opened.split_off(1);
+            let first = broker.subscribe(opened.remove(0), 0).await?;
+            consumers.push(spawner.spawn(first));
+            broker.handing_out(publishing.published).await?;
+            ctx.mark("backlog-handed-out");
+            let rest = subscribe_all(ctx, broker, &spawner, Some(rest), 1).await?;
+            consumers.extend(rest);
+        } else {
+            consumers = subscribe_all(ctx, broker, &spawner, Some(opened), 0).await?;
         }
-        ctx.mark("consumers-subscribed");
     }
 
+    let expected = expected_deliveries(cfg, &publishing);
+    wait_until_quiet(cfg, &spawner.activity, expected).await;
+    let _ = spawner.stop.send(true);
+    let tallies = join_workers(consumers).await?;
+    let late = match publishing.late {
+        Some(c) => join_workers(vec![c]).await?.pop(),
+        None => None,
+    };
+    ctx.mark("consumers-stopped");
+
+    let last_delivery =
+        Duration::from_micros(spawner.activity.last_delivery_us.load(Ordering::Relaxed));
+    let window = last_delivery.saturating_sub(publishing.first_publish);
+    let received = Received {
+        published: publishing.published,
+        after_late_join: publishing.after_late_join,
+        tallies: &tallies,
+        late: late.as_ref(),
+        window,
+    };
+    Ok(observe(cfg, &received))
+}
+
+/// Opens every consumer's connection at once.
+async fn open_all(broker: &Broker, consumers: usize) -> Result<Vec<Opened>, ExerciseError> {
+    join_all((0..consumers).map(|i| broker.open(i)))
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Subscribes every opened consumer at once, records `consumers-subscribed`
+/// once the broker confirmed all of them, and lets them start.
+async fn subscribe_all(
+    ctx: &Ctx,
+    broker: &Broker,
+    spawner: &Spawner,
+    opened: Option<Vec<Opened>>,
+    first_index: usize,
+) -> Result<Vec<Consumer>, ExerciseError> {
+    let opened = opened.unwrap_or_default();
+    let sources: Vec<Source> = join_all(
+        opened
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| broker.subscribe(o, first_index + i)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<_, _>>()?;
+    let consumers = sources.into_iter().map(|s| spawner.spawn(s)).collect();
+    ctx.mark("consumers-subscribed");
+    let _ = spawner.start.send(true);
+    spawner.activity.event(spawner.origin);
+    Ok(consumers)
+}
+
+/// Publishes the M messages (paced when `rate` is set); the late subscriber
+/// joins halfway, after everything before it reached the broker.
+async fn publish_stream(
+    ctx: &Ctx,
+    cfg: &Config,
+    broker: &mut Broker,
+    spawner: &Spawner,
+) -> Result<Publishing, ExerciseError> {
+    let origin = cfg.origin;
     let late_at = cfg.late_subscriber.then_some(cfg.messages / 2);
-    let mut late: Option<Consumer> = None;
+    let mut late = None;
+    let mut taken = 0;
+    let mut taken_before_join = None;
+    let mut pace = (cfg.rate > 0).then(|| pacer(f64::from(cfg.rate)));
     ctx.mark("publishing");
     let first_publish = origin.elapsed();
     for id in 0..cfg.messages {
         if late_at == Some(id) {
             // Everything before this point has reached the broker before the
             // late subscriber exists.
-            broker.flush().await?;
+            taken += broker.flush().await?;
             let o = broker.open(cfg.consumers).await?;
-            late = Some(spawn(broker.subscribe(o, cfg.consumers).await?));
+            late = Some(spawner.spawn(broker.subscribe(o, cfg.consumers).await?));
+            taken_before_join = Some(taken);
             ctx.mark("late-subscriber-joined");
         }
-        if cfg.rate > 0 {
-            let due = origin + first_publish + Duration::from_secs_f64(id as f64 / cfg.rate as f64);
-            tokio::time::sleep_until(due.into()).await;
+        if let Some(p) = pace.as_mut() {
+            p.tick().await;
         }
         broker.publish(id, origin).await?;
     }
-    broker.flush().await?;
+    taken += broker.flush().await?;
     ctx.mark("published");
-    activity.event(origin);
+    spawner.activity.event(origin);
+    Ok(Publishing {
+        published: taken,
+        after_late_join: taken_before_join.map(|before| taken - before),
+        late,
+        first_publish,
+    })
+}
 
-    if cfg.publish_first {
-        for (i, o) in opened.drain(..).enumerate() {
-            consumers.push(spawn(broker.subscribe(o, i).await?));
-        }
-        ctx.mark("consumers-subscribed");
-        activity.event(origin);
+/// Deliveries a correct broker makes for this mode: the stop rule waits for
+/// them (and then `idle` more, to catch duplicates), never a verdict.
+fn expected_deliveries(cfg: &Config, p: &Publishing) -> u64 {
+    let published = u64::from(p.published);
+    if cfg.mode.broadcast() {
+        published * cfg.consumers as u64 + u64::from(p.after_late_join.unwrap_or(0))
+    } else {
+        published
     }
+}
 
-    // Stop once nothing has happened for `idle`.
+/// Returns once every expected delivery arrived and nothing happened for
+/// `idle`, or nothing happened for four times `idle` (what never comes).
+async fn wait_until_quiet(cfg: &Config, activity: &Activity, expected: u64) {
     let tick = (cfg.idle / 5).min(Duration::from_millis(20));
+    let give_up = cfg.idle * 4;
     loop {
         tokio::time::sleep(tick).await;
         let last = Duration::from_micros(activity.last_event_us.load(Ordering::Relaxed));
-        if origin.elapsed().saturating_sub(last) >= cfg.idle {
-            break;
+        let quiet = cfg.origin.elapsed().saturating_sub(last);
+        let all_in = activity.delivered.load(Ordering::Relaxed) >= expected;
+        if (all_in && quiet >= cfg.idle) || quiet >= give_up {
+            return;
         }
     }
-    let _ = stop_tx.send(true);
-    let mut tallies = Vec::with_capacity(consumers.len());
-    for c in consumers {
-        tallies.push(join(c).await?);
-    }
-    let late = match late {
-        Some(c) => Some(join(c).await?),
-        None => None,
-    };
-    ctx.mark("consumers-stopped");
-
-    let last_delivery = Duration::from_micros(activity.last_delivery_us.load(Ordering::Relaxed));
-    let window = last_delivery.saturating_sub(first_publish);
-    Ok(observe(cfg, &tallies, late.as_ref(), window))
 }
 
-async fn join(c: Consumer) -> Result<Tally, ExerciseError> {
-    c.await
-        .map_err(|e| ExerciseError(format!("consumer panicked: {e}")))?
+/// What the producer published and the consumers received.
+struct Received<'a> {
+    published: u32,
+    after_late_join: Option<u32>,
+    tallies: &'a [Tally],
+    late: Option<&'a Tally>,
+    /// First publish to last delivery.
+    window: Duration,
 }
 
 /// Turns what the consumers received into observations.
-fn observe(
-    cfg: &Config,
-    tallies: &[Tally],
-    late: Option<&Tally>,
-    window: Duration,
-) -> Observations {
+fn observe(cfg: &Config, r: &Received) -> Observations {
     let m = cfg.messages as usize;
-    let per_consumer: Vec<usize> = tallies.iter().map(|t| t.ids.len()).collect();
-    let late_n = late.map_or(0, |t| t.ids.len());
-    let delivered_total = per_consumer.iter().sum::<usize>() + late_n;
+    let per_consumer: Vec<u64> = r.tallies.iter().map(|t| t.ids.len() as u64).collect();
+    let late_n = r.late.map_or(0, |t| t.ids.len());
+    let delivered_total = per_consumer.iter().sum::<u64>() as usize + late_n;
 
     let (duplicates, missing) = if cfg.mode.broadcast() {
         // Each consumer should have every message exactly once.
-        tallies.iter().fold((0, 0), |(dups, miss), t| {
+        r.tallies.iter().fold((0, 0), |(dups, miss), t| {
             let unique = unique_in_range(&t.ids, cfg.messages);
             (dups + t.ids.len() - unique, miss + m - unique)
         })
     } else {
         // All consumers together should have every message exactly once.
-        let all: Vec<u32> = tallies
+        let all: Vec<u32> = r
+            .tallies
             .iter()
-            .chain(late)
+            .chain(r.late)
             .flat_map(|t| t.ids.iter().copied())
             .collect();
         let unique = unique_in_range(&all, cfg.messages);
         (all.len() - unique, m - unique)
     };
 
-    let min = per_consumer.iter().copied().min().unwrap_or(0);
-    let max = per_consumer.iter().copied().max().unwrap_or(0);
-    let fairness = round(max.max(1) as f64 / min.max(1) as f64, 2);
-    let msgs_per_s = if window.is_zero() {
-        0.0
-    } else {
-        round(delivered_total as f64 / window.as_secs_f64(), 1)
-    };
-    let mut latencies: Vec<Duration> = tallies
+    let min = per_consumer.iter().copied().min();
+    let max = per_consumer.iter().copied().max();
+    let msgs_per_s =
+        (!r.window.is_zero()).then(|| round2(delivered_total as f64 / r.window.as_secs_f64()));
+    let mut latencies: Vec<Duration> = r
+        .tallies
         .iter()
-        .chain(late)
+        .chain(r.late)
         .flat_map(|t| t.latencies.iter().copied())
         .collect();
 
     let mut obs = Observations::from([
-        ("published".into(), Value::from(cfg.messages)),
+        ("published".into(), Value::from(r.published)),
         ("delivered_total".into(), Value::from(delivered_total)),
-        ("per_consumer".into(), Value::from(per_consumer)),
+        ("per_consumer".into(), Value::from(per_consumer.clone())),
         ("min_per_consumer".into(), Value::from(min)),
         ("max_per_consumer".into(), Value::from(max)),
         ("duplicates".into(), Value::from(duplicates)),
         ("missing".into(), Value::from(missing)),
-        ("fairness".into(), Value::from(fairness)),
+        ("fairness".into(), Value::from(spread(&per_consumer))),
         ("msgs_per_s".into(), Value::from(msgs_per_s)),
         (
             "latency_p50_ms".into(),
@@ -738,6 +915,10 @@ fn observe(
     ]);
     if cfg.late_subscriber {
         obs.insert("late_subscriber_received".into(), Value::from(late_n));
+        obs.insert(
+            "published_after_late_join".into(),
+            Value::from(r.after_late_join),
+        );
     }
     obs
 }
@@ -747,11 +928,6 @@ fn unique_in_range(ids: &[u32], messages: u32) -> usize {
         .filter(|&&id| id < messages)
         .collect::<HashSet<_>>()
         .len()
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
 }
 
 #[cfg(test)]
@@ -767,6 +943,7 @@ mod tests {
             work: Duration::ZERO,
             late_subscriber,
             publish_first: false,
+            staggered: false,
             idle: Duration::from_millis(100),
             origin: Instant::now(),
         }
@@ -782,15 +959,21 @@ mod tests {
         }
     }
 
+    fn received<'a>(published: u32, tallies: &'a [Tally], late: Option<&'a Tally>) -> Received<'a> {
+        Received {
+            published,
+            after_late_join: late.map(|t| t.ids.len() as u32),
+            tallies,
+            late,
+            window: Duration::from_secs(1),
+        }
+    }
+
     #[test]
     fn a_work_queue_counts_each_message_once_across_consumers() {
         let c = cfg(Mode::WorkQueue, 6, false);
-        let obs = observe(
-            &c,
-            &[tally(&[0, 2, 4]), tally(&[1, 3, 3])],
-            None,
-            Duration::from_secs(1),
-        );
+        let t = [tally(&[0, 2, 4]), tally(&[1, 3, 3])];
+        let obs = observe(&c, &received(6, &t, None));
         assert_eq!(obs["delivered_total"], 6);
         assert_eq!(obs["duplicates"], 1);
         assert_eq!(obs["missing"], 1); // 5 never arrived
@@ -803,30 +986,46 @@ mod tests {
     #[test]
     fn broadcast_counts_gaps_per_consumer_and_leaves_the_late_subscriber_out() {
         let c = cfg(Mode::RedisPubsub, 4, true);
-        let obs = observe(
-            &c,
-            &[tally(&[0, 1, 2, 3]), tally(&[0, 1, 3])],
-            Some(&tally(&[2, 3])),
-            Duration::from_secs(1),
-        );
+        let t = [tally(&[0, 1, 2, 3]), tally(&[0, 1, 3])];
+        let late = tally(&[2, 3]);
+        let obs = observe(&c, &received(4, &t, Some(&late)));
         assert_eq!(obs["delivered_total"], 9);
         assert_eq!(obs["missing"], 1);
         assert_eq!(obs["duplicates"], 0);
         assert_eq!(obs["late_subscriber_received"], 2);
+        assert_eq!(obs["published_after_late_join"], 2);
         assert_eq!(obs["fairness"], 1.33);
         assert_eq!(obs["min_per_consumer"], 3);
     }
 
     #[test]
-    fn a_starved_consumer_makes_fairness_large() {
+    fn a_starved_consumer_leaves_fairness_absent_and_min_zero() {
         let c = cfg(Mode::WorkQueue, 5, false);
-        let obs = observe(
-            &c,
-            &[tally(&[0, 1, 2, 3, 4]), tally(&[])],
-            None,
-            Duration::ZERO,
+        let t = [tally(&[0, 1, 2, 3, 4]), tally(&[])];
+        let mut r = received(5, &t, None);
+        r.window = Duration::ZERO;
+        let obs = observe(&c, &r);
+        assert_eq!(obs["fairness"], Value::Null);
+        assert_eq!(obs["min_per_consumer"], 0);
+        assert_eq!(obs["max_per_consumer"], 5);
+        assert_eq!(obs["msgs_per_s"], Value::Null);
+    }
+
+    #[test]
+    fn the_stop_rule_expects_one_copy_per_subscriber() {
+        let p = |after_late_join| Publishing {
+            published: 10,
+            after_late_join,
+            late: None,
+            first_publish: Duration::ZERO,
+        };
+        assert_eq!(
+            expected_deliveries(&cfg(Mode::WorkQueue, 10, false), &p(None)),
+            10
         );
-        assert_eq!(obs["fairness"], 5.0);
-        assert_eq!(obs["msgs_per_s"], 0.0);
+        assert_eq!(
+            expected_deliveries(&cfg(Mode::Fanout, 10, true), &p(Some(5))),
+            25
+        );
     }
 }

@@ -44,10 +44,10 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::kafka_groups;
 use crate::client::http;
-
 use super::{Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamKind, ParamSpec};
-use super::{amqp, kafka_groups};
+use crate::client::{amqp, mqtt};
 
 /// The `smoke` exercise.
 pub struct Smoke;
@@ -651,7 +651,7 @@ async fn mqtt_trip(url: String, ns: String, mut gate: Ticket) -> Result<Trip, St
             _ => {}
         }
     };
-    super::mqtt_telemetry::disconnect(&client, &mut eventloop).await;
+    mqtt::disconnect(&client, &mut eventloop).await;
     result
 }
 

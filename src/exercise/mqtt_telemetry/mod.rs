@@ -31,7 +31,6 @@
 //! Every count comes from what the dashboard or late subscriber actually
 //! received from the broker.
 
-mod relay;
 mod wire;
 
 use std::collections::{BTreeMap, HashMap};
@@ -49,8 +48,12 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
-use relay::Relay;
+use super::{
+    Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamKind, ParamSpec,
+};
+use crate::client::mqtt::{self, disconnect, topic_root};
+use crate::client::relay::Relay;
+use crate::stats::pacer;
 
 /// The `mqtt-telemetry` exercise.
 pub struct MqttTelemetry;
@@ -92,7 +95,20 @@ const OBSERVATIONS: &[ObsSpec] = &[
     ),
     ObsSpec::number(
         "published_while_offline",
-        "readings published (all levels) while the dashboard was away",
+        "readings published (all levels) while the dashboard was away: after the broker \
+         published its will, before it reconnected",
+    ),
+    ObsSpec::number(
+        "published_while_offline_qos0",
+        "QoS 0 readings published while the dashboard was away",
+    ),
+    ObsSpec::number(
+        "published_while_offline_qos1",
+        "QoS 1 readings published while the dashboard was away",
+    ),
+    ObsSpec::number(
+        "published_while_offline_qos2",
+        "QoS 2 readings published while the dashboard was away",
     ),
     ObsSpec::number(
         "missing_while_offline",
@@ -190,6 +206,12 @@ impl Exercise for MqttTelemetry {
 
     fn params(&self) -> Vec<ParamSpec> {
         vec![
+            ParamSpec {
+                name: "service",
+                kind: ParamKind::Text,
+                default: Value::from("mosquitto"),
+                doc: "the Mosquitto service (by name) the clients use; its config decides what it queues",
+            },
             ParamSpec::int(
                 "sensors",
                 3,
@@ -267,247 +289,439 @@ impl Exercise for MqttTelemetry {
                 ),
                 Milestone::new("wire-measured", "bytes on the wire were counted"),
                 Milestone::new("burst-started", "the burst publisher starts"),
+                Milestone::new(
+                    "burst-finished",
+                    "the burst's deliveries arrived (or stopped coming)",
+                ),
             ]
         }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
-        let broker = ctx.service("mosquitto")?;
         let cfg = Config::from(ctx);
-        let host = broker.host.clone();
-        let port = broker.port();
-        let root = topic_root(&ctx.namespace);
-        let ids = root.replace('/', "-");
-        let board = Arc::new(Board::new(&root));
+        let net = Net::new(ctx)?;
+        let board = Arc::new(Board::new(&net.root));
         let mut obs = Observations::new();
 
-        // The dashboard, then the fleet, every sensor behind one relay.
-        let dash_options = |clean: bool| {
-            let mut o = MqttOptions::new(format!("{ids}-dashboard"), host.clone(), port);
-            o.set_keep_alive(Duration::from_secs(30))
-                .set_clean_session(clean)
-                .set_max_packet_size(1 << 20, 1 << 20);
-            o
-        };
-        let mut dashboard = Dashboard::connect(&board, dash_options(!cfg.persistent)).await?;
-        let relay = Relay::start(format!("{host}:{port}"))
-            .await
-            .doing("starting the sensors' relay")?;
-        let mut fleet = Vec::new();
-        for idx in 0..cfg.sensors {
-            fleet.push(Sensor::start(idx, &root, &ids, relay.addr().port(), &board));
-        }
-        board
-            .wait(
-                |t| t.sensor_connects >= cfg.sensors as u64,
-                DEADLINE,
-                DEADLINE,
-            )
-            .await
-            .then_some(())
-            .ok_or_else(|| ExerciseError("the sensors could not connect to the broker".into()))?;
-
-        // The stream: one reading per sensor per round.
+        let mut lab = connect_all(&cfg, &net, &board).await?;
         ctx.mark("sensors-started");
-        let mut published: Vec<Published> = Vec::new();
-        let mut away = false;
-        let (leave_at, back_at) = (cfg.rounds / 3, 2 * cfg.rounds / 3);
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.rate_hz as f64));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for seq in 0..cfg.rounds {
-            tick.tick().await;
-            if cfg.offline && seq == leave_at {
-                // Everything so far has arrived, and every QoS 2 handshake is
-                // complete: what goes missing from now on went missing because
-                // the dashboard was away. (A new client process knows nothing
-                // of a half-done handshake; rumqttc then rejects the broker's
-                // PUBREL and cannot reconnect.)
-                board
-                    .wait(
-                        |t| t.has_all_before(cfg.sensors, seq) && t.qos2_open <= 0,
-                        QUIET,
-                        DEADLINE,
-                    )
-                    .await;
-                dashboard.crash().await;
-                away = true;
-                ctx.mark("dashboard-offline");
+        let published = stream(ctx, &cfg, &net, &board, &mut lab).await;
+        let published = match published {
+            Ok(p) => p,
+            Err(e) => {
+                lab.tidy_up(&net).await;
+                return Err(e);
             }
-            if cfg.offline && seq == back_at {
-                dashboard = Dashboard::connect(&board, dash_options(!cfg.persistent)).await?;
-                away = false;
-                ctx.mark("dashboard-back");
-            }
-            let flap = cfg.flap_sensors && seq == cfg.rounds / 2;
-            if flap {
-                relay.blackhole(true);
-                ctx.mark("sensor-acks-lost");
-            }
-            let dropped_before = relay.dropped();
-            for sensor in &fleet {
-                let payload = reading(sensor.idx, seq);
-                sensor
-                    .client
-                    .publish(&sensor.temperature, sensor.qos, cfg.retain, payload)
-                    .await
-                    .doing("publishing a reading")?;
-                published.push(Published {
-                    sensor: sensor.idx,
-                    seq,
-                    away,
-                });
-            }
-            if flap {
-                // The broker has answered (4 bytes of PUBACK or PUBREC per QoS
-                // 1/2 reading) and the answers are gone: now the links die.
-                let acks = 4 * fleet.iter().filter(|s| s.qos != QoS::AtMostOnce).count() as u64;
-                let deadline = Instant::now() + Duration::from_secs(2);
-                while relay.dropped() < dropped_before + acks && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                relay.cut();
-                ctx.mark("sensor-links-cut");
-            }
-        }
+        };
         ctx.mark("readings-published");
-        let expected: Vec<(usize, u64)> = published
-            .iter()
-            .filter(|p| !p.away || fleet[p.sensor].qos != QoS::AtMostOnce)
-            .map(|p| (p.sensor, p.seq))
-            .collect();
+        // Everything published that can still arrive, has (or stays away for `QUIET`).
         board
             .wait(
-                |t| expected.iter().all(|k| t.deliveries.contains_key(k)),
+                |t| {
+                    published
+                        .iter()
+                        .all(|p| t.deliveries.contains_key(&p.key()))
+                },
                 QUIET,
                 DEADLINE,
             )
             .await;
 
-        // One sensor leaves.
         if cfg.sensor_exit != "none" {
-            let wills_before = board.tally().wills;
-            let last = fleet.last_mut().expect("at least three sensors");
-            if cfg.sensor_exit == "crash" {
-                last.crash().await;
-                ctx.mark("sensor-crashed");
-            } else {
-                last.disconnect().await;
-                ctx.mark("sensor-disconnected");
-            }
-            board
-                .wait(|t| t.wills > wills_before, WILL_WAIT, WILL_WAIT)
-                .await;
+            one_sensor_leaves(ctx, &cfg, &board, &mut lab.fleet).await;
         }
-
-        // A subscriber that arrives after the stream.
-        let latest: BTreeMap<usize, u64> =
-            published
-                .iter()
-                .map(|p| (p.sensor, p.seq))
-                .fold(BTreeMap::new(), |mut m, (s, q)| {
-                    let e = m.entry(s).or_insert(q);
-                    *e = (*e).max(q);
-                    m
-                });
-        let retained = late_subscriber(&host, port, &format!("{ids}-late"), &root, cfg.sensors)
-            .await
-            .doing("running the late subscriber")?;
+        let late = retained_check(&cfg, &net, &published).await;
         ctx.mark("late-subscriber-done");
-        obs.insert("retained_received".into(), Value::from(retained.len()));
-        obs.insert(
-            "retained_latest".into(),
-            Value::from(
-                retained
-                    .iter()
-                    .filter(|(s, q)| latest.get(s) == Some(q))
-                    .count(),
-            ),
-        );
-
-        if cfg.wire_samples > 0 {
-            measure_wire(ctx, &cfg, &root, &ids, &format!("{host}:{port}"), &mut obs).await?;
-            ctx.mark("wire-measured");
-        }
-
-        if cfg.burst > 0 {
-            ctx.mark("burst-started");
-            let (received, rate) = burst(&board, &cfg, &root, &ids, &host, port).await?;
-            ctx.mark("burst-finished");
-            obs.insert("burst_received".into(), Value::from(received));
-            obs.insert("msgs_per_s".into(), Value::from(rate.round()));
-        }
-
-        // Tally, then tidy up: goodbyes, and no retained messages left behind.
-        let tally = board.tally().clone_counts();
-        for sensor in &mut fleet {
-            sensor.disconnect().await;
-        }
-        dashboard.disconnect().await;
-        clear_retained(&host, port, &format!("{ids}-cleanup"), &fleet).await;
-        drop(relay);
-
-        let level = |s: usize| fleet[s].level;
-        let mut per_level = [LevelCounts::default(); 3];
-        for p in &published {
-            let l = &mut per_level[level(p.sensor)];
-            l.published += 1;
-            if p.away {
-                l.while_away += 1;
-                if !tally.deliveries.contains_key(&(p.sensor, p.seq)) {
-                    l.missing += 1;
-                }
+        let extras = async {
+            late?.insert_into(&mut obs);
+            if cfg.wire_samples > 0 {
+                measure_wire(ctx, &cfg, &net, &mut obs).await?;
+                ctx.mark("wire-measured");
             }
+            if cfg.burst > 0 {
+                ctx.mark("burst-started");
+                let (received, rate) = burst(&board, &cfg, &net).await?;
+                ctx.mark("burst-finished");
+                obs.insert("burst_received".into(), Value::from(received));
+                obs.insert("msgs_per_s".into(), Value::from(rate.map(f64::round)));
+            }
+            Ok::<_, ExerciseError>(())
         }
-        for (&(s, _), &n) in &tally.deliveries {
-            let l = &mut per_level[level(s)];
-            l.received += 1;
-            l.duplicates += u64::from(n) - 1;
-        }
-        for (n, l) in per_level.iter().enumerate() {
-            obs.insert(format!("published_qos{n}"), Value::from(l.published));
-            obs.insert(format!("received_qos{n}"), Value::from(l.received));
-            obs.insert(
-                format!("missing_while_offline_qos{n}"),
-                Value::from(l.missing),
-            );
-        }
-        let sum = |f: fn(&LevelCounts) -> u64| per_level.iter().map(f).sum::<u64>();
-        obs.insert(
-            "published_while_offline".into(),
-            Value::from(sum(|l| l.while_away)),
-        );
-        obs.insert(
-            "missing_while_offline".into(),
-            Value::from(sum(|l| l.missing)),
-        );
-        obs.insert("duplicates".into(), Value::from(sum(|l| l.duplicates)));
-        obs.insert(
-            "duplicates_qos1".into(),
-            Value::from(per_level[1].duplicates),
-        );
-        obs.insert(
-            "duplicates_qos2".into(),
-            Value::from(per_level[2].duplicates),
-        );
-        for n in [1, 2] {
-            // Sent minus what was asked for: readings, and `online` on each connect.
-            let asked = per_level[n].published + tally.connects_by_level[n];
-            obs.insert(
-                format!("resent_qos{n}"),
-                Value::from(tally.sent_by_level[n].saturating_sub(asked)),
-            );
-        }
-        obs.insert(
-            "session_resumed".into(),
-            Value::from(tally.sessions_resumed > 0),
-        );
-        obs.insert(
-            "sensor_reconnects".into(),
-            Value::from(tally.sensor_connects.saturating_sub(cfg.sensors as u64)),
-        );
-        obs.insert("will_received".into(), Value::from(tally.wills));
+        .await;
+
+        let tally = board.tally().clone_counts();
+        lab.tidy_up(&net).await;
+        extras?;
+        count_per_level(&cfg, &lab.fleet, &published, &tally, &mut obs);
         Ok(obs)
     }
+}
+
+/// Where the broker is and the names this scenario uses on it.
+struct Net {
+    host: String,
+    port: u16,
+    /// Topic prefix: the scenario's namespace, topic-safe.
+    root: String,
+    /// Client id prefix.
+    ids: String,
+}
+
+impl Net {
+    /// The Mosquitto service named by the `service` parameter.
+    fn new(ctx: &Ctx) -> Result<Net, ExerciseError> {
+        let name = ctx.text("service");
+        let broker = ctx.services.get(name).ok_or_else(|| {
+            ExerciseError(format!(
+                "the lab has no service `{name}` (services: {})",
+                ctx.services.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        if broker.kind != "mosquitto" {
+            return Err(ExerciseError(format!(
+                "service `{name}` is a {}, not mosquitto",
+                broker.kind
+            )));
+        }
+        let root = topic_root(&ctx.namespace);
+        Ok(Net {
+            host: broker.host.clone(),
+            port: broker.port(),
+            ids: root.replace('/', "-"),
+            root,
+        })
+    }
+
+    /// Options for a client of this scenario (`{ids}-{name}`).
+    fn options(&self, name: &str) -> MqttOptions {
+        mqtt::options(format!("{}-{name}", self.ids), self.host.clone(), self.port)
+    }
+
+    /// The topic of the dashboard's last will.
+    fn dashboard_will(&self) -> String {
+        format!("{}/dashboard/status", self.root)
+    }
+}
+
+/// The connected clients of a scenario.
+struct Fleet {
+    dashboard: Dashboard,
+    /// Every sensor connects through it, so its links can lose acks and drop.
+    relay: Relay,
+    fleet: Vec<Sensor>,
+}
+
+impl Fleet {
+    /// Goodbyes, and no retained messages left behind.
+    async fn tidy_up(&mut self, net: &Net) {
+        for sensor in &mut self.fleet {
+            sensor.disconnect().await;
+        }
+        self.dashboard.disconnect().await;
+        let topics: Vec<String> = self
+            .fleet
+            .iter()
+            .flat_map(|s| [s.temperature.clone(), s.status.clone()])
+            .collect();
+        clear_retained(net.options("cleanup"), &topics).await;
+        self.relay.cut();
+    }
+}
+
+/// Options for the dashboard: its session kept or not, and a last will, so
+/// the exercise can tell when the broker has noticed it is gone.
+fn dashboard_options(cfg: &Config, net: &Net) -> MqttOptions {
+    let mut o = net.options("dashboard");
+    o.set_clean_session(!cfg.persistent)
+        .set_last_will(LastWill::new(
+            net.dashboard_will(),
+            "offline",
+            QoS::AtLeastOnce,
+            false,
+        ));
+    o
+}
+
+/// The dashboard, then the fleet, every sensor behind one relay.
+async fn connect_all(cfg: &Config, net: &Net, board: &Arc<Board>) -> Result<Fleet, ExerciseError> {
+    let dashboard = Dashboard::connect(board, dashboard_options(cfg, net)).await?;
+    let relay = Relay::start(format!("{}:{}", net.host, net.port))
+        .await
+        .doing("starting the sensors' relay")?;
+    let fleet = (0..cfg.sensors)
+        .map(|idx| Sensor::start(idx, net, relay.port(), board))
+        .collect();
+    let mut lab = Fleet {
+        dashboard,
+        relay,
+        fleet,
+    };
+    let connected = board
+        .wait(
+            |t| t.sensor_connects >= cfg.sensors as u64,
+            DEADLINE,
+            DEADLINE,
+        )
+        .await;
+    if !connected {
+        lab.tidy_up(net).await;
+        return Err(ExerciseError(
+            "the sensors could not connect to the broker".into(),
+        ));
+    }
+    Ok(lab)
+}
+
+/// The stream: one reading per sensor per round, paced; the dashboard goes
+/// away for the middle third (`offline`), the sensors' acks get lost halfway
+/// (`flap_sensors`).
+async fn stream(
+    ctx: &Ctx,
+    cfg: &Config,
+    net: &Net,
+    board: &Arc<Board>,
+    lab: &mut Fleet,
+) -> Result<Vec<Published>, ExerciseError> {
+    let mut published: Vec<Published> = Vec::new();
+    let mut away = false;
+    let mut witness: Option<mqtt::Watcher> = None;
+    let (leave_at, back_at) = (cfg.rounds / 3, 2 * cfg.rounds / 3);
+    let mut tick = pacer(cfg.rate_hz as f64);
+    for seq in 0..cfg.rounds {
+        tick.tick().await;
+        if cfg.offline && seq == leave_at {
+            witness = Some(dashboard_goes_away(cfg, net, board, &mut lab.dashboard, seq).await?);
+            away = true;
+            ctx.mark("dashboard-offline");
+        }
+        if cfg.offline && seq == back_at {
+            if let Some(mut w) = witness.take() {
+                // The broker has routed every reading of the outage (queued it
+                // for the dashboard's session, or dropped it) before it returns.
+                let n = published.iter().filter(|p| p.away).count();
+                if w.wait_count(n, DEADLINE).await < n {
+                    return Err(ExerciseError(format!(
+                        "the broker did not route the {n} readings of the outage within {DEADLINE:?}"
+                    )));
+                }
+                w.close().await;
+            }
+            lab.dashboard = Dashboard::connect(board, dashboard_options(cfg, net)).await?;
+            away = false;
+            ctx.mark("dashboard-back");
+        }
+        let flap = cfg.flap_sensors && seq == cfg.rounds / 2;
+        if flap {
+            lab.relay.blackhole(true);
+            ctx.mark("sensor-acks-lost");
+        }
+        let dropped_before = lab.relay.dropped();
+        for sensor in &lab.fleet {
+            sensor
+                .client
+                .publish(
+                    &sensor.temperature,
+                    sensor.qos,
+                    cfg.retain,
+                    reading(sensor.idx, seq),
+                )
+                .await
+                .doing("publishing a reading")?;
+            published.push(Published {
+                sensor: sensor.idx,
+                level: sensor.level,
+                seq,
+                away,
+            });
+        }
+        if flap {
+            // The broker has answered (4 bytes of PUBACK or PUBREC per QoS
+            // 1/2 reading) and the answers are gone: now the links die.
+            let acks = 4 * lab
+                .fleet
+                .iter()
+                .filter(|s| s.qos != QoS::AtMostOnce)
+                .count() as u64;
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while lab.relay.dropped() < dropped_before + acks && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            lab.relay.cut();
+            ctx.mark("sensor-links-cut");
+        }
+    }
+    Ok(published)
+}
+
+/// The dashboard's connection dies (no DISCONNECT); returns once the broker
+/// has noticed (it published the dashboard's will), so every reading from
+/// now on is published while the broker knows the dashboard is away. Also
+/// returns a witness subscribed to every sensor's readings: once it has the
+/// outage's readings, the broker has routed them, and the dashboard may return.
+async fn dashboard_goes_away(
+    cfg: &Config,
+    net: &Net,
+    board: &Arc<Board>,
+    dashboard: &mut Dashboard,
+    seq: u64,
+) -> Result<mqtt::Watcher, ExerciseError> {
+    // Everything so far has arrived, and every QoS 2 handshake is complete:
+    // what goes missing from now on went missing because the dashboard was
+    // away. (A new client process knows nothing of a half-done handshake;
+    // rumqttc then rejects the broker's PUBREL and cannot reconnect.)
+    board
+        .wait(
+            |t| t.has_all_before(cfg.sensors, seq) && t.qos2_open <= 0,
+            QUIET,
+            DEADLINE,
+        )
+        .await;
+    let watcher = mqtt::Watcher::subscribe(net.options("will-watcher"), &net.dashboard_will())
+        .await
+        .doing("watching for the dashboard's will")?;
+    let witness = mqtt::Watcher::subscribe(
+        net.options("witness"),
+        &format!("{}/sensors/+/temperature", net.root),
+    )
+    .await
+    .doing("subscribing the outage's witness")?;
+    dashboard.crash().await;
+    if !watcher.wait_for(b"offline", DEADLINE).await {
+        return Err(ExerciseError(format!(
+            "the broker did not publish the dashboard's will within {DEADLINE:?}"
+        )));
+    }
+    Ok(witness)
+}
+
+/// One sensor leaves at the end: crashes (its will is published) or says goodbye.
+async fn one_sensor_leaves(ctx: &Ctx, cfg: &Config, board: &Arc<Board>, fleet: &mut [Sensor]) {
+    let wills_before = board.tally().wills;
+    let last = fleet.last_mut().expect("at least three sensors");
+    if cfg.sensor_exit == "crash" {
+        last.crash().await;
+        ctx.mark("sensor-crashed");
+    } else {
+        last.disconnect().await;
+        ctx.mark("sensor-disconnected");
+    }
+    board
+        .wait(|t| t.wills > wills_before, WILL_WAIT, WILL_WAIT)
+        .await;
+}
+
+/// What a subscriber arriving after the stream got at once.
+struct Retained {
+    /// Sensors whose reading came retained.
+    received: usize,
+    /// Of those, readings that were the sensor's last one.
+    latest: usize,
+}
+
+impl Retained {
+    fn insert_into(self, obs: &mut Observations) {
+        obs.insert("retained_received".into(), Value::from(self.received));
+        obs.insert("retained_latest".into(), Value::from(self.latest));
+    }
+}
+
+/// A subscriber that arrives after the stream: which sensors' last readings
+/// does the broker hand it at once?
+async fn retained_check(
+    cfg: &Config,
+    net: &Net,
+    published: &[Published],
+) -> Result<Retained, ExerciseError> {
+    let mut latest: BTreeMap<usize, u64> = BTreeMap::new();
+    for p in published {
+        let e = latest.entry(p.sensor).or_insert(p.seq);
+        *e = (*e).max(p.seq);
+    }
+    let retained = late_subscriber(net.options("late"), &net.root, cfg.sensors)
+        .await
+        .doing("running the late subscriber")?;
+    Ok(Retained {
+        received: retained.len(),
+        latest: retained
+            .iter()
+            .filter(|(s, q)| latest.get(s) == Some(q))
+            .count(),
+    })
+}
+
+/// Per QoS level: what was published, received, missed while away, duplicated
+/// and resent, from the dashboard's tally and the sensors' own packet counts.
+fn count_per_level(
+    cfg: &Config,
+    fleet: &[Sensor],
+    published: &[Published],
+    tally: &Tally,
+    obs: &mut Observations,
+) {
+    let level = |s: usize| fleet[s].level;
+    let mut per_level = [LevelCounts::default(); 3];
+    for p in published {
+        let l = &mut per_level[p.level];
+        l.published += 1;
+        if p.away {
+            l.while_away += 1;
+            if !tally.deliveries.contains_key(&p.key()) {
+                l.missing += 1;
+            }
+        }
+    }
+    for (&(s, _), &n) in &tally.deliveries {
+        let l = &mut per_level[level(s)];
+        l.received += 1;
+        l.duplicates += u64::from(n) - 1;
+    }
+    for (n, l) in per_level.iter().enumerate() {
+        obs.insert(format!("published_qos{n}"), Value::from(l.published));
+        obs.insert(
+            format!("published_while_offline_qos{n}"),
+            Value::from(l.while_away),
+        );
+        obs.insert(format!("received_qos{n}"), Value::from(l.received));
+        obs.insert(
+            format!("missing_while_offline_qos{n}"),
+            Value::from(l.missing),
+        );
+    }
+    let sum = |f: fn(&LevelCounts) -> u64| per_level.iter().map(f).sum::<u64>();
+    obs.insert(
+        "published_while_offline".into(),
+        Value::from(sum(|l| l.while_away)),
+    );
+    obs.insert(
+        "missing_while_offline".into(),
+        Value::from(sum(|l| l.missing)),
+    );
+    obs.insert("duplicates".into(), Value::from(sum(|l| l.duplicates)));
+    obs.insert(
+        "duplicates_qos1".into(),
+        Value::from(per_level[1].duplicates),
+    );
+    obs.insert(
+        "duplicates_qos2".into(),
+        Value::from(per_level[2].duplicates),
+    );
+    for n in [1, 2] {
+        // Sent minus what was asked for: readings, and `online` on each connect.
+        let asked = per_level[n].published + tally.connects_by_level[n];
+        obs.insert(
+            format!("resent_qos{n}"),
+            Value::from(tally.sent_by_level[n].saturating_sub(asked)),
+        );
+    }
+    obs.insert(
+        "session_resumed".into(),
+        Value::from(tally.sessions_resumed > 0),
+    );
+    obs.insert(
+        "sensor_reconnects".into(),
+        Value::from(tally.sensor_connects.saturating_sub(cfg.sensors as u64)),
+    );
+    obs.insert("will_received".into(), Value::from(tally.wills));
 }
 
 struct Config {
@@ -553,8 +767,17 @@ struct LevelCounts {
 
 struct Published {
     sensor: usize,
+    /// The sensor's QoS level (0, 1, 2).
+    level: usize,
     seq: u64,
     away: bool,
+}
+
+impl Published {
+    /// How the dashboard's tally knows this reading.
+    fn key(&self) -> (usize, u64) {
+        (self.sensor, self.seq)
+    }
 }
 
 /// One reading, as JSON: the same bytes go over MQTT and HTTP.
@@ -574,28 +797,6 @@ fn reading(sensor: usize, seq: u64) -> Vec<u8> {
         celsius: 18.0 + tenths as f64 / 10.0,
     };
     serde_json::to_vec(&r).expect("a reading serializes")
-}
-
-/// The scenario's namespace as a topic prefix: `infralab:RUN:SCENARIO` becomes
-/// `infralab/RUN/SCENARIO`; anything but letters, digits, `-`, `_` and `.` becomes
-/// `-`, so no wildcard (`+`, `#`) or `$` can sneak in.
-fn topic_root(namespace: &str) -> String {
-    namespace
-        .split([':', '/'])
-        .map(|part| {
-            part.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                        c
-                    } else {
-                        '-'
-                    }
-                })
-                .collect::<String>()
-        })
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// `sN` from a topic `ROOT/sensors/sN/KIND`, with the kind.
@@ -851,13 +1052,13 @@ struct Sensor {
 }
 
 impl Sensor {
-    fn start(idx: usize, root: &str, ids: &str, relay_port: u16, board: &Arc<Board>) -> Self {
+    fn start(idx: usize, net: &Net, relay_port: u16, board: &Arc<Board>) -> Self {
         let level = idx % 3;
+        let root = &net.root;
         let temperature = format!("{root}/sensors/s{idx}/temperature");
         let status = format!("{root}/sensors/s{idx}/status");
-        let mut options = MqttOptions::new(format!("{ids}-s{idx}"), "127.0.0.1", relay_port);
+        let mut options = mqtt::options(format!("{}-s{idx}", net.ids), "127.0.0.1", relay_port);
         options
-            .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(false)
             .set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
         let (client, eventloop) = AsyncClient::new(options, 256);
@@ -932,14 +1133,10 @@ async fn sensor_loop(
 /// A fresh subscriber after the stream: which sensors' readings does it get
 /// at once, as retained messages? Returns sensor → seq.
 async fn late_subscriber(
-    host: &str,
-    port: u16,
-    id: &str,
+    options: MqttOptions,
     root: &str,
     sensors: usize,
 ) -> Result<BTreeMap<usize, u64>, String> {
-    let mut options = MqttOptions::new(id, host, port);
-    options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let mut got = BTreeMap::new();
     let mut subscribed_at: Option<Instant> = None;
@@ -987,18 +1184,15 @@ async fn late_subscriber(
 }
 
 /// Publishes `burst` messages as fast as the dashboard receives them (at most
-/// [`BURST_WINDOW`] ahead) and returns (received, messages per second).
+/// [`BURST_WINDOW`] ahead) and returns (received, messages per second; none
+/// when nothing arrived).
 async fn burst(
     board: &Arc<Board>,
     cfg: &Config,
-    root: &str,
-    ids: &str,
-    host: &str,
-    port: u16,
-) -> Result<(u64, f64), ExerciseError> {
-    let mut options = MqttOptions::new(format!("{ids}-burst"), host, port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    net: &Net,
+) -> Result<(u64, Option<f64>), ExerciseError> {
+    let root = &net.root;
+    let (client, mut eventloop) = AsyncClient::new(net.options("burst"), 1024);
     let connected = Arc::new(AtomicU64::new(0));
     let flag = connected.clone();
     let mut task = Task(Some(tokio::spawn(async move {
@@ -1061,23 +1255,18 @@ async fn burst(
         .map(|l| l.saturating_duration_since(started))
         .unwrap_or_default()
         .as_secs_f64();
-    let rate = if elapsed > 0.0 {
-        count as f64 / elapsed
-    } else {
-        0.0
-    };
-    Ok((count, rate))
+    Ok((count, (elapsed > 0.0).then(|| count as f64 / elapsed)))
 }
 
 /// Sends the same readings over MQTT and as HTTP POSTs through counting relays.
 async fn measure_wire(
     ctx: &Ctx,
     cfg: &Config,
-    root: &str,
-    ids: &str,
-    broker: &str,
+    net: &Net,
     obs: &mut Observations,
 ) -> Result<(), ExerciseError> {
+    let (root, ids) = (&net.root, &net.ids);
+    let broker = format!("{}:{}", net.host, net.port);
     let samples: Vec<wire::Sample> = (0..cfg.wire_samples)
         .map(|k| {
             let sensor = k % cfg.sensors;
@@ -1098,7 +1287,7 @@ async fn measure_wire(
         })
         .collect();
     let mqtt = wire::mqtt_bytes(
-        broker,
+        &broker,
         &format!("{ids}-wire"),
         &format!("{wire_root}/sensors/+/temperature"),
         &samples,
@@ -1142,47 +1331,23 @@ async fn measure_wire(
     Ok(())
 }
 
-/// Publishes an empty retained message on every sensor topic: the broker
-/// forgets what was retained there.
-async fn clear_retained(host: &str, port: u16, id: &str, fleet: &[Sensor]) {
-    let mut options = MqttOptions::new(id, host, port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(options, 2 * fleet.len() + 8);
-    for s in fleet {
-        for topic in [&s.temperature, &s.status] {
-            let _ = client.try_publish(topic.as_str(), QoS::AtLeastOnce, true, Vec::new());
-        }
+/// Publishes an empty retained message on every topic: the broker forgets
+/// what was retained there.
+async fn clear_retained(options: MqttOptions, topics: &[String]) {
+    let (client, mut eventloop) = AsyncClient::new(options, topics.len() + 8);
+    for topic in topics {
+        let _ = client.try_publish(topic.as_str(), QoS::AtLeastOnce, true, Vec::new());
     }
-    let want = 2 * fleet.len();
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         let mut acked = 0;
-        while acked < want {
+        while acked < topics.len() {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
                 Ok(_) => {}
                 Err(_) => return,
             }
         }
-        let _ = client.try_disconnect();
-        while let Ok(e) = eventloop.poll().await {
-            if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
-/// Sends DISCONNECT and drives the event loop until it is on the wire (at most
-/// 1 s), so the broker sees a clean goodbye and publishes no last will.
-pub(crate) async fn disconnect(client: &rumqttc::AsyncClient, eventloop: &mut rumqttc::EventLoop) {
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(e) = eventloop.poll().await {
-            if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
-                break;
-            }
-        }
+        disconnect(&client, &mut eventloop).await;
     })
     .await;
 }
@@ -1190,17 +1355,6 @@ pub(crate) async fn disconnect(client: &rumqttc::AsyncClient, eventloop: &mut ru
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn topic_root_is_mqtt_safe() {
-        assert_eq!(
-            topic_root("infralab:1a2b3c4d:qos-offline"),
-            "infralab/1a2b3c4d/qos-offline"
-        );
-        let odd = topic_root("x:+#/$sys:a b");
-        assert!(!odd.contains(['+', '#', '$', ' ']), "{odd}");
-        assert!(!odd.starts_with('/') && !odd.contains("//"), "{odd}");
-    }
 
     #[test]
     fn topics_parse_back() {

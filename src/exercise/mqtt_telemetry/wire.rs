@@ -13,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::relay::Relay;
+use crate::client::mqtt::disconnect;
+use crate::client::relay::Relay;
 
 /// How long one measurement may take.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -85,7 +86,7 @@ async fn mqtt_bytes_inner(
         }
     }
     let sent = relay.up() - before;
-    super::disconnect(&client, &mut eventloop).await;
+    disconnect(&client, &mut eventloop).await;
     Ok(sent)
 }
 
