@@ -10,7 +10,7 @@ use crate::engine::stack::{self, StackOptions};
 use crate::engine::{Engine, Stack, gc};
 use crate::lab::{self, Lab, LabErrors};
 use crate::report::terminal::{self, Progress, Style};
-use crate::report::{Reporter, json, junit};
+use crate::report::{Reporter, html, json, junit};
 use crate::runner::{self, RunOptions};
 use crate::{catalog, exit, images, sections};
 
@@ -29,6 +29,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             format,
             junit,
             json,
+            html,
             scenario_timeout,
             images,
         } => {
@@ -60,7 +61,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 scenarios,
                 scenario_timeout,
             };
-            run(loaded, &opts, format, junit, json, color).await
+            run(loaded, &opts, format, junit, json, html, color).await
         }
         Command::Up { lab, images } => up(&load(&labs_dir, &lab)?, images.images, color).await,
         Command::Down { lab } => {
@@ -290,6 +291,7 @@ async fn run(
     format: Format,
     junit_file: Option<PathBuf>,
     json_file: Option<PathBuf>,
+    html_file: Option<PathBuf>,
     color: terminal::ColorChoice,
 ) -> Result<i32, CliError> {
     let engine = Engine::connect().await?;
@@ -316,6 +318,9 @@ async fn run(
     }
     if let Some(p) = &json_file {
         write_file(p, &|w| json::write(&report, w))?;
+    }
+    if let Some(p) = &html_file {
+        write_file(p, &|w| html::write(&report, w))?;
     }
     let mut stdout = std::io::stdout().lock();
     let written = match format {

@@ -2,6 +2,7 @@
 //! runner and the output. Only this module writes to the terminal or files;
 //! the runner, engine and exercises send events.
 
+pub mod html;
 pub mod json;
 pub mod junit;
 pub mod terminal;
