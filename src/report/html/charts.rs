@@ -18,7 +18,7 @@ pub const LABEL_SIZE: u32 = 16;
 /// Height of one horizontal bar row, in pixels.
 const ROW_HEIGHT: u32 = 28;
 /// Width of a horizontal bar chart; the page scales it down on small screens.
-pub const WIDTH: u32 = 1000;
+pub const WIDTH: u32 = 1040;
 
 /// The terminal's verdict colours (green, red, yellow), dark enough for
 /// white text and for printing.
@@ -32,6 +32,8 @@ pub fn verdict_color(verdict: Verdict) -> RGBColor {
 
 /// Neutral bars: service readiness, per-consumer counts.
 pub const NEUTRAL: RGBColor = RGBColor(0x09, 0x69, 0xda);
+/// The mean rule over list bars.
+pub const MEAN: RGBColor = RGBColor(0xbc, 0x4c, 0x00);
 /// Faults: marks and shaded windows.
 pub const FAULT: RGBColor = RGBColor(0xcf, 0x22, 0x2e);
 /// Percentile shades, light (median) to dark (tail).
@@ -206,7 +208,7 @@ pub fn vbars(values: &[f64], item: &str, color: RGBColor) -> io::Result<String> 
     let n = values.len();
     let max = values.iter().copied().fold(0.0_f64, f64::max);
     let y_end = if max > 0.0 { max * 1.15 } else { 1.0 };
-    let width = (110 + 56 * n as u32).clamp(360, WIDTH);
+    let width = (110 + 56 * n as u32).clamp(420, WIDTH);
     let y_tick = |v: &f64| tick(*v);
     svg((width, 270), |root| {
         let mut chart = ChartBuilder::on(root)
@@ -236,6 +238,21 @@ pub fn vbars(values: &[f64], item: &str, color: RGBColor) -> io::Result<String> 
                 let x = i as f64;
                 Rectangle::new([(x + gap, 0.0), (x + 1.0 - gap, *v)], color.filled())
             }))
+            .map_err(drawing_error)?;
+        // The mean as a rule: how even the spread is shows at a glance.
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let mean_style = TextStyle::from((FONT, LABEL_SIZE - 1).into_font())
+            .color(&MEAN)
+            .pos(Pos::new(HPos::Right, VPos::Bottom));
+        chart
+            .draw_series([PathElement::new(
+                vec![(0.0, mean), (n as f64, mean)],
+                MEAN.stroke_width(2),
+            )])
+            .map_err(drawing_error)?;
+        chart
+            .draw_series([EmptyElement::at((n as f64, mean))
+                + Text::new(format!("mean {}", tick(mean)), (-2, -3), mean_style)])
             .map_err(drawing_error)?;
         // Item numbers under the axis; values above the bars when they fit.
         let number_style = TextStyle::from((FONT, LABEL_SIZE).into_font())
@@ -290,7 +307,7 @@ mod tests {
     fn vbars_number_the_items() {
         let svg = vbars(&[10.0, 12.0, 9.0], "consumer", NEUTRAL).unwrap();
         assert!(svg.contains("\nconsumer\n</text>"), "{svg}");
-        for text in ["\n1\n<", "\n2\n<", "\n3\n<", "\n12\n<"] {
+        for text in ["\n1\n<", "\n2\n<", "\n3\n<", "\n12\n<", "\nmean 10.33\n<"] {
             assert!(svg.contains(text), "{text} in {svg}");
         }
     }
