@@ -2,17 +2,18 @@
 //! page (inline CSS and SVG, no script, no font or image to fetch), so it can
 //! be mailed, attached to a CI run or opened offline.
 //!
-//! Per lab: services with their time to readiness, scenario durations and
-//! latency percentiles compared across scenarios. Per scenario: the verdict
-//! table, the parameters, the timeline (milestones and fault windows) and a
-//! bar chart for each list observation (per consumer, per instance …).
-//! Charts come from [`charts`] and [`timeline`] (plotters, SVG backend).
-//! Every verdict is written as a word next to its colour.
+//! This module writes the page frame, the run summary and the text helpers;
+//! [`lab`] each lab (services and readiness, scenario durations, latency
+//! percentiles across scenarios), [`scenario`] each scenario (verdict table,
+//! parameters, timeline, list bars). Charts come from [`charts`] and
+//! [`timeline`] (plotters, SVG backend). Every verdict is written as a word
+//! next to its colour.
 
 mod charts;
+mod lab;
+mod scenario;
 mod timeline;
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
@@ -20,7 +21,6 @@ use serde_json::Value;
 
 use super::{LabReport, RunReport, ScenarioReport};
 use crate::check::{CheckResult, Verdict};
-use charts::Bar;
 
 /// Writes `report` as one HTML page.
 pub fn write(report: &RunReport, out: &mut dyn Write) -> io::Result<()> {
@@ -33,7 +33,7 @@ pub fn render(report: &RunReport) -> io::Result<String> {
     page.push_str(HEAD);
     summary(report, &mut page);
     for lab in &report.labs {
-        lab_section(lab, &mut page)?;
+        lab::lab_section(lab, &mut page)?;
     }
     page.push_str("<footer>Written by infralab. The same data as <code>--format json</code>.</footer>\n</main>\n</body>\n</html>\n");
     Ok(page)
@@ -114,6 +114,10 @@ fn ms_text(ms: u64) -> String {
     }
 }
 
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// The verdict as a coloured badge that also reads without colour.
 fn badge(verdict: Verdict) -> String {
     let (class, mark) = match verdict {
@@ -187,12 +191,12 @@ fn summary(report: &RunReport, page: &mut String) {
     let _ = write!(
         page,
         "<header class=\"run {}\">\n<h1>infralab report {}</h1>\n\
-         <p class=\"meta\">{} lab(s), {} scenario(s): {} passed, {} failed, {} unknown · \
+         <p class=\"meta\">{}, {}: {} passed, {} failed, {} unknown · \
          {} · run <code>{}</code></p>\n</header>\n",
         verdict_class(report.verdict),
         badge(report.verdict),
-        report.labs.len(),
-        scenarios.len(),
+        plural(report.labs.len(), "lab", "labs"),
+        plural(scenarios.len(), "scenario", "scenarios"),
         count(Verdict::Pass),
         count(Verdict::Fail),
         count(Verdict::Unknown),
@@ -249,290 +253,6 @@ fn summary(report: &RunReport, page: &mut String) {
         }
     }
     page.push_str("</tbody></table></nav>\n");
-}
-
-// ---------------------------------------------------------------------------
-// One lab
-// ---------------------------------------------------------------------------
-
-fn lab_section(lab: &LabReport, page: &mut String) -> io::Result<()> {
-    let _ = write!(
-        page,
-        "<section class=\"lab\" id=\"{}\">\n<h2>{} <small>{}</small> {}</h2>\n\
-         <p class=\"meta\"><code>{}</code> · {} · run <code>{}</code></p>\n",
-        slug(&["lab", &lab.name]),
-        esc(&lab.title),
-        esc(&lab.name),
-        badge(lab.verdict),
-        esc(&lab.file),
-        ms_text(lab.duration_ms),
-        esc(&lab.run_id),
-    );
-    if let Some(error) = &lab.error {
-        let _ = writeln!(
-            page,
-            "<p class=\"error\"><strong>Could not run:</strong> {}</p>",
-            esc(error)
-        );
-    }
-    services(lab, page)?;
-    if lab.scenarios.len() > 1 {
-        let bars: Vec<Bar> = lab
-            .scenarios
-            .iter()
-            .map(|s| Bar {
-                label: s.name.clone(),
-                value: s.duration_ms as f64,
-                color: charts::verdict_color(s.verdict),
-                note: format!("{} · {}", s.verdict.label(), ms_text(s.duration_ms)),
-            })
-            .collect();
-        figure(
-            page,
-            "Scenario durations (bar colour and label give the verdict)",
-            &charts::hbars(&bars, "wall time", true)?,
-        );
-    }
-    for (family, bars) in percentile_families(&lab.scenarios) {
-        figure(
-            page,
-            &format!("{family}: percentiles per scenario (ms)"),
-            &charts::hbars(&bars, "milliseconds", false)?,
-        );
-    }
-    for s in &lab.scenarios {
-        scenario_section(lab, s, page)?;
-    }
-    page.push_str("</section>\n");
-    Ok(())
-}
-
-/// The services table and, beside it, their time from creation to the first
-/// successful protocol probe (they are started together).
-fn services(lab: &LabReport, page: &mut String) -> io::Result<()> {
-    if lab.services.is_empty() {
-        return Ok(());
-    }
-    page.push_str(
-        "<h3 class=\"sub\">Services</h3>\n<table class=\"services\">\n<thead><tr><th>service</th>\
-         <th>kind</th><th>image</th><th>connection</th><th class=\"num\">ready after</th></tr></thead>\n<tbody>\n",
-    );
-    for s in &lab.services {
-        let _ = writeln!(
-            page,
-            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td>\
-             <td class=\"num\">{}</td></tr>",
-            esc(&s.name),
-            esc(&s.kind),
-            esc(&s.image),
-            esc(&s.url),
-            ms_text(s.ready_ms)
-        );
-    }
-    page.push_str("</tbody></table>\n");
-    let bars: Vec<Bar> = lab
-        .services
-        .iter()
-        .map(|s| Bar {
-            label: s.name.clone(),
-            value: s.ready_ms as f64,
-            color: charts::NEUTRAL,
-            note: format!("ready after {}", ms_text(s.ready_ms)),
-        })
-        .collect();
-    figure(
-        page,
-        "Service start → ready (containers start together; ready = first successful protocol probe)",
-        &charts::hbars(&bars, "time since the container was created", true)?,
-    );
-    Ok(())
-}
-
-/// Observations named `<family>_p<NN>_ms` (or `p<NN>_ms`), grouped by family
-/// as bars `scenario · pNN`, shaded by percentile. Families with fewer than
-/// two values are left to the tables.
-fn percentile_families(scenarios: &[ScenarioReport]) -> Vec<(String, Vec<Bar>)> {
-    let parse = |name: &str| -> Option<(String, u32)> {
-        let stem = name.strip_suffix("_ms")?;
-        let (family, pct) = match stem.rsplit_once("_p") {
-            Some((family, pct)) => (family.to_string(), pct),
-            None => (String::new(), stem.strip_prefix('p')?),
-        };
-        let pct = pct.parse::<u32>().ok()?;
-        Some((
-            if family.is_empty() {
-                "latency".into()
-            } else {
-                family
-            },
-            pct,
-        ))
-    };
-    let mut families: Vec<String> = Vec::new();
-    for s in scenarios {
-        for name in s.observations.keys() {
-            if let Some((family, _)) = parse(name)
-                && !families.contains(&family)
-            {
-                families.push(family);
-            }
-        }
-    }
-    families
-        .into_iter()
-        .filter_map(|family| {
-            let mut bars = Vec::new();
-            for s in scenarios {
-                let mut pcts: Vec<(u32, f64)> = s
-                    .observations
-                    .iter()
-                    .filter_map(|(name, v)| {
-                        let (f, pct) = parse(name)?;
-                        (f == family).then_some((pct, v.as_f64()?))
-                    })
-                    .collect();
-                pcts.sort_by_key(|(pct, _)| *pct);
-                let shades = charts::PERCENTILE_SHADES.len();
-                for (i, (pct, v)) in pcts.iter().enumerate() {
-                    bars.push(Bar {
-                        label: format!("{} · p{pct}", s.name),
-                        value: *v,
-                        color: charts::PERCENTILE_SHADES[i.min(shades - 1)],
-                        note: format!("p{pct} {} ms", value_text(&Value::from(*v))),
-                    });
-                }
-            }
-            (bars.len() >= 2).then(|| (family.replace('_', " "), bars))
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------
-// One scenario
-// ---------------------------------------------------------------------------
-
-fn scenario_section(lab: &LabReport, s: &ScenarioReport, page: &mut String) -> io::Result<()> {
-    let _ = write!(
-        page,
-        "<section class=\"scenario {}\" id=\"{}\">\n<h3>{} {} <small>{}</small></h3>\n",
-        verdict_class(s.verdict),
-        slug(&["lab", &lab.name, &s.name]),
-        esc(&s.name),
-        badge(s.verdict),
-        ms_text(s.duration_ms),
-    );
-    if let Some(error) = &s.error {
-        let _ = writeln!(
-            page,
-            "<p class=\"error\"><strong>Error:</strong> {}</p>",
-            esc(error)
-        );
-    }
-    checks_table(s, page);
-    params(s, page);
-    if let Some(svg) = timeline::svg_for(&s.timeline, s.duration_ms)? {
-        figure(
-            page,
-            "Timeline: exercise milestones (●) and faults (▲); shaded = a service impaired",
-            &svg,
-        );
-    }
-    for (name, value) in &s.observations {
-        let Some(items) = value.as_array() else {
-            continue;
-        };
-        let numbers: Option<Vec<f64>> = items.iter().map(Value::as_f64).collect();
-        match numbers {
-            Some(values) if !values.is_empty() => {
-                let sum: f64 = values.iter().sum();
-                figure(
-                    page,
-                    &format!(
-                        "{name}: {} values, total {}",
-                        values.len(),
-                        value_text(&Value::from(sum))
-                    ),
-                    &charts::vbars(&values, item_word(name), charts::NEUTRAL)?,
-                );
-            }
-            _ => {}
-        }
-    }
-    page.push_str("</section>\n");
-    Ok(())
-}
-
-/// What one entry of a list observation stands for: `per_consumer` →
-/// `consumer`, `keys_per_node` → `node`, `per_group_received` → `group`.
-fn item_word(name: &str) -> &str {
-    name.split_once("per_")
-        .map(|(_, rest)| rest.split('_').next().unwrap_or(rest))
-        .filter(|w| !w.is_empty())
-        .unwrap_or("item")
-}
-
-/// Observation | expected (as written) | resolved | observed | verdict |
-/// note; observations without an expectation follow, unjudged.
-fn checks_table(s: &ScenarioReport, page: &mut String) {
-    let checked: BTreeSet<&str> = s.checks.iter().map(|c| c.observation.as_str()).collect();
-    let unchecked: Vec<(&String, &Value)> = s
-        .observations
-        .iter()
-        .filter(|(name, _)| !checked.contains(name.as_str()))
-        .collect();
-    if s.checks.is_empty() && unchecked.is_empty() {
-        return;
-    }
-    page.push_str(
-        "<table class=\"checks\">\n<thead><tr><th>observation</th><th>expected</th>\
-         <th class=\"num\">observed</th><th>verdict</th><th>note</th></tr></thead>\n<tbody>\n",
-    );
-    for c in &s.checks {
-        let _ = writeln!(
-            page,
-            "<tr class=\"{}\"><td class=\"name\"><code>{}</code></td><td><code>{}</code>{}</td>\
-             <td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
-            verdict_class(c.verdict),
-            esc(&c.observation),
-            esc(&c.expect),
-            // The predicate with its names replaced by their values.
-            c.resolved.as_deref().map_or(String::new(), |r| format!(
-                " <span class=\"resolved\">→ <code>{}</code></span>",
-                esc(r)
-            )),
-            c.observed
-                .as_ref()
-                .map_or("—".to_string(), |v| esc(&value_text(v))),
-            badge(c.verdict),
-            esc(c.note.as_deref().unwrap_or("")),
-        );
-    }
-    for (name, value) in unchecked {
-        let _ = writeln!(
-            page,
-            "<tr class=\"info\"><td class=\"name\"><code>{}</code></td><td></td>\
-             <td class=\"num\">{}</td><td class=\"muted\">not checked</td><td></td></tr>",
-            esc(name),
-            esc(&value_text(value)),
-        );
-    }
-    page.push_str("</tbody></table>\n");
-}
-
-fn params(s: &ScenarioReport, page: &mut String) {
-    if s.params.is_empty() {
-        return;
-    }
-    page.push_str("<div class=\"params\"><span class=\"head\">parameters</span><dl>");
-    for (name, value) in &s.params {
-        let _ = write!(
-            page,
-            "<div><dt>{}</dt><dd>{}</dd></div>",
-            esc(name),
-            esc(&value_text(value))
-        );
-    }
-    page.push_str("</dl></div>\n");
 }
 
 #[cfg(test)]
@@ -605,6 +325,7 @@ mod tests {
         assert!(html.contains("<td class=\"num\">3.46</td><td class=\"muted\">not checked</td>"));
         assert!(html.contains(&esc(sample::SETUP_ERROR)));
         assert!(html.contains("lost_updates: expected &gt; 0, observed 0"));
+        assert!(html.contains("2 labs, 3 scenarios: 1 passed, 1 failed, 1 unknown"));
     }
 
     #[test]
@@ -618,16 +339,16 @@ mod tests {
 
     #[test]
     fn list_items_are_named_from_the_observation() {
-        assert_eq!(item_word("per_consumer"), "consumer");
-        assert_eq!(item_word("keys_per_node"), "node");
-        assert_eq!(item_word("per_group_received"), "group");
-        assert_eq!(item_word("counts"), "item");
+        assert_eq!(scenario::item_word("per_consumer"), "consumer");
+        assert_eq!(scenario::item_word("keys_per_node"), "node");
+        assert_eq!(scenario::item_word("per_group_received"), "group");
+        assert_eq!(scenario::item_word("counts"), "item");
     }
 
     #[test]
     fn percentiles_group_by_family_in_order() {
         let report = sample_with_charts();
-        let families = percentile_families(&report.labs[0].scenarios);
+        let families = lab::percentile_families(&report.labs[0].scenarios);
         assert_eq!(families.len(), 1);
         let (family, bars) = &families[0];
         assert_eq!(family, "latency");
