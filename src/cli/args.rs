@@ -101,6 +101,9 @@ pub enum Command {
         /// Also write the JSON report to a file
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Also write a self-contained HTML report (tables, timelines, charts)
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
         /// Deadline for one scenario's exercise
         #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
         scenario_timeout: std::time::Duration,

@@ -11,7 +11,7 @@ use crate::engine::{Engine, Stack, gc};
 use crate::event::Reporter;
 use crate::lab::{self, Lab, LabErrors};
 use crate::report::terminal::{self, Progress, Style};
-use crate::report::{json, junit};
+use crate::report::{html, json, junit};
 use crate::runner::{self, RunOptions};
 use crate::{catalog, exit, images, sections};
 
@@ -30,6 +30,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             format,
             junit,
             json,
+            html,
             scenario_timeout,
             repeat,
             jobs,
@@ -66,7 +67,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 repeat,
                 jobs: jobs.map_or_else(runner::default_jobs, |j| j as usize),
             };
-            run(loaded, &opts, format, junit, json, color).await
+            run(loaded, &opts, format, junit, json, html, color).await
         }
         Command::Up { lab, images } => up(&load(&labs_dir, &lab)?, images.images, color).await,
         Command::Down { lab } => {
@@ -268,6 +269,7 @@ async fn run(
     format: Format,
     junit_file: Option<PathBuf>,
     json_file: Option<PathBuf>,
+    html_file: Option<PathBuf>,
     color: terminal::ColorChoice,
 ) -> Result<i32, CliError> {
     let engine = Engine::connect().await?;
@@ -295,6 +297,9 @@ async fn run(
     }
     if let Some(p) = &json_file {
         write_file(p, &|w| json::write(&report, w))?;
+    }
+    if let Some(p) = &html_file {
+        write_file(p, &|w| html::write(&report, w))?;
     }
     let mut stdout = std::io::stdout().lock();
     let written = match format {

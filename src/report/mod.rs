@@ -4,6 +4,7 @@
 //! report files. The renderers do not import each other: wording they share
 //! (values, durations, a failed check in words) lives in [`words`].
 
+pub mod html;
 pub mod json;
 pub mod junit;
 #[cfg(test)]
