@@ -89,6 +89,7 @@ impl Stack {
         opts: StackOptions,
         reporter: &dyn Reporter,
     ) -> Result<Stack, EnvError> {
+        engine.check_ports_reachable()?;
         // Images first, one resolution per distinct (kind, override), concurrently.
         let mut wanted: Vec<(String, Option<String>)> = lab
             .services
@@ -249,6 +250,7 @@ async fn start_one(
             network_mode: Some(network.to_string()),
             init: Some(true),
             privileged: Some(false),
+            ulimits: engine.ulimits(),
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {
@@ -273,7 +275,16 @@ async fn start_one(
             body,
         )
         .await
-        .map_err(|e| EnvError::new(format!("cannot create container for `{instance}`: {e}")))?;
+        .map_err(|e| {
+            let text = e.to_string();
+            let message = format!("cannot create container for `{instance}`: {text}");
+            if text.contains("catatonit") {
+                // Podman's --init binary: Debian's podman only recommends it.
+                EnvError::hint(message, "sudo apt-get install catatonit")
+            } else {
+                EnvError::new(message)
+            }
+        })?;
     engine
         .docker
         .start_container(&container, None)

@@ -1,0 +1,113 @@
+//! Requests in the form every engine reads, Podman's compat API included.
+//!
+//! bollard sends the `changes` of an import (`POST /images/create?fromSrc=-`)
+//! or a commit as *one* query parameter whose Dockerfile instructions are
+//! joined by newlines. Docker joins its `changes` values with newlines and
+//! parses the text as a Dockerfile, so that works there; Podman parses each
+//! value as one instruction, so `ENTRYPOINT [...]\nCMD ...\nLABEL ...` becomes
+//! one shell-form ENTRYPOINT and every later instruction (labels, env, cmd) is
+//! lost. The docker CLI sends one `changes=` parameter per instruction, which
+//! both engines read alike: [`repeat_changes`] rewrites the request into that
+//! form.
+
+use bollard::BollardRequest;
+
+/// Splits a newline-joined `changes` parameter of an import or commit into one
+/// `changes` parameter per instruction; every other request passes unchanged.
+pub fn repeat_changes(mut req: BollardRequest) -> BollardRequest {
+    let uri = req.uri().to_string();
+    let Some((base, query)) = uri.split_once('?') else {
+        return req;
+    };
+    let path = base.rsplit_once("/v1.").map_or(base, |(_, p)| p);
+    if !(path.ends_with("/images/create") || path.ends_with("/commit")) {
+        return req;
+    }
+    let Some(query) = split_changes(query) else {
+        return req;
+    };
+    match format!("{base}?{query}").parse() {
+        Ok(new) => *req.uri_mut() = new,
+        Err(e) => tracing::warn!("cannot rewrite the changes of {base}: {e}"),
+    }
+    req
+}
+
+/// The query with each `changes` value split at its (URL-encoded) newlines,
+/// or None when there is nothing to split.
+fn split_changes(query: &str) -> Option<String> {
+    let mut split = false;
+    let parts: Vec<String> = query
+        .split('&')
+        .flat_map(|pair| match pair.strip_prefix("changes=") {
+            Some(value) if value.to_ascii_uppercase().contains("%0A") => {
+                split = true;
+                let mut out = Vec::new();
+                let mut rest = value;
+                while let Some(i) = rest.to_ascii_uppercase().find("%0A") {
+                    out.push(&rest[..i]);
+                    rest = &rest[i + 3..];
+                }
+                out.push(rest);
+                out.into_iter()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| format!("changes={v}"))
+                    .collect::<Vec<_>>()
+            }
+            _ => vec![pair.to_string()],
+        })
+        .collect();
+    split.then(|| parts.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::query_parameters::CreateImageOptionsBuilder;
+
+    #[test]
+    fn newline_joined_changes_become_repeated_parameters() {
+        assert_eq!(
+            split_changes("fromSrc=-&repo=a%2Fb%3Alocal-1&changes=CMD+%5B%22x%22%5D%0ALABEL+k%3Dv%0aENV+A%3Db"),
+            Some(
+                "fromSrc=-&repo=a%2Fb%3Alocal-1&changes=CMD+%5B%22x%22%5D&changes=LABEL+k%3Dv&changes=ENV+A%3Db"
+                    .into()
+            )
+        );
+        assert_eq!(split_changes("fromSrc=-&changes=LABEL+k%3Dv"), None);
+        assert_eq!(split_changes("fromImage=redis&tag=7"), None);
+    }
+
+    #[test]
+    fn bollard_joins_changes_with_newlines() {
+        // The form this module undoes: if bollard ever sends repeated
+        // parameters itself, this test says so and the module can go.
+        let opts = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .changes(vec!["LABEL a=b".into(), "ENV C=d".into()])
+            .build();
+        let v = serde_json::to_value(&opts).unwrap();
+        assert_eq!(v["changes"], "LABEL a=b\nENV C=d");
+    }
+
+    #[test]
+    fn only_imports_and_commits_are_rewritten() {
+        let req = |uri: &str| {
+            let mut r = BollardRequest::new(bollard::body_full(Default::default()));
+            *r.uri_mut() = uri.parse().unwrap();
+            repeat_changes(r).uri().to_string()
+        };
+        assert_eq!(
+            req("http://localhost/v1.41/images/create?fromSrc=-&changes=A%0AB"),
+            "http://localhost/v1.41/images/create?fromSrc=-&changes=A&changes=B"
+        );
+        assert_eq!(
+            req("http://localhost/v1.41/commit?container=c&changes=A%0AB"),
+            "http://localhost/v1.41/commit?container=c&changes=A&changes=B"
+        );
+        assert_eq!(
+            req("http://localhost/v1.41/containers/create?changes=A%0AB"),
+            "http://localhost/v1.41/containers/create?changes=A%0AB"
+        );
+    }
+}
