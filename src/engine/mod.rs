@@ -12,6 +12,7 @@ pub mod labels;
 pub mod ready;
 pub mod stack;
 mod compat;
+mod limits;
 
 use bollard::Docker;
 
@@ -152,43 +153,11 @@ impl Engine {
         })
     }
 
-    /// The limits to ask for explicitly, if any. Docker gives containers its
-    /// daemon's limits; rootful Podman asks for 1048576 open files and
-    /// 4194304 processes, and where the host's hard limits are lower
-    /// (containers, CI sandboxes) runc refuses to start the container
-    /// ("error setting rlimit type 7"). On Podman the containers get this
-    /// process's hard limits, which a local engine started from the same
-    /// session shares.
+    /// The ulimits to ask for explicitly: none on Docker (containers get the
+    /// daemon's), the service's own hard limits on Podman (see [`limits`]).
     pub fn ulimits(&self) -> Option<Vec<bollard::models::ResourcesUlimits>> {
-        if self.product != Product::Podman {
-            return None;
-        }
-        let hard = |resource| {
-            let mut limit = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: getrlimit writes into the struct we own.
-            (unsafe { libc::getrlimit(resource, &mut limit) } == 0)
-                .then(|| i64::try_from(limit.rlim_max).unwrap_or(i64::MAX))
-        };
-        let limits = [
-            ("nofile", hard(libc::RLIMIT_NOFILE), 1 << 20),
-            ("nproc", hard(libc::RLIMIT_NPROC), 1 << 22),
-        ];
-        Some(
-            limits
-                .into_iter()
-                .filter_map(|(name, hard, podman_default)| {
-                    let n = hard?.min(podman_default);
-                    Some(bollard::models::ResourcesUlimits {
-                        name: Some(name.into()),
-                        soft: Some(n),
-                        hard: Some(n),
-                    })
-                })
-                .collect(),
-        )
+        (self.product == Product::Podman)
+            .then(|| limits::for_podman(self.host.trim_start_matches("unix://")))
     }
 
     /// Where published ports are and who can reach them, for `doctor`.

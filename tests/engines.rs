@@ -1,0 +1,234 @@
+//! Other engines: a small lab on Podman's Docker-compatible API (a private
+//! `podman system service` on a socket in a temp folder) and on this machine's
+//! Docker engine reached over TCP on 127.0.0.1 (a relay from a loopback port to
+//! the Docker socket, as a remote `tcp://` engine is reached). Each asserts the
+//! verdicts and that nothing labelled is left on that engine.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{infralab, json_report, scenario, text};
+
+/// A one-service lab: a Redis round trip, then the same round trip while the
+/// engine pauses and unpauses Redis (a fault, and the heal after it).
+fn lab(name: &str) -> (tempfile::TempDir, PathBuf) {
+    common::write_lab(&format!(
+        r#"name: {name}
+title: One Redis round trip on another engine
+section: getting-started
+summary: A Redis write and read-back, plain and around a pause.
+services:
+  redis: {{ kind: redis }}
+exercise: smoke
+scenarios:
+  - name: round-trip
+    description: SET then GET
+    expect:
+      redis_ok: true
+      services_checked: 1
+  - name: round-trip-around-a-pause
+    description: Redis is paused at once and unpaused after half a second
+    faults:
+      - {{ at: 0ms, action: pause, service: redis }}
+      - {{ at: 500ms, action: unpause, service: redis }}
+    expect:
+      redis_ok: true
+"#
+    ))
+}
+
+/// Runs the lab against `docker_host` and checks both scenarios passed and
+/// nothing labelled with the lab's name is left there.
+fn run_lab_on(docker_host: &str, name: &str) -> Duration {
+    let (_dir, path) = lab(name);
+    let started = Instant::now();
+    let out = infralab()
+        .env("DOCKER_HOST", docker_host)
+        .env_remove("DOCKER_TLS_VERIFY")
+        .args(["run", path.to_str().unwrap(), "--format", "json"])
+        .output()
+        .expect("infralab runs");
+    let took = started.elapsed();
+    let report = json_report(&out);
+    for name in ["round-trip", "round-trip-around-a-pause"] {
+        assert_eq!(
+            scenario(&report, name)["verdict"],
+            "pass",
+            "{name} on {docker_host}:\n{}",
+            text(&out)
+        );
+    }
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_nothing_left_on(docker_host, name);
+    took
+}
+
+/// Containers and networks labelled with the lab's name on the engine at
+/// `docker_host`, listed with the docker CLI pointed at it.
+fn assert_nothing_left_on(docker_host: &str, lab: &str) {
+    let ids = |what: &[&str]| {
+        let out = Command::new("docker")
+            .env("DOCKER_HOST", docker_host)
+            .args(what)
+            .args([
+                "--filter",
+                &format!("label=io.infralab.lab={lab}"),
+                "--format",
+                "{{.ID}}",
+            ])
+            .output()
+            .expect("docker cli");
+        assert!(out.status.success(), "docker {what:?} on {docker_host}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (containers, networks) = (ids(&["ps", "-a"]), ids(&["network", "ls"]));
+    assert!(
+        containers.is_empty() && networks.is_empty(),
+        "lab {lab} left containers {containers:?} and networks {networks:?} on {docker_host}"
+    );
+}
+
+/// `podman system service` on a socket of its own, stopped on drop.
+struct PodmanService {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PodmanService {
+    fn start() -> PodmanService {
+        let found = Command::new("podman")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "podman is not installed: sudo apt-get install -y podman catatonit"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("podman.sock");
+        let child = Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("podman system service starts");
+        let service = PodmanService {
+            child,
+            socket,
+            _dir: dir,
+        };
+        wait_for_socket(&service.socket);
+        service
+    }
+
+    fn docker_host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        // SIGTERM lets the service remove its socket and exit cleanly.
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_socket(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_lab_runs_on_podman() {
+    let podman = PodmanService::start();
+    let host = podman.docker_host();
+    let doctor = infralab()
+        .env("DOCKER_HOST", &host)
+        .arg("doctor")
+        .output()
+        .expect("doctor runs");
+    let doctor_text = text(&doctor);
+    assert!(
+        doctor_text.contains("engine      Podman ") && doctor_text.contains(&host),
+        "{doctor_text}"
+    );
+    let took = run_lab_on(&host, &format!("engine-podman-{}", std::process::id()));
+    eprintln!("lab on Podman: {:.1} s", took.as_secs_f64());
+}
+
+/// Relays every connection to a loopback TCP port to the Docker socket, the
+/// way `socat TCP-LISTEN:PORT,bind=127.0.0.1,fork UNIX-CONNECT:…` would.
+fn tcp_relay(socket: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("loopback port");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(engine) = UnixStream::connect(socket) else {
+                continue;
+            };
+            let (mut c_in, mut c_out) = (client.try_clone().unwrap(), client);
+            let (mut e_in, mut e_out) = (engine.try_clone().unwrap(), engine);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut e_out);
+                let _ = e_out.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = copy_stream(&mut e_in, &mut c_out);
+                let _ = c_out.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+fn copy_stream(from: &mut UnixStream, to: &mut TcpStream) -> std::io::Result<()> {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all(&buf[..n])?;
+    }
+}
+
+#[test]
+fn a_lab_runs_on_docker_over_tcp() {
+    let port = tcp_relay("/var/run/docker.sock");
+    let host = format!("tcp://127.0.0.1:{port}");
+    let doctor = infralab()
+        .env("DOCKER_HOST", &host)
+        .arg("doctor")
+        .output()
+        .expect("doctor runs");
+    let doctor_text = text(&doctor);
+    assert!(
+        doctor_text.contains("engine      Docker ")
+            && doctor_text.contains(&host)
+            && doctor_text.contains("127.0.0.1 of this machine"),
+        "{doctor_text}"
+    );
+    let took = run_lab_on(&host, &format!("engine-tcp-{}", std::process::id()));
+    eprintln!("lab on Docker over TCP: {:.1} s", took.as_secs_f64());
+}
