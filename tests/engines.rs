@@ -11,6 +11,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{infralab, json_report, scenario, text};
@@ -43,14 +44,22 @@ scenarios:
     ))
 }
 
+/// infralab pointed at the engine at `docker_host`, with `env` (TLS settings).
+fn infralab_on(docker_host: &str, env: &[(&str, &str)]) -> Command {
+    let mut c = infralab();
+    c.env("DOCKER_HOST", docker_host)
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_CERT_PATH")
+        .envs(env.iter().copied());
+    c
+}
+
 /// Runs the lab against `docker_host` and checks both scenarios passed and
 /// nothing labelled with the lab's name is left there.
-fn run_lab_on(docker_host: &str, name: &str) -> Duration {
+fn run_lab_on(docker_host: &str, env: &[(&str, &str)], name: &str) -> Duration {
     let (_dir, path) = lab(name);
     let started = Instant::now();
-    let out = infralab()
-        .env("DOCKER_HOST", docker_host)
-        .env_remove("DOCKER_TLS_VERIFY")
+    let out = infralab_on(docker_host, env)
         .args(["run", path.to_str().unwrap(), "--format", "json"])
         .output()
         .expect("infralab runs");
@@ -65,16 +74,17 @@ fn run_lab_on(docker_host: &str, name: &str) -> Duration {
         );
     }
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_nothing_left_on(docker_host, name);
+    assert_nothing_left_on(docker_host, env, name);
     took
 }
 
 /// Containers and networks labelled with the lab's name on the engine at
 /// `docker_host`, listed with the docker CLI pointed at it.
-fn assert_nothing_left_on(docker_host: &str, lab: &str) {
+fn assert_nothing_left_on(docker_host: &str, env: &[(&str, &str)], lab: &str) {
     let ids = |what: &[&str]| {
         let out = Command::new("docker")
             .env("DOCKER_HOST", docker_host)
+            .envs(env.iter().copied())
             .args(what)
             .args([
                 "--filter",
@@ -163,8 +173,7 @@ fn wait_for_socket(socket: &Path) {
 fn a_lab_runs_on_podman() {
     let podman = PodmanService::start();
     let host = podman.docker_host();
-    let doctor = infralab()
-        .env("DOCKER_HOST", &host)
+    let doctor = infralab_on(&host, &[])
         .arg("doctor")
         .output()
         .expect("doctor runs");
@@ -173,7 +182,7 @@ fn a_lab_runs_on_podman() {
         doctor_text.contains("engine      Podman ") && doctor_text.contains(&host),
         "{doctor_text}"
     );
-    let took = run_lab_on(&host, &format!("engine-podman-{}", std::process::id()));
+    let took = run_lab_on(&host, &[], &format!("engine-podman-{}", std::process::id()));
     eprintln!("lab on Podman: {:.1} s", took.as_secs_f64());
 }
 
@@ -217,8 +226,7 @@ fn copy_stream(from: &mut UnixStream, to: &mut TcpStream) -> std::io::Result<()>
 fn a_lab_runs_on_docker_over_tcp() {
     let port = tcp_relay("/var/run/docker.sock");
     let host = format!("tcp://127.0.0.1:{port}");
-    let doctor = infralab()
-        .env("DOCKER_HOST", &host)
+    let doctor = infralab_on(&host, &[])
         .arg("doctor")
         .output()
         .expect("doctor runs");
@@ -229,6 +237,113 @@ fn a_lab_runs_on_docker_over_tcp() {
             && doctor_text.contains("127.0.0.1 of this machine"),
         "{doctor_text}"
     );
-    let took = run_lab_on(&host, &format!("engine-tcp-{}", std::process::id()));
+    let took = run_lab_on(&host, &[], &format!("engine-tcp-{}", std::process::id()));
     eprintln!("lab on Docker over TCP: {:.1} s", took.as_secs_f64());
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, written
+/// as DOCKER_CERT_PATH expects them (ca.pem, cert.pem, key.pem); returns the
+/// server's certificate chain and key.
+fn tls_files(
+    dir: &Path,
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "engine test CA");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let leaf = |names: Vec<String>, usage: rcgen::ExtendedKeyUsagePurpose| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(names).unwrap();
+        p.extended_key_usages = vec![usage];
+        (p.signed_by(&key, &ca).unwrap(), key)
+    };
+    let (server, server_key) = leaf(
+        vec!["127.0.0.1".into()],
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client, client_key) = leaf(vec![], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), client.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), client_key.serialize_pem()).unwrap();
+    (
+        vec![server.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        ca.der().clone(),
+    )
+}
+
+/// A TLS endpoint on a loopback port that requires a client certificate from
+/// `ca` and relays to the Docker socket: a `tcp://` engine with
+/// `--tlsverify`, as dockerd serves it.
+fn tls_relay(dir: &Path, socket: &'static str) -> u16 {
+    let (chain, key, ca) = tls_files(dir);
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("loopback port");
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut engine) = tokio::net::UnixStream::connect(socket).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut engine).await;
+                });
+            }
+        });
+    });
+    port
+}
+
+#[test]
+fn a_lab_runs_on_docker_over_tcp_with_tls() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let port = tls_relay(certs.path(), "/var/run/docker.sock");
+    let host = format!("tcp://127.0.0.1:{port}");
+    let cert_path = certs.path().to_str().unwrap();
+    let tls = [("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", cert_path)];
+    // Without TLS the engine does not answer: the relay really requires it.
+    let plain = infralab_on(&host, &[]).arg("doctor").output().unwrap();
+    assert_eq!(plain.status.code(), Some(3), "{}", text(&plain));
+    let doctor = infralab_on(&host, &tls).arg("doctor").output().unwrap();
+    let doctor_text = text(&doctor);
+    assert!(
+        doctor.status.success() && doctor_text.contains("engine      Docker "),
+        "{doctor_text}"
+    );
+    let took = run_lab_on(&host, &tls, &format!("engine-tls-{}", std::process::id()));
+    eprintln!("lab on Docker over TCP with TLS: {:.1} s", took.as_secs_f64());
 }

@@ -14,9 +14,8 @@ use bollard::models::ResourcesUlimits;
 /// `nofile` and `nproc` ulimits for containers of the local Podman service
 /// listening on `socket` (a path, `unix://` stripped).
 pub fn for_podman(socket: &str) -> Vec<ResourcesUlimits> {
-    let service = listener_pid(socket).and_then(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()
-    });
+    let service = listener_pid(socket)
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/limits")).ok());
     let own = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
     let limits = service.unwrap_or(own);
     [
@@ -60,9 +59,7 @@ fn listener_pid(path: &str) -> Option<u32> {
         let pid: u32 = p.file_name().to_str()?.parse().ok()?;
         let fds = std::fs::read_dir(p.path().join("fd")).ok()?;
         fds.flatten()
-            .any(|fd| {
-                std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == wanted)
-            })
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == wanted))
             .then_some(pid)
     })
 }
@@ -89,7 +86,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
         let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        assert_eq!(listener_pid(path.to_str().unwrap()), Some(std::process::id()));
+        assert_eq!(
+            listener_pid(path.to_str().unwrap()),
+            Some(std::process::id())
+        );
         assert_eq!(listener_pid("/nonexistent.sock"), None);
     }
 }

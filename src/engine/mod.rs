@@ -6,13 +6,13 @@
 //! Every resource carries the `io.infralab.*` labels from the moment it is
 //! created, so teardown and gc find everything by label.
 
+mod compat;
 pub mod faults;
 pub mod gc;
 pub mod labels;
+mod limits;
 pub mod ready;
 pub mod stack;
-mod compat;
-mod limits;
 
 use bollard::Docker;
 
@@ -134,7 +134,11 @@ impl Engine {
             .map_err(|e| unreachable(&e))?;
         docker.ping().await.map_err(|e| unreachable(&e))?;
         let v = docker.version().await.map_err(|e| unreachable(&e))?;
-        let podman = v.components.iter().flatten().find(|c| c.name == "Podman Engine");
+        let podman = v
+            .components
+            .iter()
+            .flatten()
+            .find(|c| c.name == "Podman Engine");
         let (product, engine_version) = match podman {
             Some(c) => (Product::Podman, c.version.clone()),
             None => (Product::Docker, v.version.clone().unwrap_or_default()),
@@ -194,12 +198,18 @@ impl Engine {
     }
 }
 
-/// A bollard client for `host`. bollard 0.21 reads DOCKER_TLS_VERIFY and
-/// DOCKER_CERT_PATH itself for `tcp://` (key.pem, cert.pem, ca.pem).
+/// A bollard client for `host`. For `tcp://`, TLS is on when
+/// DOCKER_TLS_VERIFY is non-empty, as for the docker CLI; bollard then reads
+/// key.pem, cert.pem and ca.pem from DOCKER_CERT_PATH (else `~/.docker`).
 fn connect_to(host: &str) -> Result<Docker, bollard::errors::Error> {
+    const TIMEOUT_S: u64 = 120;
     if host.starts_with("unix://") || host.starts_with('/') {
         let path = host.trim_start_matches("unix://");
-        return Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION);
+        return Docker::connect_with_unix(path, TIMEOUT_S, bollard::API_DEFAULT_VERSION);
+    }
+    let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty());
+    if host.starts_with("tcp://") && !tls {
+        return Docker::connect_with_http(host, TIMEOUT_S, bollard::API_DEFAULT_VERSION);
     }
     Docker::connect_with_host(host)
 }
@@ -286,6 +296,9 @@ mod tests {
         let remote = |h: &str| Place::Remote { host: h.into() };
         assert_eq!(place_of("tcp://10.0.0.5:2376"), remote("10.0.0.5"));
         assert_eq!(place_of("ssh://me@build-1:2222"), remote("build-1"));
-        assert_eq!(place_of("https://engine.example:2376/"), remote("engine.example"));
+        assert_eq!(
+            place_of("https://engine.example:2376/"),
+            remote("engine.example")
+        );
     }
 }
