@@ -354,7 +354,10 @@ async fn lab_dns(engine: &Engine, network: &str) -> Result<Option<String>, EnvEr
     }
     let info = engine
         .docker
-        .inspect_network(network, None::<bollard::query_parameters::InspectNetworkOptions>)
+        .inspect_network(
+            network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
         .await
         .map_err(|e| EnvError::new(format!("cannot inspect network {network}: {e}")))?;
     Ok(info
