@@ -292,6 +292,23 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_engine_is_refused_with_its_host_named() {
+        let host = "tcp://10.0.0.5:2375";
+        let engine = Engine {
+            docker: Docker::connect_with_http(host, 1, bollard::API_DEFAULT_VERSION).unwrap(),
+            host: host.into(),
+            version: "Docker 27.0.0 (API 1.47)".into(),
+            product: Product::Docker,
+            place: place_of(host),
+        };
+        let e = engine.check_ports_reachable().unwrap_err();
+        assert!(e.message.contains("runs on 10.0.0.5") && e.message.contains("127.0.0.1"));
+        assert!(e.hint.unwrap().contains("ssh 10.0.0.5 infralab run LAB"));
+        assert!(engine.ports_summary().contains("of 10.0.0.5, out of reach"));
+        assert_eq!(engine.ulimits(), None);
+    }
+
+    #[test]
     fn other_hosts_are_remote() {
         let remote = |h: &str| Place::Remote { host: h.into() };
         assert_eq!(place_of("tcp://10.0.0.5:2376"), remote("10.0.0.5"));

@@ -485,3 +485,29 @@ pub async fn teardown(engine: &Engine, run_id: &str) -> Result<usize, EnvError> 
     let _ = std::fs::remove_dir_all(run_files_dir(run_id));
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_files_naming_docker_dns_get_the_engine_dns() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, "resolver  127.0.0.11  valid=5s;\n").unwrap();
+        let plain = dir.path().join("plain.conf");
+        std::fs::write(&plain, "listen 80;\n").unwrap();
+        let run_id = format!("test-{}", new_run_id());
+        let copy = with_engine_dns(&conf, "10.89.0.1", &run_id, "nginx").unwrap();
+        assert_ne!(copy, conf);
+        assert_eq!(
+            std::fs::read_to_string(&copy).unwrap(),
+            "resolver  10.89.0.1  valid=5s;\n"
+        );
+        assert_eq!(
+            with_engine_dns(&plain, "10.89.0.1", &run_id, "nginx").unwrap(),
+            plain
+        );
+        std::fs::remove_dir_all(run_files_dir(&run_id)).unwrap();
+    }
+}
