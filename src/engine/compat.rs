@@ -9,8 +9,17 @@
 //! lost. The docker CLI sends one `changes=` parameter per instruction, which
 //! both engines read alike: [`repeat_changes`] rewrites the request into that
 //! form.
+//!
+//! Podman also reports a container that exited and was cleaned up as
+//! `"Status": "stopped"`, a state the Docker API does not have, so bollard
+//! cannot read the answer of an inspect: [`inspect_container`] reads it as
+//! `exited` instead.
 
 use bollard::BollardRequest;
+use bollard::models::ContainerInspectResponse;
+use http_body_util::BodyExt;
+
+use super::Engine;
 
 /// Splits a newline-joined `changes` parameter of an import or commit into one
 /// `changes` parameter per instruction; every other request passes unchanged.
@@ -58,6 +67,65 @@ fn split_changes(query: &str) -> Option<String> {
         })
         .collect();
     split.then(|| parts.join("&"))
+}
+
+/// Inspects a container; when bollard cannot read the engine's answer (a
+/// state it does not know), inspects it again over the engine's unix socket
+/// and maps Podman's `stopped` to Docker's `exited`.
+pub async fn inspect_container(
+    engine: &Engine,
+    container: &str,
+) -> Result<ContainerInspectResponse, String> {
+    let e = match engine.docker.inspect_container(container, None).await {
+        Ok(info) => return Ok(info),
+        Err(e) => e,
+    };
+    let unreadable = matches!(
+        e,
+        bollard::errors::Error::JsonDataError { .. }
+            | bollard::errors::Error::JsonSerdeError { .. }
+    );
+    let socket = engine.host.strip_prefix("unix://");
+    let (true, Some(socket)) = (unreadable, socket) else {
+        return Err(e.to_string());
+    };
+    let mut json = raw_get(socket, &format!("/containers/{container}/json"))
+        .await
+        .map_err(|raw| format!("{e} (and read as JSON: {raw})"))?;
+    if let Some(status) = json.pointer_mut("/State/Status")
+        && status == "stopped"
+    {
+        *status = "exited".into();
+    }
+    serde_json::from_value(json).map_err(|again| format!("{e} (and with `exited`: {again})"))
+}
+
+/// GET `path` over a unix socket, as JSON.
+async fn raw_get(socket: &str, path: &str) -> Result<serde_json::Value, String> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("cannot connect to {socket}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("Host", "engine")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+    }
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
