@@ -92,12 +92,17 @@ pub async fn inspect_container(
     let mut json = raw_get(socket, &format!("/containers/{container}/json"))
         .await
         .map_err(|raw| format!("{e} (and read as JSON: {raw})"))?;
-    if let Some(status) = json.pointer_mut("/State/Status")
+    docker_states(&mut json);
+    serde_json::from_value(json).map_err(|again| format!("{e} (and with `exited`: {again})"))
+}
+
+/// Podman's `stopped` (exited, and cleaned up) is Docker's `exited`.
+fn docker_states(inspect: &mut serde_json::Value) {
+    if let Some(status) = inspect.pointer_mut("/State/Status")
         && status == "stopped"
     {
         *status = "exited".into();
     }
-    serde_json::from_value(json).map_err(|again| format!("{e} (and with `exited`: {again})"))
 }
 
 /// GET `path` over a unix socket, as JSON.
@@ -156,6 +161,20 @@ mod tests {
             .build();
         let v = serde_json::to_value(&opts).unwrap();
         assert_eq!(v["changes"], "LABEL a=b\nENV C=d");
+    }
+
+    #[test]
+    fn podmans_stopped_state_reads_as_exited() {
+        let mut json = serde_json::json!({
+            "Id": "abc",
+            "State": { "Status": "stopped", "Running": false, "Paused": false, "ExitCode": 137 }
+        });
+        assert!(serde_json::from_value::<ContainerInspectResponse>(json.clone()).is_err());
+        docker_states(&mut json);
+        let info: ContainerInspectResponse = serde_json::from_value(json).unwrap();
+        let state = info.state.unwrap();
+        assert_eq!(state.running, Some(false));
+        assert_eq!(state.exit_code, Some(137));
     }
 
     #[test]
