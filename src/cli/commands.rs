@@ -416,11 +416,12 @@ async fn doctor() -> Result<i32, CliError> {
     let engine = match Engine::connect().await {
         Ok(e) => e,
         Err(e) => {
-            println!("docker      unreachable");
+            println!("engine      unreachable");
             return Err(e.into());
         }
     };
-    println!("docker      {} at {}", engine.version, engine.host);
+    println!("engine      {} at {}", engine.version, engine.host);
+    println!("ports       {}", engine.ports_summary());
     let mm = which("mmdebstrap");
     println!(
         "mmdebstrap  {}",

@@ -91,10 +91,7 @@ async fn wait_ready(stack: &Stack, target: &Started) -> Result<(), EnvError> {
 /// Brings every container back to running, unpaused and connected, then ready.
 pub async fn heal(stack: &Stack) -> Result<(), EnvError> {
     for s in &stack.services {
-        let info = stack
-            .engine
-            .docker
-            .inspect_container(&s.container, None)
+        let info = super::compat::inspect_container(&stack.engine, &s.container)
             .await
             .map_err(|e| EnvError::new(format!("cannot inspect `{}`: {e}", s.instance)))?;
         let state = info.state.clone().unwrap_or_default();

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::stack::{list_labelled, remove_labelled};
+use super::stack::{list_labelled, teardown};
 use super::{Engine, EnvError, labels};
 
 /// One run found on the engine.
@@ -58,7 +58,7 @@ pub async fn gc(engine: &Engine, all: bool) -> Result<Vec<RunInfo>, EnvError> {
     for run in runs(engine).await? {
         let orphan = !run.keep && !run.owner_alive();
         if all || orphan {
-            remove_labelled(engine, &format!("{}={}", labels::RUN, run.run_id)).await?;
+            teardown(engine, &run.run_id).await?;
             removed.push(run);
         }
     }
@@ -70,7 +70,7 @@ pub async fn down(engine: &Engine, lab: &str) -> Result<usize, EnvError> {
     let mut n = 0;
     for run in runs(engine).await? {
         if run.lab == lab && run.keep {
-            remove_labelled(engine, &format!("{}={}", labels::RUN, run.run_id)).await?;
+            teardown(engine, &run.run_id).await?;
             n += 1;
         }
     }

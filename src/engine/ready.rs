@@ -57,9 +57,7 @@ pub async fn wait(
 
 /// Fails with the container's logs if it is no longer running.
 async fn check_running(engine: &Engine, container: &str, service: &str) -> Result<(), EnvError> {
-    let info = engine
-        .docker
-        .inspect_container(container, None)
+    let info = super::compat::inspect_container(engine, container)
         .await
         .map_err(|e| EnvError::new(format!("cannot inspect `{service}`: {e}")))?;
     let state = info.state.unwrap_or_default();

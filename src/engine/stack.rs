@@ -89,6 +89,7 @@ impl Stack {
         opts: StackOptions,
         reporter: &dyn Reporter,
     ) -> Result<Stack, EnvError> {
+        engine.check_ports_reachable()?;
         // Images first, one resolution per distinct (kind, override), concurrently.
         let mut wanted: Vec<(String, Option<String>)> = lab
             .services
@@ -124,6 +125,7 @@ impl Stack {
             .await
             .map_err(|e| EnvError::new(format!("cannot create network {network}: {e}")))?;
 
+        let dns = lab_dns(engine, &network).await?;
         let mut jobs = Vec::new();
         for plan in &lab.services {
             let image = &images[&(plan.kind.clone(), plan.image.clone())];
@@ -134,7 +136,15 @@ impl Stack {
                     plan.name.clone()
                 };
                 jobs.push(start_one(
-                    engine, run_id, &lab.name, &network, plan, instance, image, opts, reporter,
+                    engine,
+                    run_id,
+                    &lab.name,
+                    (&network, dns.as_deref()),
+                    plan,
+                    instance,
+                    image,
+                    opts,
+                    reporter,
                 ));
             }
         }
@@ -169,7 +179,7 @@ async fn start_one(
     engine: &Engine,
     run_id: &str,
     lab: &str,
-    network: &str,
+    (network, dns): (&str, Option<&str>),
     plan: &ServicePlan,
     instance: String,
     image: &str,
@@ -230,6 +240,10 @@ async fn start_one(
         let source = source
             .canonicalize()
             .map_err(|e| EnvError::new(format!("lab file {}: {e}", source.display())))?;
+        let source = match dns {
+            Some(dns) => with_engine_dns(&source, dns, run_id, &instance)?,
+            None => source,
+        };
         binds.push(format!("{}:{target}:ro", source.display()));
     }
     let aliases = if instance == plan.name {
@@ -250,6 +264,7 @@ async fn start_one(
             network_mode: Some(network.to_string()),
             init: Some(true),
             privileged: Some(false),
+            ulimits: engine.ulimits(),
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {
@@ -274,7 +289,16 @@ async fn start_one(
             body,
         )
         .await
-        .map_err(|e| EnvError::new(format!("cannot create container for `{instance}`: {e}")))?;
+        .map_err(|e| {
+            let text = e.to_string();
+            let message = format!("cannot create container for `{instance}`: {text}");
+            if text.contains("catatonit") {
+                // Podman's --init binary: Debian's podman only recommends it.
+                EnvError::hint(message, "sudo apt-get install catatonit")
+            } else {
+                EnvError::new(message)
+            }
+        })?;
     engine
         .docker
         .start_container(&container, None)
@@ -321,6 +345,64 @@ async fn start_one(
         ready_timeout: plan.ready_timeout,
     })
 }
+
+/// Docker's embedded DNS answers on 127.0.0.11 in every container of a user
+/// network, and lab files name it (nginx's `resolver 127.0.0.11`). Podman's
+/// DNS (aardvark-dns) answers on the network's gateway instead. On Podman
+/// this returns that address, so lab files can be adjusted; None on Docker.
+async fn lab_dns(engine: &Engine, network: &str) -> Result<Option<String>, EnvError> {
+    if engine.product != super::Product::Podman {
+        return Ok(None);
+    }
+    let info = engine
+        .docker
+        .inspect_network(
+            network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .map_err(|e| EnvError::new(format!("cannot inspect network {network}: {e}")))?;
+    Ok(info
+        .ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().find_map(|c| c.gateway)))
+}
+
+/// Where a run's adjusted lab files live (removed by [`teardown`]).
+fn run_files_dir(run_id: &str) -> std::path::PathBuf {
+    images::cache_dir().join("runs").join(run_id)
+}
+
+/// `source` itself, or, when it names Docker's DNS address 127.0.0.11, a copy
+/// naming `dns` instead (under [`run_files_dir`]).
+fn with_engine_dns(
+    source: &std::path::Path,
+    dns: &str,
+    run_id: &str,
+    instance: &str,
+) -> Result<std::path::PathBuf, EnvError> {
+    let Ok(text) = std::fs::read_to_string(source) else {
+        return Ok(source.to_path_buf()); // not text: mounted as is
+    };
+    if !text.contains(DOCKER_DNS) {
+        return Ok(source.to_path_buf());
+    }
+    let dir = run_files_dir(run_id).join(instance);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| EnvError::new(format!("cannot create {}: {e}", dir.display())))?;
+    let name = source.file_name().unwrap_or_default();
+    let copy = dir.join(name);
+    std::fs::write(&copy, text.replace(DOCKER_DNS, dns))
+        .map_err(|e| EnvError::new(format!("cannot write {}: {e}", copy.display())))?;
+    tracing::info!(
+        "{} names {DOCKER_DNS} (Docker's DNS); mounted with {dns} (the engine's)",
+        source.display()
+    );
+    Ok(copy)
+}
+
+/// Docker's embedded DNS server inside containers on user networks.
+const DOCKER_DNS: &str = "127.0.0.11";
 
 /// Asks the kernel for `n` free loopback ports.
 fn reserve_ports(n: usize) -> Result<Vec<u16>, EnvError> {
@@ -399,7 +481,35 @@ pub async fn remove_labelled(engine: &Engine, filter: &str) -> Result<usize, Env
     Ok(removed)
 }
 
-/// Removes everything of one run.
+/// Removes everything of one run (and its adjusted lab files, if any).
 pub async fn teardown(engine: &Engine, run_id: &str) -> Result<usize, EnvError> {
-    remove_labelled(engine, &format!("{}={run_id}", labels::RUN)).await
+    let removed = remove_labelled(engine, &format!("{}={run_id}", labels::RUN)).await?;
+    let _ = std::fs::remove_dir_all(run_files_dir(run_id));
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_files_naming_docker_dns_get_the_engine_dns() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, "resolver  127.0.0.11  valid=5s;\n").unwrap();
+        let plain = dir.path().join("plain.conf");
+        std::fs::write(&plain, "listen 80;\n").unwrap();
+        let run_id = format!("test-{}", new_run_id());
+        let copy = with_engine_dns(&conf, "10.89.0.1", &run_id, "nginx").unwrap();
+        assert_ne!(copy, conf);
+        assert_eq!(
+            std::fs::read_to_string(&copy).unwrap(),
+            "resolver  10.89.0.1  valid=5s;\n"
+        );
+        assert_eq!(
+            with_engine_dns(&plain, "10.89.0.1", &run_id, "nginx").unwrap(),
+            plain
+        );
+        std::fs::remove_dir_all(run_files_dir(&run_id)).unwrap();
+    }
 }

@@ -461,17 +461,20 @@ pub(crate) async fn build_rootfs_image(
 }
 
 /// `docker import`: streams a rootfs tarball into an image tagged `tag`.
+///
+/// The whole `name:tag` goes in `repo`, as the docker CLI sends it: Podman's
+/// compat API ignores a separate `tag` parameter on import (the image would be
+/// `name:latest`). The changes reach Podman one instruction per parameter
+/// through [`crate::engine::Engine`]'s request rewriting.
 async fn import(
     docker: &Docker,
     tar: impl AsyncRead + Send + 'static,
     tag: &str,
     changes: Vec<String>,
 ) -> Result<(), ImageError> {
-    let (repo, t) = tag.rsplit_once(':').expect("local tags have a tag part");
     let opts = CreateImageOptionsBuilder::default()
         .from_src("-")
-        .repo(repo)
-        .tag(t)
+        .repo(tag)
         .changes(changes)
         .build();
     let body = bollard::body_try_stream(ReaderStream::with_capacity(tar, 1 << 20));
@@ -550,6 +553,13 @@ pub(crate) async fn add_self_layer(
                 ImageError::new(format!("cannot copy the infralab binary into {name}: {e}"))
             })?;
         let (repo, t) = tag.rsplit_once(':').expect("local tags have a tag part");
+        // Docker reads the labels from the config; Podman's compat commit
+        // ignores the config and reads only `changes`: both are sent.
+        let changes = labels
+            .iter()
+            .map(|(k, v)| format!("LABEL {k}={}", recipe::dockerfile_quote(v)))
+            .collect::<Vec<_>>()
+            .join("\n");
         let config = ContainerConfig {
             labels: Some(
                 labels
@@ -565,6 +575,7 @@ pub(crate) async fn add_self_layer(
                     .container(&name)
                     .repo(repo)
                     .tag(t)
+                    .changes(&changes)
                     .pause(false)
                     .build(),
                 config,

@@ -464,9 +464,14 @@ async fn prune(docker: &Docker, spec: &KindSpec, keep_tag: &str, keep_base: &str
             continue;
         }
         for t in &image.repo_tags {
-            let ours =
-                t.starts_with(&format!("{repo}:local-")) || t.starts_with(&format!("{repo}:base-"));
-            if ours && t != keep_tag && t != keep_base {
+            // Podman lists short names qualified: `docker.io/infralab/redis:…`.
+            let short = t
+                .strip_prefix("docker.io/")
+                .or_else(|| t.strip_prefix("localhost/"))
+                .unwrap_or(t);
+            let ours = short.starts_with(&format!("{repo}:local-"))
+                || short.starts_with(&format!("{repo}:base-"));
+            if ours && short != keep_tag && short != keep_base {
                 match docker
                     .remove_image(t, Some(RemoveImageOptionsBuilder::default().build()), None)
                     .await

@@ -173,7 +173,7 @@ fn file_key(path: &std::path::Path, meta: &std::fs::Metadata) -> String {
 /// Quotes a value for a Dockerfile instruction (`ENV`, `LABEL`) as given to
 /// `docker import --change`: double quotes, with `\`, `"` and `$` escaped so
 /// nothing is expanded.
-fn dockerfile_quote(value: &str) -> String {
+pub(crate) fn dockerfile_quote(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('"');
     for c in value.chars() {
