@@ -38,6 +38,8 @@ pub struct ConsistentHashing;
 
 /// Keys per pipeline when writing, copying and deleting.
 const BATCH: usize = 1000;
+/// Keys a reader looks up at once, under one placement.
+const READ_BATCH: usize = 25;
 
 #[async_trait]
 impl Exercise for ConsistentHashing {
@@ -394,14 +396,24 @@ impl Cache {
     async fn copy(&mut self, keys: &[String], moves: &Moves) -> Result<usize, ExerciseError> {
         let mut accepted = 0;
         for chunk in moves.moved.chunks(BATCH) {
-            let mut dumps = Vec::with_capacity(chunk.len());
-            for &(i, from, _) in chunk {
-                let dump: Option<Vec<u8>> = redis::cmd("DUMP")
-                    .arg(&keys[i])
-                    .query_async(&mut self.conns[from])
+            // One pipeline of DUMPs per old owner, answers put back in chunk order.
+            let mut dumps: Vec<Option<Vec<u8>>> = vec![None; chunk.len()];
+            for (node, conn) in self.conns.iter_mut().enumerate() {
+                let mine: Vec<usize> = (0..chunk.len()).filter(|&j| chunk[j].1 == node).collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let mut pipe = redis::pipe();
+                for &j in &mine {
+                    pipe.cmd("DUMP").arg(&keys[chunk[j].0]);
+                }
+                let answers: Vec<Option<Vec<u8>>> = pipe
+                    .query_async(conn)
                     .await
                     .doing("DUMP on the old owner")?;
-                dumps.push(dump);
+                for (j, dump) in mine.into_iter().zip(answers) {
+                    dumps[j] = dump;
+                }
             }
             let mut pipes: Vec<(redis::Pipeline, usize)> =
                 (0..self.conns.len()).map(|_| (redis::pipe(), 0)).collect();
@@ -517,9 +529,16 @@ impl Readers {
     }
 
     async fn wait_warm(&self) {
-        while self.shared.warm.load(Ordering::SeqCst) < self.shared.seen.len() {
+        while self.shared.warm.load(Ordering::SeqCst) < self.shared.seen.len() && !self.failed() {
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// A reader ended before the change: it failed, and waiting for it would
+    /// hang; the error surfaces when the readers are joined.
+    fn failed(&self) -> bool {
+        self.shared.epoch.load(Ordering::SeqCst) == 0
+            && self.handles.iter().any(|h| h.is_finished())
     }
 
     fn change_placement(&self) {
@@ -533,7 +552,8 @@ impl Readers {
             .shared
             .seen
             .iter()
-            .any(|s| s.load(Ordering::SeqCst) == 0)
+            .zip(&self.handles)
+            .any(|(s, h)| s.load(Ordering::SeqCst) == 0 && !h.is_finished())
         {
             tokio::time::sleep(POLL).await;
         }
@@ -572,26 +592,35 @@ impl Reader {
     }
 
     /// One read of each of its keys, on the owner by the placement in force
-    /// at that read; a miss is filled from the database (cache-aside).
+    /// at that read; a miss is filled from the database (cache-aside). Keys
+    /// go in small batches, one MGET per owner (each key still a lookup the
+    /// node counts), so a sweep is quick even on a busy machine.
     async fn sweep(&mut self) -> Result<(), ExerciseError> {
-        for i in (self.index..self.keys.len()).step_by(self.of) {
+        let mine: Vec<usize> = (self.index..self.keys.len()).step_by(self.of).collect();
+        for batch in mine.chunks(READ_BATCH) {
             let epoch = self.shared.epoch.load(Ordering::SeqCst);
             self.shared.seen[self.index].store(epoch, Ordering::SeqCst);
-            let key = &self.keys[i];
-            let owner = self.placements[epoch].owner(key);
-            let conn = &mut self.conns[owner];
-            let got: Option<String> = redis::cmd("GET")
-                .arg(key)
-                .query_async(conn)
-                .await
-                .doing("reading a key")?;
-            if got.is_none() {
-                let _: () = redis::cmd("SET")
-                    .arg(key)
-                    .arg(value_of(key))
+            let mut per_owner: Vec<Vec<&String>> = vec![Vec::new(); self.conns.len()];
+            for &i in batch {
+                let key = &self.keys[i];
+                per_owner[self.placements[epoch].owner(key)].push(key);
+            }
+            for (conn, keys) in self.conns.iter_mut().zip(per_owner) {
+                if keys.is_empty() {
+                    continue;
+                }
+                let got: Vec<Option<String>> = redis::cmd("MGET")
+                    .arg(&keys)
                     .query_async(conn)
                     .await
-                    .doing("filling a miss")?;
+                    .doing("reading keys")?;
+                let mut fill = redis::pipe();
+                for (key, _) in keys.iter().zip(got).filter(|(_, v)| v.is_none()) {
+                    fill.cmd("SET").arg(*key).arg(value_of(key)).ignore();
+                }
+                if !fill.is_empty() {
+                    let _: () = fill.query_async(conn).await.doing("filling misses")?;
+                }
             }
         }
         Ok(())
