@@ -3,46 +3,57 @@
 mod common;
 
 use common::*;
+use serde_json::json;
+
+const LAB: &str = "global-coordination/distributed-locking.yaml";
+
+fn obs_i64(report: &serde_json::Value, name: &str, observation: &str) -> i64 {
+    let s = scenario(report, name);
+    s["observations"][observation]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{observation} missing in {s}"))
+}
+
+/// The verdict of one expectation of a scenario in a JSON report.
+fn check_verdict(report: &serde_json::Value, name: &str, observation: &str) -> String {
+    let s = scenario(report, name);
+    s["checks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("checks in {s}"))
+        .iter()
+        .find(|c| c["observation"] == observation)
+        .unwrap_or_else(|| panic!("a check of {observation} in {s}"))["verdict"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
 
 #[test]
 fn distributed_locking_passes_and_leaves_nothing() {
-    let lab = temp_lab(
-        "global-coordination/distributed-locking.yaml",
-        "pass",
-        |t| t,
-    );
-    let out = run(&["run", lab.path.to_str().unwrap(), "--format", "json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let report = json_report(&out);
+    let lab = temp_lab(LAB, "pass", |t| t);
+    let (code, report, out) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{out}");
     let scenarios = report["labs"][0]["scenarios"]
         .as_array()
         .expect("scenarios");
     assert_eq!(scenarios.len(), 6);
-    let by_name = |n: &str| scenarios.iter().find(|s| s["name"] == n).expect(n);
-    // Observed values, not constants: the race and the lock show in the numbers.
-    assert!(
-        by_name("no-lock")["observations"]["lost_updates"]
-            .as_i64()
-            .unwrap()
-            > 0
-    );
-    assert_eq!(by_name("setnx")["observations"]["final_counter"], 400);
+    for s in scenarios {
+        assert_eq!(s["verdict"], "pass", "{s}");
+    }
+    // Observed values, not constants: the race, the lock and the fence show in
+    // what the storage counted.
+    assert!(obs_i64(&report, "no-lock", "lost_updates") > 0);
+    assert_eq!(obs_i64(&report, "setnx", "final_counter"), 400);
+    assert_eq!(obs_i64(&report, "setnx", "max_concurrent_holders"), 1);
+    assert!(obs_i64(&report, "lease-expires-mid-work", "lost_updates") > 0);
+    let refused = obs_i64(&report, "fencing-tokens", "fenced_rejections");
+    assert!(refused > 0);
     assert_eq!(
-        by_name("setnx")["observations"]["max_concurrent_holders"],
-        1
+        obs_i64(&report, "fencing-tokens", "final_counter"),
+        40 - refused
     );
-    assert!(
-        by_name("lease-expires-mid-work")["observations"]["max_concurrent_holders"]
-            .as_i64()
-            .unwrap()
-            > 1
-    );
-    // The pause fault really froze Redis past a 500 ms lease: a holder lost its lock.
-    let freeze = by_name("redis-freezes-past-the-lease");
-    assert!(
-        freeze["observations"]["lock_lost"].as_i64().unwrap() > 0,
-        "{freeze}"
-    );
+    // The pause fault really froze the lock server past a 500 ms lease.
+    let freeze = scenario(&report, "redis-freezes-past-the-lease");
     let faults: Vec<&str> = freeze["timeline"]
         .as_array()
         .unwrap()
@@ -50,53 +61,108 @@ fn distributed_locking_passes_and_leaves_nothing() {
         .filter(|e| e["source"] == "fault")
         .map(|e| e["what"].as_str().unwrap())
         .collect();
-    assert_eq!(faults, ["pause redis", "unpause redis"]);
-    for s in scenarios {
-        assert_eq!(s["verdict"], "pass", "{s}");
-    }
+    assert_eq!(faults, ["pause locks", "unpause locks"]);
     assert_nothing_left(&lab.name);
 }
 
 #[test]
-fn a_wrong_expectation_fails_with_exit_1_and_shows_the_observed_value() {
-    // The broken variant: expect the unlocked counter to be exact.
+fn distributed_locking_passes_with_other_parameters() {
     let lab = temp_lab(
-        "global-coordination/distributed-locking.yaml",
-        "broken",
-        |t| t.replace("lost_updates: \"> 0\"", "lost_updates: \"== 0\""),
+        LAB,
+        "params",
+        changed_params(&[("workers", json!(5)), ("increments", json!(6))]),
     );
+    let (code, report, out) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(obs_i64(&report, "setnx", "final_counter"), 30);
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
+fn without_fencing_the_short_lease_loses_updates_and_fails() {
+    // The broken implementation: the same short lease, no fence token.
+    let lab = temp_lab(LAB, "nofence", |t| {
+        t.replace(
+            "increments: 5, fencing: true",
+            "increments: 5, fencing: false",
+        )
+    });
     let junit = lab.dir.path().join("report.xml");
-    let out = run(&[
-        "run",
-        lab.path.to_str().unwrap(),
-        "--scenario",
-        "no-lock",
-        "--junit",
-        junit.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("FAIL"), "{}", text(&out));
-    let row = stdout
-        .lines()
-        .find(|l| l.contains("lost_updates"))
-        .expect("a lost_updates row");
-    assert!(row.contains("== 0") && row.contains("FAIL"), "row: {row}");
+    let (code, report, out) = run_json(
+        &lab,
+        &[
+            "--scenario",
+            "fencing-tokens",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(scenario(&report, "fencing-tokens")["verdict"], "fail");
+    assert_eq!(
+        check_verdict(&report, "fencing-tokens", "lost_updates"),
+        "fail"
+    );
+    assert_eq!(
+        check_verdict(&report, "fencing-tokens", "fenced_rejections"),
+        "fail"
+    );
     let xml = std::fs::read_to_string(&junit).expect("junit written");
     assert!(xml.contains("<failure"), "{xml}");
     assert_nothing_left(&lab.name);
 }
 
 #[test]
+fn without_a_lock_the_exact_counter_fails() {
+    // The broken implementation: the `setnx` scenario with no lock.
+    let lab = temp_lab(LAB, "nolock", |t| {
+        t.replace(
+            "params: { strategy: setnx, ttl_ms: 5000, hold_ms: 1 }",
+            "params: { strategy: none, ttl_ms: 5000, hold_ms: 1 }",
+        )
+    });
+    let (code, report, out) = run_json(&lab, &["--scenario", "setnx"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(check_verdict(&report, "setnx", "final_counter"), "fail");
+    assert_eq!(check_verdict(&report, "setnx", "lost_updates"), "fail");
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
+fn a_lease_longer_than_the_work_loses_nothing_and_the_lost_update_check_fails() {
+    // The lease-expires scenario with a lease longer than the work: its
+    // failure-mode expectations must fail, not hold by construction.
+    let lab = temp_lab(LAB, "longlease", |t| {
+        t.replace(
+            "params: { strategy: setnx, ttl_ms: 20, hold_ms: 60, increments: 5 }",
+            "params: { strategy: setnx, ttl_ms: 5000, hold_ms: 60, increments: 5 }",
+        )
+    });
+    let (code, report, out) = run_json(&lab, &["--scenario", "lease-expires-mid-work"]);
+    assert_eq!(code, Some(1), "{out}");
+    for o in ["lost_updates", "max_concurrent_holders", "lock_lost"] {
+        assert_eq!(
+            check_verdict(&report, "lease-expires-mid-work", o),
+            "fail",
+            "{o}"
+        );
+    }
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
 fn two_concurrent_runs_of_the_same_lab_both_pass() {
-    let a = temp_lab(
-        "global-coordination/distributed-locking.yaml",
-        "twin",
-        |t| t,
-    );
+    let a = temp_lab(LAB, "twin", |t| t);
     let spawn = || {
         infralab()
-            .args(["run", a.path.to_str().unwrap(), "--format", "json"])
+            .args([
+                "run",
+                a.path.to_str().unwrap(),
+                "--format",
+                "json",
+                "--scenario",
+                "fencing-tokens",
+            ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -18,19 +18,6 @@ impl ServiceKind for Redis {
     }
 
     async fn probe(&self, endpoint: &Endpoint) -> Result<(), String> {
-        let client = redis::Client::open(endpoint.url.as_str()).map_err(|e| e.to_string())?;
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| e.to_string())?;
-        let pong: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(format!("PING answered {pong:?}"))
-        }
+        crate::client::redis::ping(endpoint).await
     }
 }

@@ -1,1 +1,149 @@
-//! Redis through the redis crate.
+//! Redis through the redis crate: connecting to a `redis` service, the
+//! readiness probe (PING), Lua scripts with their keys and arguments, and
+//! the server-side counters exercises read back (INFO stats, DBSIZE, TIME).
+
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+
+use crate::catalog::Endpoint;
+use crate::exercise::{Context, ExerciseError};
+
+/// A multiplexed connection to a Redis service for exercises. The client's
+/// defaults (1 s to connect, 500 ms per answer) turn a busy 2-core machine
+/// into errors; a late answer is still an answer, so both are 10 s here.
+pub async fn connect(endpoint: &Endpoint) -> Result<MultiplexedConnection, ExerciseError> {
+    open(endpoint, Duration::from_secs(10)).await
+}
+
+/// A connection that waits as long as the server stalls: a `pause` fault
+/// freezes Redis for seconds, and a frozen server must give a late answer,
+/// not an error.
+pub async fn connect_patient(endpoint: &Endpoint) -> Result<MultiplexedConnection, ExerciseError> {
+    open(endpoint, Duration::from_secs(60)).await
+}
+
+async fn open(
+    endpoint: &Endpoint,
+    answer_within: Duration,
+) -> Result<MultiplexedConnection, ExerciseError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(answer_within));
+    redis::Client::open(endpoint.url.as_str())
+        .doing("redis url")?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .doing(&format!("connecting to {}", endpoint.service))
+}
+
+/// The readiness probe: a PING answered with PONG, with the client's short
+/// default timeouts (the engine retries with backoff until its deadline).
+pub async fn ping(endpoint: &Endpoint) -> Result<(), String> {
+    let client = redis::Client::open(endpoint.url.as_str()).map_err(|e| e.to_string())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    if pong == "PONG" {
+        Ok(())
+    } else {
+        Err(format!("PING answered {pong:?}"))
+    }
+}
+
+/// A Lua script run with EVALSHA (loaded on first use), so one decision on
+/// the server is one atomic step.
+#[derive(Clone)]
+pub struct Lua(redis::Script);
+
+impl Lua {
+    /// A script from its source.
+    pub fn new(source: &str) -> Self {
+        Lua(redis::Script::new(source))
+    }
+
+    /// Runs the script with `keys` and `args` (sent as text, as Redis reads
+    /// every argument); `what` names the step in errors.
+    pub async fn call<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[&str],
+        args: &[&(dyn std::fmt::Display + Sync)],
+        what: &str,
+    ) -> Result<T, ExerciseError> {
+        let mut inv = self.0.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(a.to_string());
+        }
+        inv.invoke_async(conn).await.doing(what)
+    }
+}
+
+/// Number of keys in the current database.
+pub async fn dbsize(conn: &mut MultiplexedConnection) -> Result<i64, ExerciseError> {
+    redis::cmd("DBSIZE").query_async(conn).await.doing("DBSIZE")
+}
+
+/// Lookups that found a key and lookups that did not, as the server counts
+/// them (`INFO stats`: keyspace_hits, keyspace_misses) since it started.
+pub async fn keyspace_hits_misses(
+    conn: &mut MultiplexedConnection,
+) -> Result<(u64, u64), ExerciseError> {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .doing("INFO stats")?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| ExerciseError(format!("INFO stats has no {name}")))
+    };
+    Ok((field("keyspace_hits")?, field("keyspace_misses")?))
+}
+
+/// The server's clock in ms (TIME), with the local instant it corresponds
+/// to (half the round trip after sending), to place server times locally.
+pub async fn server_clock(
+    conn: &mut MultiplexedConnection,
+) -> Result<(f64, Instant), ExerciseError> {
+    let before = Instant::now();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(conn)
+        .await
+        .doing("reading Redis's clock")?;
+    let rtt = before.elapsed();
+    Ok((
+        secs as f64 * 1000.0 + micros as f64 / 1000.0,
+        before + rtt / 2,
+    ))
+}
+
+/// Deletes every key under `namespace:` (the scenario's own keys).
+pub async fn delete_namespace(
+    conn: &mut MultiplexedConnection,
+    namespace: &str,
+) -> Result<(), ExerciseError> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query_async(conn)
+        .await
+        .doing("listing the scenario's keys")?;
+    for chunk in keys.chunks(1000) {
+        let _: i64 = redis::cmd("DEL")
+            .arg(chunk)
+            .query_async(conn)
+            .await
+            .doing("deleting the scenario's keys")?;
+    }
+    Ok(())
+}

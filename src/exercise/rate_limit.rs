@@ -1,33 +1,49 @@
 //! `rate-limit`: clients send requests through a limiter kept in Redis, first
-//! at a steady rate, then in a burst; the exercise records when each request
-//! was let through.
+//! a steady trickle, then a burst; the protected service logs when each
+//! admitted request really reached it.
 //!
-//! The limiter's state lives in Redis and every decision is one Lua script, so
-//! it is atomic across all clients and uses one clock (Redis `TIME`):
+//! The limiter's state lives in Redis and every decision is one Lua script,
+//! so it is atomic across all clients and uses one clock (Redis `TIME`):
 //!
 //! - `token-bucket`: a bucket of `capacity` tokens refilled at `rate` per
 //!   second; a request takes a token or is rejected. A full bucket lets a
 //!   burst of `capacity` through at once, then `rate` per second.
 //! - `leaky-bucket`: a queue of at most `capacity` requests drained at `rate`
 //!   per second (virtual scheduling: each accepted request gets the next free
-//!   slot, 1/`rate` after the previous one). The script returns the wait; the
-//!   request is let through when its slot comes. A burst is smoothed, never
+//!   slot, 1/`rate` after the previous one). The script answers the slot; the
+//!   client waits for it before it proceeds. A burst is smoothed, never
 //!   passed on; a full queue rejects.
 //! - `fixed-window`: a counter per window of `window_ms` on Redis's clock,
 //!   allowing `rate` × `window_ms` / 1000 requests per window. Two windows
 //!   back to back let twice that through around their boundary.
+//!
+//! An admitted request then "proceeds": one call to the protected service
+//! (here the same Redis) that appends the server's clock to a log. Every
+//! timing observation is read from that log, so it says when requests went
+//! through, not when the limiter planned them. Each request is its own task,
+//! so a request waiting for its slot never holds back the next arrival, and
+//! arrivals are paced without catch-up bursts after a stall.
 
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
 use serde_json::Value;
+use tokio::task::JoinHandle;
 
-use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
+use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
+use crate::client::redis::{Lua, connect, delete_namespace, server_clock};
+use crate::stats::{join_workers, pacer, round2, round4};
 
 /// The `rate-limit` exercise.
 pub struct RateLimit;
 
-// Every script answers {allowed (1 or 0), when in µs on Redis's clock}.
+/// The head of the burst that `burst_admitted` counts: long enough that a
+/// busy machine still offers more than a bucket's capacity within it.
+const BURST_HEAD_MS: f64 = 250.0;
+
+// Every limiter script answers {allowed (1 or 0), now µs, slot µs} on
+// Redis's clock; the slot is when the request may proceed.
 
 // ARGV: capacity, refill per ms.
 const TOKEN_BUCKET: &str = r"
@@ -46,10 +62,10 @@ if tokens >= 1 then
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], 60000)
-return {ok, math.floor(now * 1000)}";
+local us = math.floor(now * 1000)
+return {ok, us, us}";
 
 // ARGV: capacity (queue size), interval between slots in ms.
-// "When" is the request's slot: it waits in the queue until then.
 const LEAKY_BUCKET: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -57,9 +73,10 @@ local cap = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local slot = math.max(now, last + interval)
-if slot - now > (cap - 1) * interval then return {0, math.floor(now * 1000)} end
+local us = math.floor(now * 1000)
+if slot - now > (cap - 1) * interval then return {0, us, us} end
 redis.call('SET', KEYS[1], tostring(slot), 'PX', 60000)
-return {1, math.floor(slot * 1000)}";
+return {1, us, math.floor(slot * 1000)}";
 
 // ARGV: window in ms, limit per window.
 const FIXED_WINDOW: &str = r"
@@ -69,9 +86,16 @@ local w = math.floor(now / tonumber(ARGV[1]))
 local key = KEYS[1] .. ':' .. w
 local n = redis.call('INCR', key)
 if n == 1 then redis.call('PEXPIRE', key, tonumber(ARGV[1]) * 2) end
-local at = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if n <= tonumber(ARGV[2]) then return {1, at} end
-return {0, at}";
+local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if n <= tonumber(ARGV[2]) then return {1, us, us} end
+return {0, us, us}";
+
+// The protected service: logs the server's clock (µs) when a request reaches it.
+const PROCEED: &str = r"
+local t = redis.call('TIME')
+local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('RPUSH', KEYS[1], us)
+return us";
 
 #[async_trait]
 impl Exercise for RateLimit {
@@ -110,6 +134,11 @@ impl Exercise for RateLimit {
                 "token bucket size / leaky bucket queue length",
             ),
             ParamSpec::int("window_ms", 10, 60_000, 1000, "fixed-window length"),
+            ParamSpec::flag(
+                "wait_for_slot",
+                true,
+                "an admitted request waits for its leaky-bucket slot before it proceeds (false: the bug of a client that proceeds at once)",
+            ),
             ParamSpec::int(
                 "clients",
                 1,
@@ -145,62 +174,159 @@ impl Exercise for RateLimit {
     fn observations(&self) -> &'static [ObsSpec] {
         const {
             &[
-                ObsSpec::number("allowed", "requests the limiter let through"),
+                ObsSpec::number("allowed", "requests that reached the service (its log)"),
                 ObsSpec::number("rejected", "requests the limiter refused"),
                 ObsSpec::number(
                     "steady_rejected",
                     "requests refused during the steady phase",
                 ),
+                ObsSpec::number("burst_requests", "requests sent during the burst"),
+                ObsSpec::number("burst_allowed", "burst requests the limiter admitted"),
                 ObsSpec::number(
-                    "max_allowed_in_any_1s",
-                    "most requests let through in any sliding 1 s interval",
+                    "burst_seconds",
+                    "from the burst's first to its last request reaching the limiter, on Redis's clock",
                 ),
                 ObsSpec::number(
                     "burst_admitted",
-                    "requests let through in the first 100 ms of the burst",
+                    "requests that reached the service within 250 ms of the burst's first request reaching the limiter",
                 ),
                 ObsSpec::number(
-                    "admitted_rate",
-                    "requests let through per second while the burst lasted",
+                    "served_rate",
+                    "requests that reached the service per second, from the burst's first request until the last request went through",
                 ),
+                ObsSpec::number(
+                    "max_allowed_in_any_1s",
+                    "most requests that reached the service in any sliding 1 s interval",
+                ),
+                ObsSpec::number(
+                    "max_allowed_in_any_window",
+                    "most requests that reached the service in any sliding interval of window_ms",
+                ),
+                ObsSpec::number(
+                    "max_allowed_in_a_window",
+                    "most requests admitted within one window of the window_ms grid on Redis's clock",
+                ),
+            ]
+        }
+    }
+
+    fn milestones(&self) -> &'static [Milestone] {
+        const {
+            &[
+                Milestone::new("clients-started", "the clients start the steady phase"),
+                Milestone::new("clients-finished", "every request was answered and served"),
             ]
         }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
         let endpoint = ctx.service("redis")?;
-        let client = redis::Client::open(endpoint.url.as_str()).doing("redis url")?;
-        let mut setup = client
-            .get_multiplexed_async_connection()
+        let mut setup = connect(endpoint).await?;
+        let keys = Keys {
+            limiter: format!("{}:limiter", ctx.namespace),
+            served: format!("{}:served", ctx.namespace),
+        };
+        let limiter = Limiter::from(ctx);
+        let plan = Plan::new(ctx, &mut setup).await?;
+
+        let mut clients = Vec::new();
+        for c in 0..ctx.int("clients") as usize {
+            clients.push(Client {
+                conn: connect(endpoint).await?,
+                index: c,
+                limiter: limiter.clone(),
+                keys: keys.clone(),
+                plan: plan.clone(),
+            });
+        }
+        ctx.mark("clients-started");
+        let handles: Vec<_> = clients
+            .into_iter()
+            .map(|c| tokio::spawn(c.send_all()))
+            .collect();
+        let answers: Vec<Answer> = join_workers(handles).await?.into_iter().flatten().collect();
+        ctx.mark("clients-finished");
+
+        let served_us: Vec<i64> = redis::cmd("LRANGE")
+            .arg(&keys.served)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut setup)
             .await
-            .doing("connecting to redis")?;
+            .doing("reading the service's log")?;
+        delete_namespace(&mut setup, &ctx.namespace).await?;
+        Ok(observe(&answers, &served_us, ctx.int("window_ms") as f64))
+    }
+}
+
+#[derive(Clone)]
+struct Keys {
+    limiter: String,
+    served: String,
+}
+
+#[derive(Clone)]
+struct Limiter {
+    script: Lua,
+    args: Vec<String>,
+    /// Admitted requests wait for their slot before they proceed.
+    wait: bool,
+    /// The protected service's log call.
+    proceed: Lua,
+}
+
+impl Limiter {
+    fn from(ctx: &Ctx) -> Self {
         let rate = ctx.int("rate") as f64;
         let capacity = ctx.int("capacity");
-        let window_ms = ctx.int("window_ms") as u64;
-        let key = format!("{}:limiter", ctx.namespace);
-        let limiter = match ctx.text("algorithm") {
-            "leaky-bucket" => Limiter {
-                script: redis::Script::new(LEAKY_BUCKET),
-                args: vec![capacity.to_string(), (1000.0 / rate).to_string()],
-            },
-            "fixed-window" => Limiter {
-                script: redis::Script::new(FIXED_WINDOW),
-                args: vec![
+        let window_ms = ctx.int("window_ms");
+        let (source, args) = match ctx.text("algorithm") {
+            "leaky-bucket" => (
+                LEAKY_BUCKET,
+                vec![capacity.to_string(), (1000.0 / rate).to_string()],
+            ),
+            "fixed-window" => (
+                FIXED_WINDOW,
+                vec![
                     window_ms.to_string(),
                     ((rate * window_ms as f64 / 1000.0).round().max(1.0) as i64).to_string(),
                 ],
-            },
-            _ => Limiter {
-                script: redis::Script::new(TOKEN_BUCKET),
-                args: vec![capacity.to_string(), (rate / 1000.0).to_string()],
-            },
+            ),
+            _ => (
+                TOKEN_BUCKET,
+                vec![capacity.to_string(), (rate / 1000.0).to_string()],
+            ),
         };
+        Limiter {
+            script: Lua::new(source),
+            args,
+            wait: ctx.flag("wait_for_slot"),
+            proceed: Lua::new(PROCEED),
+        }
+    }
+}
 
-        // The schedule, as offsets from `start`: steady requests, then the burst.
-        let (redis_ms, start) = redis_clock(&mut setup).await?;
+/// When the phases happen, on the local clock, and how to turn Redis's clock
+/// into it.
+#[derive(Clone)]
+struct Plan {
+    clients: usize,
+    /// The local instant at which Redis's clock read `redis_ms`.
+    start: Instant,
+    redis_ms: f64,
+    steady_rps: f64,
+    burst_start: Instant,
+    burst_end: Instant,
+    burst_rps: f64,
+}
+
+impl Plan {
+    async fn new(ctx: &Ctx, conn: &mut MultiplexedConnection) -> Result<Self, ExerciseError> {
+        let (redis_ms, start) = server_clock(conn).await?;
         let steady_ms = ctx.int("steady_ms") as f64;
-        let half_burst = ctx.int("burst_ms") as f64 / 2.0;
-        let w = window_ms as f64;
+        let burst_ms = ctx.int("burst_ms") as f64;
+        let half_burst = burst_ms / 2.0;
+        let w = ctx.int("window_ms") as f64;
         let burst_start_ms = match ctx.text("burst_at") {
             "window-start" => ((redis_ms + steady_ms - 50.0) / w).ceil() * w + 50.0 - redis_ms,
             "window-boundary" => {
@@ -208,133 +334,176 @@ impl Exercise for RateLimit {
             }
             _ => steady_ms,
         };
-        let mut offsets = Vec::new();
-        let steady_rps = ctx.int("steady_rps") as f64;
-        if steady_rps > 0.0 {
-            let mut k = 0.0;
-            while k * 1000.0 / steady_rps < burst_start_ms {
-                offsets.push(k * 1000.0 / steady_rps);
-                k += 1.0;
-            }
-        }
-        let burst_rps = ctx.int("burst_rps") as f64;
-        let burst_len = ctx.int("burst_ms") as f64;
-        let burst_n = (burst_rps * burst_len / 1000.0).round().max(1.0) as usize;
-        offsets.extend((0..burst_n).map(|j| burst_start_ms + j as f64 * 1000.0 / burst_rps));
+        let at = |ms: f64| start + Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+        Ok(Plan {
+            clients: ctx.int("clients") as usize,
+            start,
+            redis_ms,
+            steady_rps: ctx.int("steady_rps") as f64,
+            burst_start: at(burst_start_ms),
+            burst_end: at(burst_start_ms + burst_ms),
+            burst_rps: ctx.int("burst_rps") as f64,
+        })
+    }
 
-        let clients = ctx.int("clients") as usize;
-        let mut tasks = tokio::task::JoinSet::new();
-        for c in 0..clients {
-            let conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .doing("connecting a client")?;
-            let mine: Vec<f64> = offsets.iter().copied().skip(c).step_by(clients).collect();
-            let limiter = limiter.clone();
-            let key = key.clone();
-            tasks.spawn(async move { send(conn, limiter, key, (start, redis_ms), mine).await });
+    /// The local instant of a time in µs on Redis's clock.
+    fn local(&self, redis_us: i64) -> Instant {
+        let ms = redis_us as f64 / 1000.0 - self.redis_ms;
+        if ms <= 0.0 {
+            self.start
+        } else {
+            self.start + Duration::from_secs_f64(ms / 1000.0)
         }
-        ctx.mark("clients-started");
-        let mut results = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            results.extend(joined.map_err(|e| ExerciseError(format!("client panicked: {e}")))??);
-        }
-        ctx.mark("clients-finished");
-        cleanup(&mut setup, &ctx.namespace).await?;
-
-        // Admission times in ms from `start` on Redis's clock; a queued request is let through at its slot.
-        let mut admitted: Vec<f64> = Vec::new();
-        let (mut rejected, mut steady_rejected) = (0u64, 0u64);
-        for r in &results {
-            match r.admitted_at {
-                Some(t) => admitted.push(t),
-                None => {
-                    rejected += 1;
-                    steady_rejected += u64::from(r.offset < burst_start_ms);
-                }
-            }
-        }
-        admitted.sort_by(f64::total_cmp);
-        let in_range =
-            |from: f64, to: f64| admitted.iter().filter(|&&t| t >= from && t < to).count();
-        let burst_end = burst_start_ms + burst_len;
-        let admitted_rate = in_range(burst_start_ms, burst_end) as f64 * 1000.0 / burst_len;
-        Ok(Observations::from([
-            ("allowed".into(), Value::from(admitted.len())),
-            ("rejected".into(), Value::from(rejected)),
-            ("steady_rejected".into(), Value::from(steady_rejected)),
-            (
-                "max_allowed_in_any_1s".into(),
-                Value::from(max_in_window(&admitted, 1000.0)),
-            ),
-            (
-                "burst_admitted".into(),
-                Value::from(in_range(burst_start_ms, burst_start_ms + 100.0)),
-            ),
-            (
-                "admitted_rate".into(),
-                Value::from((admitted_rate * 10.0).round() / 10.0),
-            ),
-        ]))
     }
 }
 
-#[derive(Clone)]
-struct Limiter {
-    script: redis::Script,
-    args: Vec<String>,
+/// What one request got from the limiter.
+struct Answer {
+    burst: bool,
+    allowed: bool,
+    /// When it reached the limiter, µs on Redis's clock.
+    decided_us: i64,
 }
 
-struct Sent {
-    /// Planned send time, ms from the start.
-    offset: f64,
-    /// When the request was let through, ms from the start; None if rejected.
-    admitted_at: Option<f64>,
-}
-
-/// Redis's clock in ms, read once, with the local instant it corresponds to.
-async fn redis_clock(
-    conn: &mut redis::aio::MultiplexedConnection,
-) -> Result<(f64, Instant), ExerciseError> {
-    let before = Instant::now();
-    let (secs, micros): (u64, u64) = redis::cmd("TIME")
-        .query_async(conn)
-        .await
-        .doing("reading Redis's clock")?;
-    let rtt = before.elapsed();
-    Ok((
-        secs as f64 * 1000.0 + micros as f64 / 1000.0,
-        before + rtt / 2,
-    ))
-}
-
-/// Sends the requests at their offsets from `clock.0` (which is `clock.1` ms
-/// on Redis's clock) and notes when the limiter let each through.
-async fn send(
-    mut conn: redis::aio::MultiplexedConnection,
+struct Client {
+    conn: MultiplexedConnection,
+    index: usize,
     limiter: Limiter,
-    key: String,
-    clock: (Instant, f64),
-    offsets: Vec<f64>,
-) -> Result<Vec<Sent>, ExerciseError> {
-    let (start, redis_ms) = clock;
-    let mut sent = Vec::with_capacity(offsets.len());
-    for offset in offsets {
-        tokio::time::sleep_until((start + Duration::from_secs_f64(offset / 1000.0)).into()).await;
-        let mut inv = limiter.script.key(&key);
-        for a in &limiter.args {
-            inv.arg(a);
+    keys: Keys,
+    plan: Plan,
+}
+
+impl Client {
+    /// The steady phase, then the burst; each request is its own task.
+    async fn send_all(self) -> Result<Vec<Answer>, ExerciseError> {
+        let p = &self.plan;
+        let mut requests = Vec::new();
+        if p.steady_rps > 0.0 {
+            self.phase(p.start, p.steady_rps, p.burst_start, false, &mut requests)
+                .await;
         }
-        let (allowed, at_us): (i64, i64) = inv
-            .invoke_async(&mut conn)
-            .await
-            .doing("asking the limiter")?;
-        sent.push(Sent {
-            offset,
-            admitted_at: (allowed == 1).then_some(at_us as f64 / 1000.0 - redis_ms),
-        });
+        self.phase(p.burst_start, p.burst_rps, p.burst_end, true, &mut requests)
+            .await;
+        join_workers(requests).await
     }
-    Ok(sent)
+
+    /// Sends requests paced at this client's share of `total_rps` from `from`
+    /// (staggered between clients) until `until`; a stall delays the next
+    /// request instead of firing the missed ones at once.
+    async fn phase(
+        &self,
+        from: Instant,
+        total_rps: f64,
+        until: Instant,
+        burst: bool,
+        requests: &mut Vec<JoinHandle<Result<Answer, ExerciseError>>>,
+    ) {
+        let stagger = Duration::from_secs_f64(self.index as f64 / total_rps);
+        tokio::time::sleep_until((from + stagger).into()).await;
+        let mut pace = pacer(total_rps / self.plan.clients as f64);
+        let end = tokio::time::sleep_until(until.into());
+        tokio::pin!(end);
+        loop {
+            // The phase ends on time even when this client's next tick is far off.
+            tokio::select! {
+                _ = &mut end => return,
+                _ = pace.tick() => {}
+            }
+            requests.push(tokio::spawn(self.request(burst)));
+        }
+    }
+
+    /// One request: ask the limiter, wait for the slot if it says so, proceed.
+    fn request(
+        &self,
+        burst: bool,
+    ) -> impl std::future::Future<Output = Result<Answer, ExerciseError>> + Send + 'static {
+        let mut conn = self.conn.clone();
+        let limiter = self.limiter.clone();
+        let keys = self.keys.clone();
+        let plan = self.plan.clone();
+        async move {
+            let args: Vec<&(dyn std::fmt::Display + Sync)> = limiter
+                .args
+                .iter()
+                .map(|a| a as &(dyn std::fmt::Display + Sync))
+                .collect();
+            let (allowed, decided_us, slot_us): (i64, i64, i64) = limiter
+                .script
+                .call(&mut conn, &[&keys.limiter], &args, "asking the limiter")
+                .await?;
+            if allowed == 1 {
+                if limiter.wait {
+                    tokio::time::sleep_until(plan.local(slot_us).into()).await;
+                }
+                let _: i64 = limiter
+                    .proceed
+                    .call(&mut conn, &[&keys.served], &[], "proceeding")
+                    .await?;
+            }
+            Ok(Answer {
+                burst,
+                allowed: allowed == 1,
+                decided_us,
+            })
+        }
+    }
+}
+
+/// The observations, from the limiter's answers and the service's log
+/// (times in µs on Redis's clock).
+fn observe(answers: &[Answer], served_us: &[i64], window_ms: f64) -> Observations {
+    let mut served: Vec<f64> = served_us.iter().map(|&us| us as f64 / 1000.0).collect();
+    served.sort_by(f64::total_cmp);
+    let burst: Vec<&Answer> = answers.iter().filter(|a| a.burst).collect();
+    let first = burst.iter().map(|a| a.decided_us).min();
+    let last = burst.iter().map(|a| a.decided_us).max();
+    let rejected = answers.iter().filter(|a| !a.allowed).count();
+    let steady_rejected = answers.iter().filter(|a| !a.burst && !a.allowed).count();
+    let burst_allowed = burst.iter().filter(|a| a.allowed).count();
+    let first_ms = first.map(|us| us as f64 / 1000.0);
+    let burst_admitted = first_ms.map(|f| {
+        served
+            .iter()
+            .filter(|&&t| t >= f && t < f + BURST_HEAD_MS)
+            .count()
+    });
+    let served_rate = first_ms.and_then(|f| {
+        let after: Vec<f64> = served.iter().copied().filter(|&t| t >= f).collect();
+        let span = after.last()? - f;
+        (span > 0.0).then(|| round2((after.len() - 1) as f64 * 1000.0 / span))
+    });
+    let mut admitted_ms: Vec<f64> = answers
+        .iter()
+        .filter(|a| a.allowed)
+        .map(|a| a.decided_us as f64 / 1000.0)
+        .collect();
+    admitted_ms.sort_by(f64::total_cmp);
+    Observations::from([
+        ("allowed".into(), Value::from(served.len())),
+        ("rejected".into(), Value::from(rejected)),
+        ("steady_rejected".into(), Value::from(steady_rejected)),
+        ("burst_requests".into(), Value::from(burst.len())),
+        ("burst_allowed".into(), Value::from(burst_allowed)),
+        (
+            "burst_seconds".into(),
+            Value::from(first.zip(last).map(|(f, l)| round4((l - f) as f64 / 1e6))),
+        ),
+        ("burst_admitted".into(), Value::from(burst_admitted)),
+        ("served_rate".into(), Value::from(served_rate)),
+        (
+            "max_allowed_in_any_1s".into(),
+            Value::from(max_in_window(&served, 1000.0)),
+        ),
+        (
+            "max_allowed_in_any_window".into(),
+            Value::from(max_in_window(&served, window_ms)),
+        ),
+        (
+            "max_allowed_in_a_window".into(),
+            Value::from(max_per_grid_window(&admitted_ms, window_ms)),
+        ),
+    ])
 }
 
 /// Most timestamps (sorted) within any half-open interval of `width`.
@@ -350,28 +519,18 @@ fn max_in_window(sorted: &[f64], width: f64) -> usize {
     best
 }
 
-async fn cleanup(
-    conn: &mut redis::aio::MultiplexedConnection,
-    namespace: &str,
-) -> Result<(), ExerciseError> {
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}:*"))
-        .query_async(conn)
-        .await
-        .doing("listing the limiter's keys")?;
-    if !keys.is_empty() {
-        let _: i64 = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(conn)
-            .await
-            .doing("deleting the limiter's keys")?;
+/// Most timestamps within one window `[k·width, (k+1)·width)` of the grid.
+fn max_per_grid_window(times: &[f64], width: f64) -> usize {
+    let mut counts = std::collections::BTreeMap::new();
+    for t in times {
+        *counts.entry((t / width).floor() as i64).or_insert(0usize) += 1;
     }
-    Ok(())
+    counts.into_values().max().unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::max_in_window;
+    use super::*;
 
     #[test]
     fn sliding_window_counts_the_densest_second() {
@@ -381,5 +540,31 @@ mod tests {
             4
         );
         assert_eq!(max_in_window(&[0.0, 2000.0, 4000.0], 1000.0), 1);
+    }
+
+    #[test]
+    fn grid_windows_count_within_their_bounds() {
+        assert_eq!(max_per_grid_window(&[], 1000.0), 0);
+        assert_eq!(
+            max_per_grid_window(&[999.0, 1000.0, 1500.0, 2100.0], 1000.0),
+            2
+        );
+    }
+
+    #[test]
+    fn the_leaky_bucket_serves_at_its_rate_from_the_burst_on() {
+        // Steady requests before the burst, then one slot every 50 ms.
+        let answers: Vec<Answer> = (0..8)
+            .map(|i| Answer {
+                burst: true,
+                allowed: true,
+                decided_us: 1_000_000 + i * 1_000,
+            })
+            .collect();
+        let served: Vec<i64> = (0..8).map(|i| 1_000_000 + i * 50_000).collect();
+        let obs = observe(&answers, &served, 1000.0);
+        assert_eq!(obs["burst_admitted"], 5);
+        assert_eq!(obs["served_rate"], 20.0);
+        assert_eq!(obs["burst_seconds"], 0.007);
     }
 }
