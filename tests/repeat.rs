@@ -44,14 +44,6 @@ fn tally<'a>(scenario: &'a Value, observation: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{observation} in {scenario}"))
 }
 
-/// Until `redis-lock` declares every milestone it records, its scenarios end
-/// UNKNOWN with that error alone (in every run); the checks still decide.
-fn undeclared_only(scenario: &Value) -> bool {
-    scenario["error"]
-        .as_str()
-        .is_some_and(|e| e.split("; ").all(|e| e.contains("undeclared milestone")))
-}
-
 #[test]
 fn repeat_counts_every_expectation_and_steady_verdicts_are_not_flaky() {
     let lab = steady_lab();
@@ -61,10 +53,7 @@ fn repeat_counts_every_expectation_and_steady_verdicts_are_not_flaky() {
     assert_eq!(code, Some(1), "steady-fail fails: {all}");
 
     let pass = scenario(&report, "steady-pass");
-    assert!(
-        pass["verdict"] == "pass" || undeclared_only(pass),
-        "{pass}\n{all}"
-    );
+    assert_eq!(pass["verdict"], "pass", "{pass}\n{all}");
     assert_eq!(pass["repeats"]["runs"], 3);
     let verdicts = pass["repeats"]["verdicts"].as_array().expect("verdicts");
     assert_eq!(verdicts.len(), 3);

@@ -488,7 +488,11 @@ mod tests {
         };
         assert_eq!(p.resolved(&lookup).unwrap(), "<= 53");
         assert!(n("== 1.5 * 2").holds(&json!(3), &none).unwrap());
-        assert!(n("== max(2, 3) + ceil(0.2) - floor(0.9)").holds(&json!(4), &none).unwrap());
+        assert!(
+            n("== max(2, 3) + ceil(0.2) - floor(0.9)")
+                .holds(&json!(4), &none)
+                .unwrap()
+        );
     }
 
     #[test]

@@ -45,8 +45,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::kafka_groups;
-use crate::client::http;
 use super::{Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamKind, ParamSpec};
+use crate::client::http;
 use crate::client::{amqp, mqtt};
 
 /// The `smoke` exercise.

@@ -19,8 +19,8 @@ use std::io::{self, Write};
 
 use serde_json::Value;
 
-use crate::event::{LabReport, RunReport, ScenarioReport};
 use crate::check::{CheckResult, Verdict};
+use crate::event::{LabReport, RunReport, ScenarioReport};
 
 /// Writes `report` as one HTML page.
 pub fn write(report: &RunReport, out: &mut dyn Write) -> io::Result<()> {
