@@ -50,7 +50,9 @@ fn cache_patterns_passes_and_leaves_nothing() {
     assert_eq!(obs(&report, "write-through", "ahead_reads"), 0.0);
     assert!(obs(&report, "write-through-set-before-commit", "ahead_reads") > 0.0);
     // Write-behind folds writes; the killed cache loses acknowledged ones.
-    assert!(obs(&report, "write-behind", "db_writes") < obs(&report, "write-behind", "writes"));
+    assert!(
+        obs(&report, "write-behind", "db_writes") < obs(&report, "write-behind", "writes_acked")
+    );
     assert!(obs(&report, "write-behind-cache-dies", "lost_writes") > 0.0);
     let died = scenario(&report, "write-behind-cache-dies");
     let at = |what: &str| {

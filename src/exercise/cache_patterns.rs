@@ -162,8 +162,8 @@ impl Exercise for CachePatterns {
     fn observations(&self) -> &'static [ObsSpec] {
         const {
             &[
-                ObsSpec::number("reads", "reads done by all readers"),
-                ObsSpec::number("writes", "writes acknowledged to the writers"),
+                ObsSpec::number("reads_done", "reads done by all readers"),
+                ObsSpec::number("writes_acked", "writes acknowledged to the writers"),
                 ObsSpec::number(
                     "failed_writes",
                     "writes whose transaction was rolled back (`fail_every`), not acknowledged",
@@ -593,8 +593,8 @@ fn observe(
     let lag_max = lags.iter().max().map(|d| round2(d.as_secs_f64() * 1000.0));
     let mut rl = read.latencies;
     Observations::from([
-        ("reads".into(), Value::from(read.reads)),
-        ("writes".into(), Value::from(writes)),
+        ("reads_done".into(), Value::from(read.reads)),
+        ("writes_acked".into(), Value::from(writes)),
         ("failed_writes".into(), Value::from(get(&shared.failed))),
         (
             "hit_ratio".into(),

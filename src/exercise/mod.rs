@@ -475,3 +475,52 @@ pub fn tidy(
     }
     (obs, problems)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_number_observation_shares_a_name_with_a_number_parameter() {
+        // An expression names either; one name for both would be ambiguous.
+        for e in EXERCISES {
+            let params: Vec<&str> = e
+                .params()
+                .iter()
+                .filter(|p| matches!(p.kind, ParamKind::Int { .. } | ParamKind::Float))
+                .map(|p| p.name)
+                .collect();
+            for o in e
+                .observations()
+                .iter()
+                .filter(|o| o.kind == ObsKind::Number)
+            {
+                assert!(
+                    !params.contains(&o.name),
+                    "exercise `{}`: `{}` is a parameter and an observation",
+                    e.name(),
+                    o.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_milestones_declared_once() {
+        for e in EXERCISES {
+            let mut seen = std::collections::BTreeSet::new();
+            for name in e.observations().iter().map(|o| o.name) {
+                assert!(seen.insert(name), "{}: observation {name} twice", e.name());
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for m in e.milestones() {
+                assert!(
+                    seen.insert(m.name),
+                    "{}: milestone {} twice",
+                    e.name(),
+                    m.name
+                );
+            }
+        }
+    }
+}
