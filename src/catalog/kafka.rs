@@ -87,7 +87,12 @@ fn probe_blocking(bootstrap: &str, expected_port: u16) -> Result<(), String> {
     let brokers = kafka::broker_addresses(bootstrap, ATTEMPT)?;
     match brokers.as_slice() {
         [] => Err("metadata lists no broker yet".into()),
-        list if list.iter().any(|(_, port)| *port == i32::from(expected_port)) => Ok(()),
+        list if list
+            .iter()
+            .any(|(_, port)| *port == i32::from(expected_port)) =>
+        {
+            Ok(())
+        }
         list => Err(format!(
             "the broker advertises {} but clients on the host need port {expected_port} \
              (advertised listener not set to the published port)",

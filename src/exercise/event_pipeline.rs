@@ -43,6 +43,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 
 use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
 use crate::client::kafka::{self, Outgoing};
@@ -51,6 +52,9 @@ use crate::stats::percentile_ms;
 /// How long after the last order the consumer may take to read everything:
 /// generous, so a busy machine gives a verdict, not a timeout.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How long the first consumer may take to join its group.
+const JOIN_DEADLINE: Duration = Duration::from_secs(90);
 
 /// The payload of an end marker (orders carry four numbers).
 const END_MARKER: &str = "end";
@@ -196,6 +200,10 @@ impl Exercise for EventPipeline {
         const {
             &[
                 Milestone::new("ready", "topic, tables and consumer are ready"),
+                Milestone::new(
+                    "consumer-assigned",
+                    "the first consumer holds its partitions: production starts",
+                ),
                 Milestone::new("producing", "orders are being produced"),
                 Milestone::new("produced", "every order is acknowledged"),
                 Milestone::new("consumer-stopped", "the consumer has stopped"),
@@ -226,6 +234,7 @@ impl Exercise for EventPipeline {
 
         let base = Instant::now();
         let produced = OnceLock::new();
+        let assigned = Notify::new();
         let service = Service {
             ctx,
             cfg: &cfg,
@@ -236,8 +245,13 @@ impl Exercise for EventPipeline {
             tables: &tables,
             base,
             produced: &produced,
+            assigned: &assigned,
         };
-        let producing = produce_orders(ctx, &cfg, &bootstrap, &topic, base, &produced);
+        let producing = async {
+            wait_assigned(&assigned).await?;
+            ctx.mark("consumer-assigned");
+            produce_orders(ctx, &cfg, &bootstrap, &topic, base, &produced).await
+        };
         let (sent, stats) = tokio::join!(producing, service.run());
         let (sent, stats) = (sent?, stats?);
         ctx.mark("consumer-stopped");
@@ -249,12 +263,27 @@ impl Exercise for EventPipeline {
         drop(db);
         let _ = connection.await;
         let _ = kafka::delete_topic(&bootstrap, &topic).await;
-        Ok(observe(sent, &totals, stats, base))
+        let (sent, started) = sent;
+        Ok(observe(sent, &totals, stats, started))
     }
 }
 
+/// Waits until the consumer holds its partitions, so that the end-to-end
+/// latency measures the pipeline, not the consumer's first group join
+/// (seconds on tansu).
+async fn wait_assigned(assigned: &Notify) -> Result<(), ExerciseError> {
+    tokio::time::timeout(JOIN_DEADLINE, assigned.notified())
+        .await
+        .map_err(|_| {
+            ExerciseError(format!(
+                "the consumer got no partitions within {} s",
+                JOIN_DEADLINE.as_secs()
+            ))
+        })
+}
+
 /// Produces the orders, keyed by customer, then an end marker per partition.
-/// Returns how many orders the broker acknowledged.
+/// Returns how many orders the broker acknowledged, and when production started.
 async fn produce_orders(
     ctx: &Ctx,
     cfg: &Config,
@@ -262,8 +291,9 @@ async fn produce_orders(
     topic: &str,
     base: Instant,
     produced: &OnceLock<Instant>,
-) -> Result<u64, ExerciseError> {
+) -> Result<(u64, Instant), ExerciseError> {
     let producer = kafka::producer(bootstrap)?;
+    let started = Instant::now();
     ctx.mark("producing");
     let customers = cfg.customers;
     let sent = kafka::produce(&producer, topic, cfg.orders, cfg.rate, |id| {
@@ -287,11 +317,12 @@ async fn produce_orders(
         payload: END_MARKER.into(),
     })
     .await?;
-    Ok(sent)
+    Ok((sent, started))
 }
 
-/// The observations, from what the database holds and what the consumer saw.
-fn observe(sent: u64, totals: &Totals, mut stats: Stats, base: Instant) -> Observations {
+/// The observations, from what the database holds and what the consumer saw
+/// (`started`: when production started).
+fn observe(sent: u64, totals: &Totals, mut stats: Stats, started: Instant) -> Observations {
     let expected: i64 = (0..sent).map(amount).sum();
     let sent_i = sent as i64;
     let mut obs = Observations::from([
@@ -328,7 +359,7 @@ fn observe(sent: u64, totals: &Totals, mut stats: Stats, base: Instant) -> Obser
         ),
     ]);
     if let Some(last) = stats.last_new {
-        let secs = last.saturating_duration_since(base).as_secs_f64();
+        let secs = last.saturating_duration_since(started).as_secs_f64();
         if secs > 0.0 {
             obs.insert(
                 "msgs_per_s".into(),
@@ -529,6 +560,8 @@ struct Service<'a> {
     base: Instant,
     /// When the last order was acknowledged.
     produced: &'a OnceLock<Instant>,
+    /// Told once a consumer holds partitions.
+    assigned: &'a Notify,
 }
 
 impl Service<'_> {
@@ -541,10 +574,14 @@ impl Service<'_> {
             .doing("preparing the charge statement")?;
         let mut stats = Stats::default();
         loop {
-            let consumer: StreamConsumer =
-                kafka::consumer_config(self.bootstrap, &self.group, "earliest", self.cfg.fetch_wait_ms)
-                    .create()
-                    .doing("creating the Kafka consumer")?;
+            let consumer: StreamConsumer = kafka::consumer_config(
+                self.bootstrap,
+                &self.group,
+                "earliest",
+                self.cfg.fetch_wait_ms,
+            )
+            .create()
+            .doing("creating the Kafka consumer")?;
             consumer.subscribe(&[self.topic]).doing("subscribing")?;
             let ended = self.incarnation(&consumer, &apply, &mut stats).await;
             kafka::close(consumer).await?;
@@ -634,7 +671,13 @@ impl Service<'_> {
                 // Transient consumer errors (a rebalance, a broker hiccup): keep going.
                 Ok(Err(_)) => {}
                 Err(_) if !batch.is_empty() => break,
-                Err(_) => self.check_deadline(ends)?,
+                Err(_) => {
+                    if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                        // A stored permit: the producer may start waiting later.
+                        self.assigned.notify_one();
+                    }
+                    self.check_deadline(ends)?;
+                }
             }
         }
         Ok(batch)
@@ -788,7 +831,10 @@ mod tests {
             charged: expected - amount(3),
         };
         let obs = observe(4, &totals, Stats::default(), base);
-        assert_eq!((obs["missing"].as_i64(), obs["exact"].as_bool()), (Some(1), Some(false)));
+        assert_eq!(
+            (obs["missing"].as_i64(), obs["exact"].as_bool()),
+            (Some(1), Some(false))
+        );
     }
 
     #[test]

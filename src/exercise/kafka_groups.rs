@@ -248,7 +248,10 @@ impl Exercise for KafkaGroups {
                     "late-groups-stable",
                     "the late groups have their partitions",
                 ),
-                Milestone::new("drained", "every group has read every partition to its end marker"),
+                Milestone::new(
+                    "drained",
+                    "every group has read every partition to its end marker",
+                ),
                 Milestone::new("consumers-closed", "every consumer has left"),
                 Milestone::new("member-left", "the leaving member has left its group"),
             ]
@@ -401,15 +404,21 @@ impl Run<'_> {
             round_robin,
             ..
         } = self.cfg;
-        kafka::produce(producer, &self.topic, self.cfg.messages, self.cfg.rate, |i| {
-            let (key, seq) = (i % keys, i / keys);
-            let sent_us = self.base.elapsed().as_micros() as u64;
-            Outgoing {
-                key: (!round_robin).then(|| format!("key-{key}")),
-                partition: round_robin.then_some((seq % partitions as u64) as i32),
-                payload: format!("{i} {key} {seq} {sent_us}"),
-            }
-        })
+        kafka::produce(
+            producer,
+            &self.topic,
+            self.cfg.messages,
+            self.cfg.rate,
+            |i| {
+                let (key, seq) = (i % keys, i / keys);
+                let sent_us = self.base.elapsed().as_micros() as u64;
+                Outgoing {
+                    key: (!round_robin).then(|| format!("key-{key}")),
+                    partition: round_robin.then_some((seq % partitions as u64) as i32),
+                    payload: format!("{i} {key} {seq} {sent_us}"),
+                }
+            },
+        )
         .await
     }
 
@@ -508,10 +517,7 @@ impl Run<'_> {
             let now = Instant::now();
             let payload = msg.payload().unwrap_or_default();
             if payload == END_MARKER.as_bytes() {
-                member
-                    .group
-                    .state()
-                    .end_seen(leaver, msg.partition());
+                member.group.state().end_seen(leaver, msg.partition());
                 continue;
             }
             let Some(payload) = Payload::parse(payload) else {
@@ -1201,14 +1207,20 @@ mod tests {
         assert!(d.drained(None));
         assert!(!d.drained(Some(0)), "member 0 is to leave and has not");
         d.end_seen(true, 0);
-        assert!(d.drained(Some(0)), "it read its partition to the end: it never leaves");
+        assert!(
+            d.drained(Some(0)),
+            "it read its partition to the end: it never leaves"
+        );
         // It leaves after all: the end counts again once member 1 holds both.
         d.left = Some((0, now));
         d.assign(0, None, now);
         assert!(!d.drained(Some(0)));
         d.assign(1, set(&[0, 1]), now);
         assert!(d.rebalanced.is_some());
-        assert!(!d.drained(Some(0)), "the new owner has not read to the end yet");
+        assert!(
+            !d.drained(Some(0)),
+            "the new owner has not read to the end yet"
+        );
         d.end_seen(false, 0);
         d.end_seen(false, 1);
         assert!(d.drained(Some(0)));

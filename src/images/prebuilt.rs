@@ -105,7 +105,11 @@ mod tests {
 
     #[test]
     fn kafka_pins_its_prebuilt_tansu() {
-        let ci = crate::catalog::spec("kafka").local.cargo_install.clone().unwrap();
+        let ci = crate::catalog::spec("kafka")
+            .local
+            .cargo_install
+            .clone()
+            .unwrap();
         let pre = ci.prebuilt.expect("kafka has a prebuilt tansu");
         assert!(pre.pypi.contains("=="), "the wheel must be pinned");
         assert_eq!(pre.sha256.len(), 64);
