@@ -74,6 +74,21 @@ pub fn producer(bootstrap: &str) -> Result<FutureProducer, ExerciseError> {
         .doing("creating a Kafka producer")
 }
 
+/// A producer like [`producer`] that sends every message in a record batch
+/// of its own. tansu 0.6 answers ListOffsets (latest) with the last record
+/// batch's base offset + 1 instead of the log end, so a consumer starting at
+/// `latest` re-reads the rest of each partition's last batch; with one
+/// message per batch its answer is right. Apache Kafka needs none of this.
+pub fn unbatched_producer(bootstrap: &str) -> Result<FutureProducer, ExerciseError> {
+    client_config(bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("batch.num.messages", "1")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .doing("creating a Kafka producer")
+}
+
 /// Closes a consumer off the async workers: closing leaves the group
 /// (LeaveGroup), waits for outstanding commits and serves their callbacks,
 /// all of which blocks while librdkafka winds down.
@@ -229,6 +244,23 @@ async fn send(
             Err((e, _)) => return Err(ExerciseError(format!("producing message {i}: {e}"))),
         }
     }
+}
+
+/// Messages in `topic` by the broker's own account: the sum over its
+/// partitions of the log end offset (high watermark, ListOffsets latest)
+/// minus the log start. Blocking: call it off the async workers.
+pub fn log_size(bootstrap: &str, topic: &str, partitions: i32) -> Result<i64, ExerciseError> {
+    let client: BaseConsumer = client_config(bootstrap)
+        .create()
+        .doing("creating a Kafka metadata client")?;
+    let mut total = 0;
+    for p in 0..partitions {
+        let (low, high) = client
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .doing("asking for the log end")?;
+        total += high - low;
+    }
+    Ok(total)
 }
 
 /// The brokers (`host:port`) a metadata request lists, asked of `bootstrap`

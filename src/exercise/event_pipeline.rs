@@ -125,7 +125,7 @@ impl Exercise for EventPipeline {
                 0,
                 100,
                 0,
-                "consumer incarnations that crash between the DB write and the offset commit of a batch",
+                "consumer incarnations that crash between the two steps of a batch (DB write and offset commit, in the order `commit` says)",
             ),
             ParamSpec::int(
                 "crash_at_batch",
@@ -160,7 +160,7 @@ impl Exercise for EventPipeline {
                 ),
                 ObsSpec::number(
                     "in_flight_at_crash",
-                    "orders in the batches a crash interrupted between the DB write and the offset commit",
+                    "orders in the batches a crash interrupted between their DB write and their offset commit",
                 ),
                 ObsSpec::number(
                     "charged_total",
@@ -209,7 +209,7 @@ impl Exercise for EventPipeline {
                 Milestone::new("consumer-stopped", "the consumer has stopped"),
                 Milestone::new(
                     "consumer-crashed",
-                    "the consumer crashed between the DB write and the offset commit of a batch",
+                    "the consumer crashed between the two steps of a batch",
                 ),
                 Milestone::new("consumer-restarted", "a new consumer took over"),
             ]

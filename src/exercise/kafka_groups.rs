@@ -367,12 +367,16 @@ impl Run<'_> {
         if !live.is_empty() {
             self.ctx.mark("groups-stable");
         }
-        let producer = kafka::producer(&self.bootstrap)?;
+        // One message per record batch: see `unbatched_producer` on tansu's `latest`.
+        let producer = kafka::unbatched_producer(&self.bootstrap)?;
         let produce_start = Instant::now();
         self.ctx.mark("producing");
         let sent = self.produce_messages(&producer).await?;
         self.ctx.mark("produced");
 
+        if !late.is_empty() {
+            self.wait_log_end(sent).await?;
+        }
         let late_members = self.start_members(late)?;
         let late_run = join_all(late_members.into_iter().map(|m| self.consume(m)));
         let waiter = async {
@@ -420,6 +424,34 @@ impl Run<'_> {
             },
         )
         .await
+    }
+
+    /// Waits until the broker's log end (ListOffsets) covers every
+    /// acknowledged message, so that a late group starting at `latest`
+    /// starts after all of them. A check more than a wait: with one message
+    /// per record batch tansu answers right away (with batches it answers
+    /// the last batch's base offset + 1, see `kafka::unbatched_producer`).
+    async fn wait_log_end(&self, sent: u64) -> Result<(), ExerciseError> {
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        loop {
+            let (bootstrap, topic, partitions) =
+                (self.bootstrap.clone(), self.topic.clone(), self.cfg.partitions);
+            let size = tokio::task::spawn_blocking(move || {
+                kafka::log_size(&bootstrap, &topic, partitions)
+            })
+            .await
+            .doing("asking for the log end")??;
+            if size >= sent as i64 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ExerciseError(format!(
+                    "the broker's log shows {size} of {sent} acknowledged messages after {} s",
+                    SETTLE_DEADLINE.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Writes an end marker to every partition, again and again, until every
