@@ -434,8 +434,11 @@ impl Run<'_> {
     async fn wait_log_end(&self, sent: u64) -> Result<(), ExerciseError> {
         let deadline = Instant::now() + SETTLE_DEADLINE;
         loop {
-            let (bootstrap, topic, partitions) =
-                (self.bootstrap.clone(), self.topic.clone(), self.cfg.partitions);
+            let (bootstrap, topic, partitions) = (
+                self.bootstrap.clone(),
+                self.topic.clone(),
+                self.cfg.partitions,
+            );
             let size = tokio::task::spawn_blocking(move || {
                 kafka::log_size(&bootstrap, &topic, partitions)
             })
