@@ -1,5 +1,5 @@
-//! Kafka: probed with a metadata request (rdkafka) whose answer must advertise
-//! the host-mapped port.
+//! Kafka: probed with a metadata request ([`kafka::broker_addresses`]) whose
+//! answer must advertise the host-mapped port.
 //!
 //! Quirk: a Kafka client bootstraps from one address and then connects to the
 //! address the broker *advertises*. Inside the container the broker listens on
@@ -12,12 +12,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
 
 use super::{ContainerPlan, Endpoint, ServiceKind};
+use crate::client::kafka;
 
 /// How long one probe attempt may take: under the engine's 2 s cap per attempt,
 /// so a timeout is reported in the probe's own words.
@@ -87,44 +84,25 @@ fn set_flag(cmd: &mut [String], flag: &str, value: &str) {
 }
 
 fn probe_blocking(bootstrap: &str, expected_port: u16) -> Result<(), String> {
-    let timeout_ms = ATTEMPT.as_millis().to_string();
-    let consumer: BaseConsumer<Quiet> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("socket.timeout.ms", &timeout_ms)
-        .set("socket.connection.setup.timeout.ms", &timeout_ms)
-        .set("log.connection.close", "false")
-        .set_log_level(RDKafkaLogLevel::Emerg)
-        .create_with_context(Quiet)
-        .map_err(|e| e.to_string())?;
-    let metadata = consumer
-        .fetch_metadata(None, ATTEMPT)
-        .map_err(|e| format!("no metadata: {e}"))?;
-    let brokers: Vec<String> = metadata
-        .brokers()
-        .iter()
-        .map(|b| format!("{}:{}", b.host(), b.port()))
-        .collect();
-    match metadata.brokers() {
+    let brokers = kafka::broker_addresses(bootstrap, ATTEMPT)?;
+    match brokers.as_slice() {
         [] => Err("metadata lists no broker yet".into()),
-        list if list.iter().any(|b| b.port() == i32::from(expected_port)) => Ok(()),
-        _ => Err(format!(
+        list if list
+            .iter()
+            .any(|(_, port)| *port == i32::from(expected_port)) =>
+        {
+            Ok(())
+        }
+        list => Err(format!(
             "the broker advertises {} but clients on the host need port {expected_port} \
              (advertised listener not set to the published port)",
-            brokers.join(", ")
+            list.iter()
+                .map(|(host, port)| format!("{host}:{port}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
-
-/// Keeps librdkafka's connection errors, expected while the broker boots, out
-/// of the terminal; the probe reports the outcome itself.
-struct Quiet;
-
-impl ClientContext for Quiet {
-    fn log(&self, _level: RDKafkaLogLevel, _fac: &str, _message: &str) {}
-    fn error(&self, _error: KafkaError, _reason: &str) {}
-}
-
-impl ConsumerContext for Quiet {}
 
 #[cfg(test)]
 mod tests {

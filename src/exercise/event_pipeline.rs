@@ -2,14 +2,20 @@
 //! them in PostgreSQL.
 //!
 //! A producer publishes `orders` orders (keyed by customer) at `rate` per
-//! second while one consumer service reads them in batches of `batch`: it
-//! applies a batch to the database in one transaction, then commits the
-//! batch's offsets to Kafka. With `crashes: N`, the first N consumer
-//! incarnations "crash" after applying their `crash_at_batch`-th batch and
-//! before committing its offsets: the consumer is dropped without a commit and
-//! a new one joins the same group, so Kafka hands it the batch again from the
-//! last committed offset. That redelivery is normal at-least-once behaviour;
-//! what it does to the database depends on the consumer:
+//! second while one consumer service reads them in batches of `batch`. Each
+//! batch has two effects in two systems: the charges are written to the
+//! database in one transaction, and the batch's offsets are committed to
+//! Kafka. `commit` says which comes first, and that decides the guarantee:
+//!
+//! - `after-write` (at least once): a crash between the write and the commit
+//!   leaves the batch uncommitted, so the next incarnation gets it again;
+//! - `before-write` (at most once): a crash between the commit and the write
+//!   leaves the batch committed but never written, so nobody gets it again.
+//!
+//! With `crashes: N`, the first N consumer incarnations "crash" between the
+//! two steps of their `crash_at_batch`-th batch: the consumer is dropped and
+//! a new one joins the same group, resuming from the committed offsets. What
+//! a redelivery does to the database depends on the consumer:
 //!
 //! - `naive`: appends a charge row per message and adds to the customer's
 //!   balance, so a redelivered order is charged twice.
@@ -18,11 +24,17 @@
 //!   (`INSERT … ON CONFLICT (order_id) DO NOTHING RETURNING …`, one
 //!   statement, one transaction), so a redelivered order changes nothing.
 //!
-//! Every number comes from the database and the broker: rows and totals are
-//! read back with SQL, redeliveries are orders the consumer received again.
+//! The run ends on an event: after the last order, an end marker goes to
+//! every partition, and the consumer stops once one incarnation has read
+//! every partition up to its marker (a quiet period would race the ~3 s
+//! group join of a restarted consumer on tansu).
+//!
+//! Every number comes from the database and the clients: rows and totals are
+//! read back with SQL, redeliveries are orders the consumer applied again,
+//! the orders in flight at a crash are those of the interrupted batches.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -31,12 +43,21 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 
-use super::kafka_groups::{
-    Outgoing, consumer_config, create_topic, delete_topic, produce, producer, topic_name,
-};
 use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
+use crate::client::kafka::{self, Outgoing};
 use crate::stats::percentile_ms;
+
+/// How long after the last order the consumer may take to read everything:
+/// generous, so a busy machine gives a verdict, not a timeout.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How long the first consumer may take to join its group.
+const JOIN_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The payload of an end marker (orders carry four numbers).
+const END_MARKER: &str = "end";
 
 /// The `event-pipeline` exercise.
 pub struct EventPipeline;
@@ -48,7 +69,7 @@ impl Exercise for EventPipeline {
     }
 
     fn summary(&self) -> &'static str {
-        "orders flow through Kafka into PostgreSQL; a consumer crash before its commit redelivers a batch"
+        "orders flow through Kafka into PostgreSQL; where the offset commit sits decides what a consumer crash does"
     }
 
     fn needs(&self) -> &'static [&'static str] {
@@ -78,7 +99,7 @@ impl Exercise for EventPipeline {
                 1,
                 100_000,
                 50,
-                "orders the consumer applies in one transaction before committing offsets",
+                "orders the consumer applies in one transaction and commits together",
             ),
             ParamSpec::int(
                 "batch_wait_ms",
@@ -93,19 +114,25 @@ impl Exercise for EventPipeline {
                 "idempotent",
                 "`naive`: every delivery is charged; `idempotent`: ON CONFLICT on the order id",
             ),
+            ParamSpec::choice(
+                "commit",
+                &["after-write", "before-write"],
+                "after-write",
+                "where the offset commit sits: after the DB write (at least once) or before it (at most once)",
+            ),
             ParamSpec::int(
                 "crashes",
                 0,
                 100,
                 0,
-                "consumer incarnations that crash after applying a batch, before committing it",
+                "consumer incarnations that crash between the two steps of a batch (DB write and offset commit, in the order `commit` says)",
             ),
             ParamSpec::int(
                 "crash_at_batch",
                 1,
                 100_000,
                 2,
-                "which batch of an incarnation is applied but never committed",
+                "which batch of an incarnation the crash interrupts",
             ),
             ParamSpec::int(
                 "fetch_wait_ms",
@@ -113,13 +140,6 @@ impl Exercise for EventPipeline {
                 10_000,
                 10,
                 "consumer fetch.wait.max.ms (tansu holds every fetch this long)",
-            ),
-            ParamSpec::int(
-                "idle_ms",
-                100,
-                600_000,
-                5000,
-                "give up once nothing new arrived for this long after the end of production",
             ),
         ]
     }
@@ -136,7 +156,11 @@ impl Exercise for EventPipeline {
                 ObsSpec::number("missing", "orders sent that have no charge row"),
                 ObsSpec::number(
                     "redelivered",
-                    "deliveries of an order the consumer had already received (Kafka-side duplicates)",
+                    "deliveries of an order the consumer had already applied (Kafka-side duplicates)",
+                ),
+                ObsSpec::number(
+                    "in_flight_at_crash",
+                    "orders in the batches a crash interrupted between their DB write and their offset commit",
                 ),
                 ObsSpec::number(
                     "charged_total",
@@ -144,7 +168,7 @@ impl Exercise for EventPipeline {
                 ),
                 ObsSpec::number(
                     "expected_total",
-                    "sum of the amounts of the orders sent (cents)",
+                    "sum of the amounts of the orders the broker acknowledged (cents)",
                 ),
                 ObsSpec::number("overcharge", "charged_total − expected_total (cents)"),
                 ObsSpec::flag(
@@ -152,8 +176,8 @@ impl Exercise for EventPipeline {
                     "one row per order and charged_total == expected_total",
                 ),
                 ObsSpec::number(
-                    "crashes",
-                    "consumer crashes between applying a batch and committing it",
+                    "crashed",
+                    "consumer incarnations that crashed between the two steps of a batch",
                 ),
                 ObsSpec::number(
                     "batches",
@@ -176,12 +200,16 @@ impl Exercise for EventPipeline {
         const {
             &[
                 Milestone::new("ready", "topic, tables and consumer are ready"),
+                Milestone::new(
+                    "consumer-assigned",
+                    "the first consumer holds its partitions: production starts",
+                ),
                 Milestone::new("producing", "orders are being produced"),
                 Milestone::new("produced", "every order is acknowledged"),
                 Milestone::new("consumer-stopped", "the consumer has stopped"),
                 Milestone::new(
                     "consumer-crashed",
-                    "the consumer crashed between its DB write and its offset commit",
+                    "the consumer crashed between the two steps of a batch",
                 ),
                 Milestone::new("consumer-restarted", "a new consumer took over"),
             ]
@@ -190,51 +218,42 @@ impl Exercise for EventPipeline {
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
         let bootstrap = ctx.service("kafka")?.url.clone();
-        let pg_url = ctx.service("postgres")?.url.clone();
         let cfg = Config::from_ctx(ctx);
-        let topic = topic_name(&ctx.namespace, "orders");
+        let topic = kafka::topic_name(&ctx.namespace, "orders");
         let tables = Tables::new(&ctx.namespace);
-
-        let (db, connection) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
-            .await
-            .doing("connecting to postgres")?;
+        let (db, connection) =
+            tokio_postgres::connect(&ctx.service("postgres")?.url, tokio_postgres::NoTls)
+                .await
+                .doing("connecting to postgres")?;
         let connection = tokio::spawn(connection);
         db.batch_execute(&tables.create(cfg.idempotent))
             .await
             .doing("creating the tables")?;
-        create_topic(&bootstrap, &topic, cfg.partitions).await?;
+        kafka::create_topic(&bootstrap, &topic, cfg.partitions).await?;
         ctx.mark("ready");
 
         let base = Instant::now();
-        let produced = AtomicBool::new(false);
-        let producer = producer(&bootstrap)?;
-        let customers = cfg.customers;
-        let producing = async {
-            ctx.mark("producing");
-            let result = produce(&producer, &topic, cfg.orders, cfg.rate, |id| {
-                let customer = id % customers;
-                Outgoing {
-                    key: Some(format!("customer-{customer}")),
-                    partition: None,
-                    payload: format!(
-                        "{id} {customer} {} {}",
-                        amount(id),
-                        base.elapsed().as_micros()
-                    ),
-                }
-            })
-            .await;
-            produced.store(true, Ordering::SeqCst);
-            ctx.mark("produced");
-            result
+        let produced = OnceLock::new();
+        let assigned = Notify::new();
+        let service = Service {
+            ctx,
+            cfg: &cfg,
+            bootstrap: &bootstrap,
+            topic: &topic,
+            group: format!("{}:charger", ctx.namespace),
+            db: &db,
+            tables: &tables,
+            base,
+            produced: &produced,
+            assigned: &assigned,
         };
-        let group = format!("{}:charger", ctx.namespace);
-        let consuming = consume(
-            ctx, &cfg, &bootstrap, &topic, &group, &db, &tables, base, &produced,
-        );
-        let (produced_result, consumed) = tokio::join!(producing, consuming);
-        produced_result?;
-        let stats = consumed?;
+        let producing = async {
+            wait_assigned(&assigned).await?;
+            ctx.mark("consumer-assigned");
+            produce_orders(ctx, &cfg, &bootstrap, &topic, base, &produced).await
+        };
+        let (sent, stats) = tokio::join!(producing, service.run());
+        let (sent, stats) = (sent?, stats?);
         ctx.mark("consumer-stopped");
 
         let totals = tables.totals(&db).await?;
@@ -243,55 +262,112 @@ impl Exercise for EventPipeline {
             .doing("dropping the tables")?;
         drop(db);
         let _ = connection.await;
-        let _ = delete_topic(&bootstrap, &topic).await;
-
-        let expected: i64 = (0..cfg.orders).map(amount).sum();
-        let mut lat = stats.latencies;
-        let mut obs = Observations::from([
-            ("orders_sent".into(), Value::from(cfg.orders)),
-            ("rows".into(), Value::from(totals.rows)),
-            (
-                "duplicates_applied".into(),
-                Value::from(totals.rows - totals.distinct),
-            ),
-            (
-                "missing".into(),
-                Value::from(cfg.orders as i64 - totals.distinct),
-            ),
-            ("redelivered".into(), Value::from(stats.redelivered)),
-            ("charged_total".into(), Value::from(totals.charged)),
-            ("expected_total".into(), Value::from(expected)),
-            ("overcharge".into(), Value::from(totals.charged - expected)),
-            (
-                "exact".into(),
-                Value::from(
-                    totals.rows == cfg.orders as i64
-                        && totals.distinct == cfg.orders as i64
-                        && totals.charged == expected,
-                ),
-            ),
-            ("crashes".into(), Value::from(stats.crashes)),
-            ("batches".into(), Value::from(stats.batches)),
-            (
-                "end_to_end_p50_ms".into(),
-                Value::from(percentile_ms(&mut lat, 50.0)),
-            ),
-            (
-                "end_to_end_p99_ms".into(),
-                Value::from(percentile_ms(&mut lat, 99.0)),
-            ),
-        ]);
-        if let Some(last) = stats.last_new {
-            let secs = last.saturating_duration_since(base).as_secs_f64();
-            if secs > 0.0 {
-                obs.insert(
-                    "msgs_per_s".into(),
-                    Value::from((stats.seen.len() as f64 / secs).round()),
-                );
-            }
-        }
-        Ok(obs)
+        let _ = kafka::delete_topic(&bootstrap, &topic).await;
+        let (sent, started) = sent;
+        Ok(observe(sent, &totals, stats, started))
     }
+}
+
+/// Waits until the consumer holds its partitions, so that the end-to-end
+/// latency measures the pipeline, not the consumer's first group join
+/// (seconds on tansu).
+async fn wait_assigned(assigned: &Notify) -> Result<(), ExerciseError> {
+    tokio::time::timeout(JOIN_DEADLINE, assigned.notified())
+        .await
+        .map_err(|_| {
+            ExerciseError(format!(
+                "the consumer got no partitions within {} s",
+                JOIN_DEADLINE.as_secs()
+            ))
+        })
+}
+
+/// Produces the orders, keyed by customer, then an end marker per partition.
+/// Returns how many orders the broker acknowledged, and when production started.
+async fn produce_orders(
+    ctx: &Ctx,
+    cfg: &Config,
+    bootstrap: &str,
+    topic: &str,
+    base: Instant,
+    produced: &OnceLock<Instant>,
+) -> Result<(u64, Instant), ExerciseError> {
+    let producer = kafka::producer(bootstrap)?;
+    let started = Instant::now();
+    ctx.mark("producing");
+    let customers = cfg.customers;
+    let sent = kafka::produce(&producer, topic, cfg.orders, cfg.rate, |id| {
+        let customer = id % customers;
+        Outgoing {
+            key: Some(format!("customer-{customer}")),
+            partition: None,
+            payload: format!(
+                "{id} {customer} {} {}",
+                amount(id),
+                base.elapsed().as_micros()
+            ),
+        }
+    })
+    .await?;
+    let _ = produced.set(Instant::now());
+    ctx.mark("produced");
+    kafka::produce(&producer, topic, cfg.partitions as u64, 0, |p| Outgoing {
+        key: None,
+        partition: Some(p as i32),
+        payload: END_MARKER.into(),
+    })
+    .await?;
+    Ok((sent, started))
+}
+
+/// The observations, from what the database holds and what the consumer saw
+/// (`started`: when production started).
+fn observe(sent: u64, totals: &Totals, mut stats: Stats, started: Instant) -> Observations {
+    let expected: i64 = (0..sent).map(amount).sum();
+    let sent_i = sent as i64;
+    let mut obs = Observations::from([
+        ("orders_sent".into(), Value::from(sent)),
+        ("rows".into(), Value::from(totals.rows)),
+        (
+            "duplicates_applied".into(),
+            Value::from(totals.rows - totals.distinct),
+        ),
+        ("missing".into(), Value::from(sent_i - totals.distinct)),
+        ("redelivered".into(), Value::from(stats.redelivered)),
+        (
+            "in_flight_at_crash".into(),
+            Value::from(stats.in_flight_at_crash),
+        ),
+        ("charged_total".into(), Value::from(totals.charged)),
+        ("expected_total".into(), Value::from(expected)),
+        ("overcharge".into(), Value::from(totals.charged - expected)),
+        (
+            "exact".into(),
+            Value::from(
+                totals.rows == sent_i && totals.distinct == sent_i && totals.charged == expected,
+            ),
+        ),
+        ("crashed".into(), Value::from(stats.crashed)),
+        ("batches".into(), Value::from(stats.batches)),
+        (
+            "end_to_end_p50_ms".into(),
+            Value::from(percentile_ms(&mut stats.latencies, 50.0)),
+        ),
+        (
+            "end_to_end_p99_ms".into(),
+            Value::from(percentile_ms(&mut stats.latencies, 99.0)),
+        ),
+    ]);
+    if let Some(last) = stats.last_new {
+        let secs = last.saturating_duration_since(started).as_secs_f64();
+        if secs > 0.0 {
+            obs.insert(
+                "msgs_per_s".into(),
+                Value::from((stats.seen.len() as f64 / secs).round()),
+            );
+        }
+    }
+    obs
 }
 
 /// An order's amount in cents, spread over 1.00–99.99 and derived from its id
@@ -309,10 +385,10 @@ struct Config {
     batch: usize,
     batch_wait: Duration,
     idempotent: bool,
+    commit_before_write: bool,
     crashes: u64,
     crash_at_batch: u64,
     fetch_wait_ms: i64,
-    idle: Duration,
 }
 
 impl Config {
@@ -325,10 +401,10 @@ impl Config {
             batch: ctx.int("batch") as usize,
             batch_wait: Duration::from_millis(ctx.int("batch_wait_ms") as u64),
             idempotent: ctx.text("consumer") == "idempotent",
+            commit_before_write: ctx.text("commit") == "before-write",
             crashes: ctx.int("crashes") as u64,
             crash_at_batch: ctx.int("crash_at_batch") as u64,
             fetch_wait_ms: ctx.int("fetch_wait_ms"),
-            idle: Duration::from_millis(ctx.int("idle_ms") as u64),
         }
     }
 }
@@ -447,7 +523,8 @@ impl Tables {
 struct Stats {
     seen: HashSet<i64>,
     redelivered: u64,
-    crashes: u64,
+    in_flight_at_crash: u64,
+    crashed: u64,
     batches: u64,
     latencies: Vec<Duration>,
     last_new: Option<Instant>,
@@ -461,100 +538,161 @@ struct Received {
     order: Order,
 }
 
-/// The consumer service: batches → one transaction each → offset commit; the
-/// first `crashes` incarnations die between the transaction and the commit.
-#[allow(clippy::too_many_arguments)]
-async fn consume(
-    ctx: &Ctx,
-    cfg: &Config,
-    bootstrap: &str,
-    topic: &str,
-    group: &str,
-    db: &tokio_postgres::Client,
-    tables: &Tables,
+/// How one incarnation of the consumer service ended.
+enum Ended {
+    /// It read every partition up to its end marker.
+    Finished,
+    /// It crashed between the two steps of a batch.
+    Crashed,
+}
+
+/// The consumer service: batches → one transaction and one offset commit
+/// each, in the configured order; the first `crashes` incarnations die
+/// between the two.
+struct Service<'a> {
+    ctx: &'a Ctx,
+    cfg: &'a Config,
+    bootstrap: &'a str,
+    topic: &'a str,
+    group: String,
+    db: &'a tokio_postgres::Client,
+    tables: &'a Tables,
     base: Instant,
-    produced: &AtomicBool,
-) -> Result<Stats, ExerciseError> {
-    let apply = db
-        .prepare(&tables.apply(cfg.idempotent))
-        .await
-        .doing("preparing the charge statement")?;
-    let mut stats = Stats::default();
-    let mut last_progress = Instant::now();
-    let mut produced_at: Option<Instant> = None;
-    loop {
-        // One incarnation of the consumer service.
-        let consumer: StreamConsumer =
-            consumer_config(bootstrap, group, "earliest", cfg.fetch_wait_ms)
-                .create()
-                .doing("creating the Kafka consumer")?;
-        consumer.subscribe(&[topic]).doing("subscribing")?;
-        let mut batches = 0u64;
-        let crashing = stats.crashes < cfg.crashes;
-        let finished = loop {
-            // Collect a batch: until it is full or `batch_wait` after its first message.
-            let mut batch: Vec<Received> = Vec::with_capacity(cfg.batch);
-            let mut first_at: Option<Instant> = None;
-            let mut done = false;
-            while batch.len() < cfg.batch {
-                let wait = match first_at {
-                    Some(t) => cfg.batch_wait.saturating_sub(t.elapsed()),
-                    None => Duration::from_millis(100),
-                };
-                if wait.is_zero() {
-                    break;
-                }
-                match tokio::time::timeout(wait, consumer.recv()).await {
-                    Ok(Ok(msg)) => {
-                        if let Some(order) = msg.payload().and_then(Order::parse) {
-                            batch.push(Received {
-                                partition: msg.partition(),
-                                offset: msg.offset(),
-                                order,
-                            });
-                            first_at.get_or_insert_with(Instant::now);
-                        }
-                    }
-                    // Transient consumer errors (a rebalance, a broker hiccup): keep going.
-                    Ok(Err(_)) => {}
-                    Err(_) if !batch.is_empty() => break,
-                    Err(_) => {
-                        if produced.load(Ordering::SeqCst) {
-                            let at = *produced_at.get_or_insert_with(Instant::now);
-                            let all = stats.seen.len() as u64 >= cfg.orders;
-                            if all || last_progress.max(at).elapsed() > cfg.idle {
-                                done = true;
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                apply_batch(db, &apply, &batch, base, &mut stats).await?;
-                last_progress = Instant::now();
-                batches += 1;
-                stats.batches += 1;
-                if crashing && batches == cfg.crash_at_batch {
-                    // Applied, never committed: the next incarnation gets it again.
-                    stats.crashes += 1;
-                    ctx.mark("consumer-crashed");
-                    break false;
-                }
-                commit(&consumer, topic, &batch)?;
-            }
-            if done {
-                break true;
-            }
-        };
-        // Closing leaves the group; it blocks while librdkafka winds down.
-        tokio::task::spawn_blocking(move || drop(consumer))
+    /// When the last order was acknowledged.
+    produced: &'a OnceLock<Instant>,
+    /// Told once a consumer holds partitions.
+    assigned: &'a Notify,
+}
+
+impl Service<'_> {
+    /// Runs incarnation after incarnation until one finishes.
+    async fn run(&self) -> Result<Stats, ExerciseError> {
+        let apply = self
+            .db
+            .prepare(&self.tables.apply(self.cfg.idempotent))
             .await
-            .doing("closing the consumer")?;
-        if finished {
-            return Ok(stats);
+            .doing("preparing the charge statement")?;
+        let mut stats = Stats::default();
+        loop {
+            let consumer: StreamConsumer = kafka::consumer_config(
+                self.bootstrap,
+                &self.group,
+                "earliest",
+                self.cfg.fetch_wait_ms,
+            )
+            .create()
+            .doing("creating the Kafka consumer")?;
+            consumer.subscribe(&[self.topic]).doing("subscribing")?;
+            let ended = self.incarnation(&consumer, &apply, &mut stats).await;
+            kafka::close(consumer).await?;
+            match ended? {
+                Ended::Finished => return Ok(stats),
+                Ended::Crashed => self.ctx.mark("consumer-restarted"),
+            }
         }
-        ctx.mark("consumer-restarted");
+    }
+
+    /// One incarnation: batch after batch, write and commit in the
+    /// configured order, until the end markers or its crash.
+    async fn incarnation(
+        &self,
+        consumer: &StreamConsumer,
+        apply: &tokio_postgres::Statement,
+        stats: &mut Stats,
+    ) -> Result<Ended, ExerciseError> {
+        let crashing = stats.crashed < self.cfg.crashes;
+        let mut ends = BTreeSet::new();
+        let mut batches = 0u64;
+        loop {
+            let batch = self.collect_batch(consumer, &mut ends).await?;
+            if !batch.is_empty() {
+                batches += 1;
+                let crash = crashing && batches == self.cfg.crash_at_batch;
+                if self.cfg.commit_before_write {
+                    commit(consumer, self.topic, &batch)?;
+                    if crash {
+                        return Ok(self.crash(&batch, stats));
+                    }
+                    apply_batch(self.db, apply, &batch, self.base, stats).await?;
+                } else {
+                    apply_batch(self.db, apply, &batch, self.base, stats).await?;
+                    if crash {
+                        return Ok(self.crash(&batch, stats));
+                    }
+                    commit(consumer, self.topic, &batch)?;
+                }
+            }
+            if ends.len() == self.cfg.partitions as usize {
+                return Ok(Ended::Finished);
+            }
+        }
+    }
+
+    /// The crash between the two steps: the next incarnation resumes from
+    /// the committed offsets.
+    fn crash(&self, batch: &[Received], stats: &mut Stats) -> Ended {
+        stats.crashed += 1;
+        stats.in_flight_at_crash += batch.len() as u64;
+        self.ctx.mark("consumer-crashed");
+        Ended::Crashed
+    }
+
+    /// Collects a batch: until it is full, `batch_wait` after its first
+    /// message, or every partition's end marker was read (noted in `ends`).
+    async fn collect_batch(
+        &self,
+        consumer: &StreamConsumer,
+        ends: &mut BTreeSet<i32>,
+    ) -> Result<Vec<Received>, ExerciseError> {
+        let mut batch: Vec<Received> = Vec::with_capacity(self.cfg.batch);
+        let mut first_at: Option<Instant> = None;
+        while batch.len() < self.cfg.batch && ends.len() < self.cfg.partitions as usize {
+            let wait = match first_at {
+                Some(t) => self.cfg.batch_wait.saturating_sub(t.elapsed()),
+                None => Duration::from_millis(100),
+            };
+            if wait.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(wait, consumer.recv()).await {
+                Ok(Ok(msg)) => {
+                    let payload = msg.payload().unwrap_or_default();
+                    if payload == END_MARKER.as_bytes() {
+                        ends.insert(msg.partition());
+                    } else if let Some(order) = Order::parse(payload) {
+                        batch.push(Received {
+                            partition: msg.partition(),
+                            offset: msg.offset(),
+                            order,
+                        });
+                        first_at.get_or_insert_with(Instant::now);
+                    }
+                }
+                // Transient consumer errors (a rebalance, a broker hiccup): keep going.
+                Ok(Err(_)) => {}
+                Err(_) if !batch.is_empty() => break,
+                Err(_) => {
+                    if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                        // A stored permit: the producer may start waiting later.
+                        self.assigned.notify_one();
+                    }
+                    self.check_deadline(ends)?;
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Gives up (the verdict is Unknown) when the consumer has not read
+    /// everything long after the last order was acknowledged.
+    fn check_deadline(&self, ends: &BTreeSet<i32>) -> Result<(), ExerciseError> {
+        match self.produced.get() {
+            Some(at) if at.elapsed() > DRAIN_DEADLINE => Err(ExerciseError(format!(
+                "the consumer did not read every partition to its end marker within {} s of the last order (markers seen on {ends:?})",
+                DRAIN_DEADLINE.as_secs()
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -582,6 +720,7 @@ async fn apply_batch(
     db.batch_execute("COMMIT")
         .await
         .doing("committing a batch")?;
+    stats.batches += 1;
     let now = Instant::now();
     for r in batch {
         if stats.seen.insert(r.order.id) {
@@ -661,6 +800,41 @@ mod tests {
         assert!(!t.apply(false).contains("(order_id) DO NOTHING"));
         assert!(t.create(true).contains("order_id bigint PRIMARY KEY"));
         assert!(!t.create(false).contains("order_id bigint PRIMARY KEY"));
+    }
+
+    #[test]
+    fn observations_compare_the_database_with_the_orders_sent() {
+        let base = Instant::now();
+        let expected: i64 = (0..4).map(amount).sum();
+        // Five rows for four orders: order 1 charged twice.
+        let totals = Totals {
+            rows: 5,
+            distinct: 4,
+            charged: expected + amount(1),
+        };
+        let stats = Stats {
+            redelivered: 1,
+            in_flight_at_crash: 1,
+            crashed: 1,
+            ..Stats::default()
+        };
+        let obs = observe(4, &totals, stats, base);
+        assert_eq!(obs["duplicates_applied"], 1);
+        assert_eq!(obs["missing"], 0);
+        assert_eq!(obs["overcharge"], amount(1));
+        assert_eq!(obs["exact"], false);
+        assert!(obs["end_to_end_p50_ms"].is_null(), "no samples: absent");
+        // Three rows for four orders: one lost.
+        let totals = Totals {
+            rows: 3,
+            distinct: 3,
+            charged: expected - amount(3),
+        };
+        let obs = observe(4, &totals, Stats::default(), base);
+        assert_eq!(
+            (obs["missing"].as_i64(), obs["exact"].as_bool()),
+            (Some(1), Some(false))
+        );
     }
 
     #[test]

@@ -44,10 +44,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::kafka_groups;
 use super::{Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamKind, ParamSpec};
-use crate::client::http;
-use crate::client::{amqp, mqtt};
+use crate::client::{amqp, http, kafka, mqtt};
 
 /// The `smoke` exercise.
 pub struct Smoke;
@@ -521,20 +519,16 @@ async fn rabbitmq_trip(url: String, ns: String, mut gate: Ticket) -> Result<Trip
 
 async fn kafka_trip(bootstrap: String, ns: String, mut gate: Ticket) -> Result<Trip, String> {
     let e = |e: ExerciseError| e.0;
-    let topic = kafka_groups::topic_name(&ns, "smoke");
-    kafka_groups::create_topic(&bootstrap, &topic, 1)
+    let topic = kafka::topic_name(&ns, "smoke");
+    kafka::create_topic(&bootstrap, &topic, 1)
         .await
         .map_err(e)?;
     let result = async {
-        let producer = kafka_groups::producer(&bootstrap).map_err(e)?;
-        let consumer: StreamConsumer = kafka_groups::client_config(&bootstrap)
-            // assign() needs a group id (librdkafka keeps assignments in the
-            // group's state) but, unlike subscribe(), joins no group.
-            .set("group.id", &topic)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            // tansu holds every fetch this long before answering.
-            .set("fetch.wait.max.ms", "10")
+        let producer = kafka::producer(&bootstrap).map_err(e)?;
+        // assign() needs a group id (librdkafka keeps assignments in the
+        // group's state) but, unlike subscribe(), joins no group. tansu holds
+        // every fetch for the full fetch.wait.max.ms before answering.
+        let consumer: StreamConsumer = kafka::consumer_config(&bootstrap, &topic, "earliest", 10)
             .create()
             .map_err(|e| format!("creating a consumer: {e}"))?;
         let value = token(&ns, "kafka");
@@ -578,7 +572,7 @@ async fn kafka_trip(bootstrap: String, ns: String, mut gate: Ticket) -> Result<T
         }
     }
     .await;
-    let _ = kafka_groups::delete_topic(&bootstrap, &topic).await;
+    let _ = kafka::delete_topic(&bootstrap, &topic).await;
     result
 }
 
