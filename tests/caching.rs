@@ -81,7 +81,10 @@ fn cache_patterns_passes_with_changed_parameters() {
     let (code, report, out) = run_json(&lab, &[]);
     assert_eq!(code, Some(0), "{out}");
     all_pass(&report);
-    assert_eq!(obs(&report, "cache-aside-skewed", "reads_done"), 4.0 * 700.0);
+    assert_eq!(
+        obs(&report, "cache-aside-skewed", "reads_done"),
+        4.0 * 700.0
+    );
     assert_nothing_left(&lab.name);
 }
 

@@ -26,9 +26,10 @@ fn docker_unreachable_names_the_host_and_the_fix() {
 #[test]
 fn an_image_that_cannot_be_found_or_pulled_is_an_environment_error() {
     let lab = temp_lab(LAB, "noimage", |t| {
-        t.replace(
-            "redis: { kind: redis }",
-            "redis: { kind: redis, image: \"infralab-test/absent:1\" }",
+        replaced(
+            t,
+            "locks: { kind: redis }",
+            "locks: { kind: redis, image: \"infralab-test/absent:1\" }",
         )
     });
     let out = run(&["run", lab.path.to_str().unwrap(), "--scenario", "setnx"]);
@@ -42,9 +43,10 @@ fn an_image_that_cannot_be_found_or_pulled_is_an_environment_error() {
 #[test]
 fn a_service_that_never_answers_its_probe_times_out_with_a_hint() {
     let lab = temp_lab(LAB, "timeout", |t| {
-        t.replace(
-            "redis: { kind: redis }",
-            "redis: { kind: redis, command: [\"sleep\", \"60\"], ready_timeout: 1s }",
+        replaced(
+            t,
+            "locks: { kind: redis }",
+            "locks: { kind: redis, command: [\"sleep\", \"60\"], ready_timeout: 1s }",
         )
     });
     let out = run(&["run", lab.path.to_str().unwrap()]);

@@ -77,10 +77,11 @@ fn a_service_that_exits_during_start_fails_fast_with_its_logs() {
         "global-coordination/distributed-locking.yaml",
         "crash",
         |t| {
-            t.replace(
-            "redis: { kind: redis }",
-            "redis: { kind: redis, command: [\"sh\", \"-c\", \"echo deliberately broken >&2; exit 3\"] }",
-        )
+            replaced(
+                t,
+                "locks: { kind: redis }",
+                "locks: { kind: redis, command: [\"sh\", \"-c\", \"echo deliberately broken >&2; exit 3\"] }",
+            )
         },
     );
     let started = Instant::now();
@@ -135,9 +136,10 @@ fn sigint_during_up_exits_130_and_tears_down() {
         "global-coordination/distributed-locking.yaml",
         "upint",
         |t| {
-            t.replace(
-                "redis: { kind: redis }",
-                "redis: { kind: redis, command: [\"sleep\", \"600\"], ready_timeout: 120s }",
+            replaced(
+                t,
+                "locks: { kind: redis }",
+                "locks: { kind: redis, command: [\"sleep\", \"600\"], ready_timeout: 120s }",
             )
         },
     );

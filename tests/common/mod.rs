@@ -183,3 +183,13 @@ pub fn changed_params(
         serde_json::to_string_pretty(&lab).expect("json")
     }
 }
+
+/// `text` with `from` replaced by `to`; panics when `from` is not there, so
+/// an edit cannot silently stop applying when the catalog lab changes.
+pub fn replaced(text: String, from: &str, to: &str) -> String {
+    assert!(
+        text.contains(from),
+        "the lab no longer contains `{from}`; update this test's edit"
+    );
+    text.replace(from, to)
+}
