@@ -5,29 +5,7 @@
 mod common;
 
 use common::*;
-use serde_json::{Value, json};
-
-fn obs(report: &Value, name: &str, what: &str) -> f64 {
-    scenario(report, name)["observations"][what]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{name}: no numeric {what}"))
-}
-
-/// The verdict of one expectation of one scenario.
-fn check<'a>(report: &'a Value, name: &str, observation: &str) -> &'a Value {
-    scenario(report, name)["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["observation"] == observation)
-        .unwrap_or_else(|| panic!("{name}: no check on {observation}"))
-}
-
-fn all_pass(report: &Value) {
-    for s in report["labs"][0]["scenarios"].as_array().unwrap() {
-        assert_eq!(s["verdict"], "pass", "{s}");
-    }
-}
+use serde_json::json;
 
 #[test]
 fn cache_patterns_passes_and_leaves_nothing() {

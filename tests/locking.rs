@@ -14,20 +14,6 @@ fn obs_i64(report: &serde_json::Value, name: &str, observation: &str) -> i64 {
         .unwrap_or_else(|| panic!("{observation} missing in {s}"))
 }
 
-/// The verdict of one expectation of a scenario in a JSON report.
-fn check_verdict(report: &serde_json::Value, name: &str, observation: &str) -> String {
-    let s = scenario(report, name);
-    s["checks"]
-        .as_array()
-        .unwrap_or_else(|| panic!("checks in {s}"))
-        .iter()
-        .find(|c| c["observation"] == observation)
-        .unwrap_or_else(|| panic!("a check of {observation} in {s}"))["verdict"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn distributed_locking_passes_and_leaves_nothing() {
     let lab = temp_lab(LAB, "pass", |t| t);

@@ -20,32 +20,6 @@ fn obs_f64(report: &Value, scenario_name: &str, obs: &str) -> f64 {
         .unwrap_or_else(|| panic!("{scenario_name}.{obs} is not a number"))
 }
 
-/// An edit for [`temp_lab`] that sets parameters of single scenarios: each
-/// `(scenario, name, value)` breaks that scenario's implementation (another
-/// mode, another prefetch) while its expectations stay as shipped.
-fn scenario_params(edits: &[(&str, &str, Value)]) -> impl Fn(String) -> String + use<> {
-    let edits: Vec<(String, String, Value)> = edits
-        .iter()
-        .map(|(s, k, v)| (s.to_string(), k.to_string(), v.clone()))
-        .collect();
-    move |text: String| {
-        let mut lab: Value = serde_saphyr::from_str(&text).expect("lab parses");
-        for (name, key, value) in &edits {
-            let s = lab["scenarios"]
-                .as_array_mut()
-                .expect("scenarios")
-                .iter_mut()
-                .find(|s| s["name"] == name.as_str())
-                .unwrap_or_else(|| panic!("scenario {name}"));
-            if s.get("params").is_none() {
-                s["params"] = json!({});
-            }
-            s["params"][key.as_str()] = value.clone();
-        }
-        serde_json::to_string_pretty(&lab).expect("json")
-    }
-}
-
 /// Asserts every scenario passed.
 fn assert_all_pass(report: &Value, out: &str) {
     for s in report["labs"][0]["scenarios"].as_array().unwrap() {

@@ -9,37 +9,6 @@ use serde_json::{Value, json};
 
 const LAB: &str = "protocols/mqtt-telemetry.yaml";
 
-fn obs(report: &Value, name: &str, observation: &str) -> f64 {
-    scenario(report, name)["observations"][observation]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{name}: no numeric {observation}"))
-}
-
-/// An edit for [`temp_lab_with_files`] that sets parameters of single
-/// scenarios, leaving their expectations as shipped.
-fn scenario_params(edits: &[(&str, &str, Value)]) -> impl Fn(String) -> String + use<> {
-    let edits: Vec<(String, String, Value)> = edits
-        .iter()
-        .map(|(s, k, v)| (s.to_string(), k.to_string(), v.clone()))
-        .collect();
-    move |text: String| {
-        let mut lab: Value = serde_saphyr::from_str(&text).expect("lab parses");
-        for (name, key, value) in &edits {
-            let s = lab["scenarios"]
-                .as_array_mut()
-                .expect("scenarios")
-                .iter_mut()
-                .find(|s| s["name"] == name.as_str())
-                .unwrap_or_else(|| panic!("scenario {name}"));
-            if s.get("params").is_none() {
-                s["params"] = json!({});
-            }
-            s["params"][key.as_str()] = value.clone();
-        }
-        serde_json::to_string_pretty(&lab).expect("json")
-    }
-}
-
 fn assert_fails_on(report: &Value, name: &str, observations: &[&str]) {
     let s = scenario(report, name);
     assert_eq!(s["verdict"], "fail", "{s}");

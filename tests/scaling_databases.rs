@@ -188,16 +188,6 @@ fn load_balancing_without_failover_fails_the_retrying_scenario() {
     assert_nothing_left(&lab.name);
 }
 
-/// The verdict of one expectation of one scenario.
-fn check<'a>(report: &'a Value, name: &str, observation: &str) -> &'a Value {
-    scenario(report, name)["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["observation"] == observation)
-        .unwrap_or_else(|| panic!("{name}: no check on {observation}"))
-}
-
 #[test]
 fn sql_acid_transfers_passes_and_leaves_nothing() {
     let lab = temp_lab("databases/sql-acid-transfers.yaml", "pass", |t| t);

@@ -4,37 +4,10 @@
 mod common;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const RATE: &str = "techniques/rate-limiting.yaml";
 const HASHING: &str = "techniques/consistent-hashing.yaml";
-
-fn obs(report: &Value, scenario_name: &str, observation: &str) -> f64 {
-    let s = scenario(report, scenario_name);
-    s["observations"][observation]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{observation} missing in {s}"))
-}
-
-/// The verdict of one expectation of a scenario in a JSON report.
-fn check_verdict(report: &Value, name: &str, observation: &str) -> String {
-    let s = scenario(report, name);
-    s["checks"]
-        .as_array()
-        .unwrap_or_else(|| panic!("checks in {s}"))
-        .iter()
-        .find(|c| c["observation"] == observation)
-        .unwrap_or_else(|| panic!("a check of {observation} in {s}"))["verdict"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn all_pass(report: &Value) {
-    for s in report["labs"][0]["scenarios"].as_array().unwrap() {
-        assert_eq!(s["verdict"], "pass", "{s}");
-    }
-}
 
 #[test]
 fn rate_limiting_passes_and_shows_the_three_shapes() {

@@ -193,3 +193,70 @@ pub fn replaced(text: String, from: &str, to: &str) -> String {
     );
     text.replace(from, to)
 }
+
+/// A number observation of one scenario of the first lab in a JSON report.
+pub fn obs(report: &serde_json::Value, name: &str, observation: &str) -> f64 {
+    scenario(report, name)["observations"][observation]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name}: no numeric {observation}"))
+}
+
+/// One expectation's result in one scenario of a JSON report.
+pub fn check<'a>(
+    report: &'a serde_json::Value,
+    name: &str,
+    observation: &str,
+) -> &'a serde_json::Value {
+    scenario(report, name)["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["observation"] == observation)
+        .unwrap_or_else(|| panic!("{name}: no check on {observation}"))
+}
+
+/// The verdict (`pass`, `fail`, `unknown`) of one expectation.
+pub fn check_verdict(report: &serde_json::Value, name: &str, observation: &str) -> String {
+    check(report, name, observation)["verdict"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Asserts every scenario of the first lab passed.
+pub fn all_pass(report: &serde_json::Value) {
+    for s in report["labs"][0]["scenarios"]
+        .as_array()
+        .expect("scenarios")
+    {
+        assert_eq!(s["verdict"], "pass", "{s}");
+    }
+}
+
+/// An edit for [`temp_lab`] that sets parameters of single scenarios: each
+/// `(scenario, name, value)` breaks that scenario's implementation (another
+/// mode, another prefetch) while its expectations stay as shipped.
+pub fn scenario_params(
+    edits: &[(&str, &str, serde_json::Value)],
+) -> impl Fn(String) -> String + use<> {
+    let edits: Vec<(String, String, serde_json::Value)> = edits
+        .iter()
+        .map(|(s, k, v)| (s.to_string(), k.to_string(), v.clone()))
+        .collect();
+    move |text: String| {
+        let mut lab: serde_json::Value = serde_saphyr::from_str(&text).expect("lab parses");
+        for (name, key, value) in &edits {
+            let s = lab["scenarios"]
+                .as_array_mut()
+                .expect("scenarios")
+                .iter_mut()
+                .find(|s| s["name"] == name.as_str())
+                .unwrap_or_else(|| panic!("scenario {name}"));
+            if s.get("params").is_none() {
+                s["params"] = serde_json::json!({});
+            }
+            s["params"][key.as_str()] = value.clone();
+        }
+        serde_json::to_string_pretty(&lab).expect("json")
+    }
+}
