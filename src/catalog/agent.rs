@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{Endpoint, ServiceKind};
+use super::{Endpoint, RoundTrip, ServiceKind};
 
 /// The `agent` kind.
 pub struct Agent;
@@ -24,6 +24,10 @@ impl ServiceKind for Agent {
             s if s.is_success() => Ok(()),
             s => Err(format!("GET /health answered {s}")),
         }
+    }
+
+    fn round_trip(&self) -> Option<&'static RoundTrip> {
+        Some(&crate::client::http::ROUND_TRIP)
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{ContainerPlan, Endpoint, ServiceKind};
+use super::{ContainerPlan, Endpoint, RoundTrip, ServiceKind};
 use crate::client::kafka;
 
 /// How long one probe attempt may take: under the engine's 2 s cap per attempt,
@@ -43,6 +43,10 @@ impl ServiceKind for Kafka {
         tokio::task::spawn_blocking(move || probe_blocking(&bootstrap, expected))
             .await
             .map_err(|e| format!("probe task failed: {e}"))?
+    }
+
+    fn round_trip(&self) -> Option<&'static RoundTrip> {
+        Some(&kafka::ROUND_TRIP)
     }
 
     fn prepare(&self, plan: &mut ContainerPlan) {

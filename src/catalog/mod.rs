@@ -2,7 +2,8 @@
 //!
 //! A kind is one file here. Its image, ports and environment come from
 //! `compose/KIND.yaml` (see [`spec`]); the file adds what Compose cannot say: how to
-//! probe the service at protocol level. Kinds return plain data; only `engine`
+//! probe the service at protocol level, and which client round trip proves it
+//! works (the `smoke` exercise runs it). Kinds return plain data; only `engine`
 //! talks to Docker.
 
 pub mod agent;
@@ -19,6 +20,7 @@ use std::sync::OnceLock;
 
 use async_trait::async_trait;
 
+pub use crate::client::round_trip::RoundTrip;
 pub use spec::{KindSpec, LocalRecipe};
 
 /// Where a started service can be reached from the host, handed to exercises and
@@ -64,6 +66,13 @@ pub trait ServiceKind: Send + Sync {
     fn compose(&self) -> &'static str;
     /// One protocol-level readiness check; `Err` means "not yet" (with why).
     async fn probe(&self, endpoint: &Endpoint) -> Result<(), String>;
+
+    /// One write read back with the kind's ordinary client library, which the
+    /// `smoke` exercise runs for every kind a lab has; `None`: the kind has
+    /// none (it must then be listed as such in this module's tests).
+    fn round_trip(&self) -> Option<&'static RoundTrip> {
+        None
+    }
 
     /// Last changes to the container before it is created (environment,
     /// command), e.g. the advertised listener of a broker.
@@ -145,6 +154,62 @@ pub fn render_url(template: &str, endpoint: &Endpoint, primary: &str) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Kinds that have no smoke round trip, on purpose. A new kind declares
+    /// one ([`ServiceKind::round_trip`]) or is named here, so none is left
+    /// out of `smoke` by oversight.
+    const WITHOUT_ROUND_TRIP: &[&str] = &[];
+
+    #[test]
+    fn every_kind_has_a_round_trip_or_is_listed_without_one() {
+        for name in WITHOUT_ROUND_TRIP {
+            assert!(kind(name).is_some(), "{name} is not a kind");
+        }
+        for k in KINDS {
+            let listed = WITHOUT_ROUND_TRIP.contains(&k.name());
+            match (k.round_trip(), listed) {
+                (Some(_), true) => {
+                    panic!("{} has a round trip but is listed without one", k.name())
+                }
+                (None, false) => panic!(
+                    "{} has no round trip: declare one in its client module or list it in WITHOUT_ROUND_TRIP",
+                    k.name()
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn round_trips_name_everything_after_their_prefix_and_kinds_sharing_one_share_it() {
+        for k in KINDS {
+            let Some(trip) = k.round_trip() else {
+                continue;
+            };
+            // No `_` in a prefix: then no two prefixes' `PREFIX_…` names can meet.
+            assert!(!trip.prefix.is_empty() && !trip.prefix.contains('_'));
+            let prefix = format!("{}_", trip.prefix);
+            for o in trip.extra {
+                assert!(o.name.starts_with(&prefix), "{}: {}", k.name(), o.name);
+            }
+            for p in (trip.params)() {
+                assert!(p.name.starts_with(&prefix), "{}: {}", k.name(), p.name);
+            }
+            for other in KINDS {
+                if let Some(theirs) = other.round_trip()
+                    && theirs.prefix == trip.prefix
+                {
+                    assert!(
+                        std::ptr::eq(theirs, trip),
+                        "{} and {} share the prefix {} but not the round trip",
+                        k.name(),
+                        other.name(),
+                        trip.prefix
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_embedded_compose_file_parses_and_names_its_kind() {

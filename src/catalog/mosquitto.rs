@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Endpoint, ServiceKind};
+use super::{Endpoint, RoundTrip, ServiceKind};
 use crate::client::mqtt;
 
 /// How long one probe attempt may take: under the engine's 2 s cap per attempt,
@@ -40,6 +40,10 @@ impl ServiceKind for Mosquitto {
             PROBES.fetch_add(1, Ordering::Relaxed)
         );
         mqtt::probe(&id, &endpoint.host, endpoint.port(), ATTEMPT).await
+    }
+
+    fn round_trip(&self) -> Option<&'static RoundTrip> {
+        Some(&mqtt::ROUND_TRIP)
     }
 }
 

@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 
-use super::{Endpoint, ServiceKind};
+use super::{Endpoint, RoundTrip, ServiceKind};
 use crate::client::http;
 
 /// The `nginx` kind.
@@ -25,6 +25,10 @@ impl ServiceKind for Nginx {
 
     async fn probe(&self, endpoint: &Endpoint) -> Result<(), String> {
         http::probe_get(&endpoint.url).await.map(|_| ())
+    }
+
+    fn round_trip(&self) -> Option<&'static RoundTrip> {
+        Some(&http::ROUND_TRIP)
     }
 }
 

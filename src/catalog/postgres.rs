@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Endpoint, ServiceKind};
+use super::{Endpoint, RoundTrip, ServiceKind};
 use crate::client;
 
 /// How long one probe attempt may take: under the engine's 2 s cap per attempt,
@@ -32,6 +32,10 @@ impl ServiceKind for Postgres {
         tokio::time::timeout(ATTEMPT, client::postgres::select_one(&endpoint.url))
             .await
             .map_err(|_| format!("no answer to SELECT 1 within {ATTEMPT:?}"))?
+    }
+
+    fn round_trip(&self) -> Option<&'static RoundTrip> {
+        Some(&client::postgres::ROUND_TRIP)
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Endpoint, ServiceKind};
+use super::{Endpoint, RoundTrip, ServiceKind};
 use crate::client::amqp;
 
 /// How long one probe attempt may take: under the engine's 2 s cap per attempt,
@@ -30,6 +30,10 @@ impl ServiceKind for Rabbitmq {
 
     async fn probe(&self, endpoint: &Endpoint) -> Result<(), String> {
         amqp::probe(&endpoint.url, ATTEMPT).await
+    }
+
+    fn round_trip(&self) -> Option<&'static RoundTrip> {
+        Some(&amqp::ROUND_TRIP)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{Endpoint, ServiceKind};
+use super::{Endpoint, RoundTrip, ServiceKind};
 
 /// The `redis` kind.
 pub struct Redis;
@@ -19,5 +19,9 @@ impl ServiceKind for Redis {
 
     async fn probe(&self, endpoint: &Endpoint) -> Result<(), String> {
         crate::client::redis::ping(endpoint).await
+    }
+
+    fn round_trip(&self) -> Option<&'static RoundTrip> {
+        Some(&crate::client::redis::ROUND_TRIP)
     }
 }

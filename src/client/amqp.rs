@@ -1,17 +1,23 @@
 //! AMQP 0-9-1 (RabbitMQ), through lapin: connecting (the readiness probe
-//! too), confirming channels, prefetch, shared queues, queue depth, and the
-//! timestamped payloads the messaging exercises send. To kill a connection
+//! too), confirming channels, prefetch, shared queues, queue depth, the
+//! timestamped payloads the messaging exercises send, and the smoke round
+//! trip (publish, consume). To kill a connection
 //! the way a crashed process does, connect through a
 //! [`Relay`](crate::client::relay::Relay) and [`via_port`] its port.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
+use super::round_trip::{RoundTrip, Trip, TripInput};
 use crate::exercise::{Context, ExerciseError};
 
 /// Opens an AMQP connection to `uri`, named so it shows in the broker's UI.
@@ -144,6 +150,82 @@ pub async fn probe(url: &str, limit: Duration) -> Result<(), String> {
 /// The broker's `host:port`, e.g. for a [`Relay`](crate::client::relay::Relay).
 pub fn address(uri: &AMQPUri) -> String {
     format!("{}:{}", uri.authority.host, uri.authority.port)
+}
+
+/// The RabbitMQ round trip: publish (confirmed) to an exclusive queue, then
+/// consume the message back.
+pub static ROUND_TRIP: RoundTrip = RoundTrip {
+    prefix: "rabbitmq",
+    ok: "a confirmed message published to a queue was consumed back",
+    ms: "publish to delivery, confirm included",
+    error: "why the round trip failed (only when it did)",
+    extra: &[],
+    params: Vec::new,
+    start: |input| Box::pin(round_trip(input)),
+};
+
+async fn round_trip(mut input: TripInput) -> Result<Trip, String> {
+    let uri = parse_uri(&input.endpoint.url).map_err(|e| e.0)?;
+    let conn = connect(&uri, &format!("{} smoke", input.namespace))
+        .await
+        .map_err(|e| e.0)?;
+    let result = publish_and_consume(&conn, &mut input).await;
+    let _ = conn.close(200, "OK".into()).await;
+    result
+}
+
+async fn publish_and_consume(conn: &Connection, input: &mut TripInput) -> Result<Trip, String> {
+    let ch = confirming_channel(conn).await.map_err(|e| e.0)?;
+    let queue = format!("{}:smoke", input.namespace);
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| format!("declaring queue {queue}: {e}"))?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "smoke".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("consuming from {queue}: {e}"))?;
+    let value = input.token();
+    input.gate.wait().await;
+    let started = Instant::now();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            value.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .map_err(|e| format!("publishing: {e}"))?
+        .await
+        .map_err(|e| format!("waiting for the publisher confirm: {e}"))?;
+    if !confirm.is_ack() {
+        return Err("the broker refused the message (nack)".to_string());
+    }
+    let delivery = consumer
+        .next()
+        .await
+        .ok_or("the consumer's stream ended before the message came back")?
+        .map_err(|e| format!("consuming: {e}"))?;
+    let elapsed = started.elapsed();
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .map_err(|e| format!("acknowledging: {e}"))?;
+    Trip::read_back(elapsed, &value, &String::from_utf8_lossy(&delivery.data))
 }
 
 #[cfg(test)]

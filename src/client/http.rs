@@ -1,16 +1,20 @@
 //! HTTP through reqwest and hyper: the client every exercise and probe builds
 //! the same way (no proxy from the environment between infralab and a loopback
 //! port, redirects observed rather than followed), the agent's instance header,
-//! a readiness probe, and one HTTP/1.1 request over a stream the caller opened
-//! (a TLS connection it timed itself, a plain TCP socket).
+//! a readiness probe, the smoke round trip of nginx and the agent, and one
+//! HTTP/1.1 request over a stream the caller opened (a TLS connection it
+//! timed itself, a plain TCP socket).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use serde_json::Value;
 
-use crate::exercise::{Context, ExerciseError};
+use super::error_chain;
+use super::round_trip::{RoundTrip, Trip, TripInput};
+use crate::exercise::{Context, ExerciseError, ObsSpec, Observations, ParamKind, ParamSpec};
 
 /// The header the agent names itself in (`agent`, `agent-2`, …).
 pub use crate::agent::INSTANCE_HEADER;
@@ -44,21 +48,6 @@ pub fn instance(headers: &hyper::HeaderMap) -> Option<String> {
         .get(INSTANCE_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-}
-
-/// An error with its chain of sources, as one line (`error sending request:
-/// connection refused`).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Readiness probe: one GET with a short timeout, on a fresh client. Any HTTP
@@ -114,6 +103,73 @@ where
     .await
     .map_err(|_| ExerciseError(format!("{what}: timed out")))?
     .doing(&what)
+}
+
+/// The HTTP round trip: `GET http_path` (reqwest), timed with its TCP
+/// connection; through Nginx the answer names the agent instance behind it.
+pub static ROUND_TRIP: RoundTrip = RoundTrip {
+    prefix: "http",
+    ok: "GET `http_path` through Nginx (or the agent directly) answered 2xx",
+    ms: "the GET's round trip, TCP connection included",
+    error: "why the GET failed, with the status line (only when it did)",
+    extra: &[INSTANCE],
+    params: round_trip_params,
+    start: |input| Box::pin(round_trip(input)),
+};
+
+/// The agent instance that answered the round trip.
+const INSTANCE: ObsSpec = ObsSpec::text(
+    "http_instance",
+    "the agent instance that answered (x-infralab-instance)",
+);
+
+fn round_trip_params() -> Vec<ParamSpec> {
+    vec![ParamSpec {
+        name: "http_path",
+        kind: ParamKind::Text,
+        default: Value::from("/"),
+        doc: "path the HTTP client GETs through Nginx (or from the agent directly)",
+    }]
+}
+
+async fn round_trip(mut input: TripInput) -> Result<Trip, String> {
+    let client = builder(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| error_chain(&e))?;
+    let target = format!(
+        "{}/{}",
+        input.endpoint.url.trim_end_matches('/'),
+        input.text("http_path").trim_start_matches('/')
+    );
+    input.gate.wait().await;
+    let started = Instant::now();
+    let response = client
+        .get(&target)
+        .send()
+        .await
+        .map_err(|e| format!("GET {target}: {}", error_chain(&e)))?;
+    let status = response.status();
+    let header = instance(response.headers());
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("GET {target}: reading the body: {}", error_chain(&e)))?;
+    let elapsed = started.elapsed();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        return Err(format!("GET {target} answered {status} {first}"));
+    }
+    let from_body = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+        v.get("instance")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let mut extra = Observations::new();
+    if let Some(instance) = header.or(from_body) {
+        extra.insert(INSTANCE.name.into(), Value::from(instance));
+    }
+    Ok(Trip { elapsed, extra })
 }
 
 #[cfg(test)]

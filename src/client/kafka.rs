@@ -1,6 +1,7 @@
 //! Kafka through rdkafka: the settings every client shares, topic creation
-//! and deletion, a paced producer, the consumer settings of the labs, and the
-//! metadata request the readiness probe makes.
+//! and deletion, a paced producer, the consumer settings of the labs, the
+//! metadata request the readiness probe makes, and the smoke round trip
+//! (produce, consume).
 //!
 //! tansu (the local image's broker) answers every Fetch only after the
 //! consumer's full `fetch.wait.max.ms`, even when data is waiting (Apache
@@ -9,14 +10,16 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::round_trip::{RoundTrip, Trip, TripInput};
 use crate::exercise::{Context, ExerciseError};
 
 /// A topic name from the scenario's namespace (Kafka allows `[A-Za-z0-9._-]`).
@@ -295,6 +298,69 @@ impl ClientContext for Quiet {
 }
 
 impl ConsumerContext for Quiet {}
+
+/// The Kafka round trip: a one-partition topic, produce (acks=all), then
+/// consume from the offset produced.
+pub static ROUND_TRIP: RoundTrip = RoundTrip {
+    prefix: "kafka",
+    ok: "a message produced to a new topic was consumed back",
+    ms: "produce (acks=all) to consume",
+    error: "why the round trip failed (only when it did)",
+    extra: &[],
+    params: Vec::new,
+    start: |input| Box::pin(round_trip(input)),
+};
+
+async fn round_trip(mut input: TripInput) -> Result<Trip, String> {
+    let bootstrap = input.endpoint.url.clone();
+    let topic = topic_name(&input.namespace, "smoke");
+    create_topic(&bootstrap, &topic, 1).await.map_err(|e| e.0)?;
+    let result = produce_and_consume(&bootstrap, &topic, &mut input).await;
+    let _ = delete_topic(&bootstrap, &topic).await;
+    result
+}
+
+async fn produce_and_consume(
+    bootstrap: &str,
+    topic: &str,
+    input: &mut TripInput,
+) -> Result<Trip, String> {
+    let producer = producer(bootstrap).map_err(|e| e.0)?;
+    // assign() needs a group id (librdkafka keeps assignments in the
+    // group's state) but, unlike subscribe(), joins no group. tansu holds
+    // every fetch for the full fetch.wait.max.ms before answering.
+    let consumer: StreamConsumer = consumer_config(bootstrap, topic, "earliest", 10)
+        .create()
+        .map_err(|e| format!("creating a consumer: {e}"))?;
+    let value = input.token();
+    input.gate.wait().await;
+    let started = Instant::now();
+    let delivered = producer
+        .send(
+            FutureRecord::to(topic).key("smoke").payload(&value),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| format!("producing to {topic}: {e}"))?;
+    // No group: read the partition from the offset just written.
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, delivered.partition, Offset::Offset(delivered.offset))
+        .map_err(|e| format!("assigning {topic}: {e}"))?;
+    consumer
+        .assign(&assignment)
+        .map_err(|e| format!("assigning {topic}: {e}"))?;
+    let message = consumer
+        .recv()
+        .await
+        .map_err(|e| format!("consuming from {topic}: {e}"))?;
+    let elapsed = started.elapsed();
+    let read = message
+        .payload()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    Trip::read_back(elapsed, &value, &read)
+}
 
 #[cfg(test)]
 mod tests {

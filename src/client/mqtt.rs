@@ -1,14 +1,18 @@
 //! MQTT 3.1.1 through rumqttc: client options, the readiness probe (a CONNACK
-//! that says yes), a clean goodbye, a watcher that waits for one message, and
-//! topic names made from a namespace.
+//! that says yes), a clean goodbye, a watcher that waits for one message,
+//! topic names made from a namespace, and the smoke round trip (subscribe,
+//! publish, receive).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use super::error_chain;
+use super::round_trip::{RoundTrip, Trip, TripInput};
 
 /// Options for client `id` at `host:port`: a keep-alive long enough that a
 /// client waiting at a gate or behind a busy machine is not dropped, and room
@@ -175,6 +179,61 @@ pub fn topic_root(namespace: &str) -> String {
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// The MQTT round trip on Mosquitto: subscribe, publish at QoS 1, receive
+/// the message back.
+pub static ROUND_TRIP: RoundTrip = RoundTrip {
+    prefix: "mqtt",
+    ok: "a QoS 1 message published on Mosquitto reached a subscriber",
+    ms: "publish to delivery",
+    error: "why the round trip failed (only when it did)",
+    extra: &[],
+    params: Vec::new,
+    start: |input| Box::pin(round_trip(input)),
+};
+
+async fn round_trip(mut input: TripInput) -> Result<Trip, String> {
+    let root = topic_root(&input.namespace);
+    let topic = format!("{root}/smoke");
+    let id = format!("{}-smoke", root.replace('/', "-"));
+    let (host, port) = (input.endpoint.host.clone(), input.endpoint.port());
+    let (client, mut eventloop) = AsyncClient::new(options(id, host, port), 16);
+    let value = input.token();
+    let mut started: Option<Instant> = None;
+    let result = loop {
+        let event = match eventloop.poll().await {
+            Ok(event) => event,
+            Err(e) => {
+                break Err(format!(
+                    "connection to {}: {}",
+                    input.endpoint.url,
+                    error_chain(&e)
+                ));
+            }
+        };
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                if let Err(e) = client.try_subscribe(&topic, QoS::AtLeastOnce) {
+                    break Err(format!("subscribing: {e}"));
+                }
+            }
+            Event::Incoming(Packet::SubAck(_)) => {
+                input.gate.wait().await;
+                started = Some(Instant::now());
+                if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, false, value.clone()) {
+                    break Err(format!("publishing: {e}"));
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) if p.topic == topic => {
+                let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
+                break Trip::read_back(elapsed, &value, &String::from_utf8_lossy(&p.payload));
+            }
+            _ => {}
+        }
+    };
+    disconnect(&client, &mut eventloop).await;
+    result
 }
 
 #[cfg(test)]

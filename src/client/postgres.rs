@@ -1,15 +1,27 @@
 //! PostgreSQL through tokio-postgres: connecting (with the connection task
 //! spawned), the server's own words for an error, and the per-scenario table
 //! names and schema steps the exercises share. The `postgres` kind's readiness
-//! probe connects through here too.
+//! probe and smoke round trip (INSERT, SELECT) connect through here too.
 
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::round_trip::{RoundTrip, Trip, TripInput};
+use crate::exercise::{ParamKind, ParamSpec};
 
 /// Connects to `url` and spawns the task that does the connection's I/O; it
 /// ends when the returned client is dropped.
 pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    connect_with(&url.parse()?).await
+}
+
+/// [`connect`] with a configuration the caller adjusted (another password, a
+/// connect timeout).
+pub async fn connect_with(config: &Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
 }
@@ -58,6 +70,73 @@ pub async fn select_one(url: &str) -> Result<(), String> {
         Some("1") => Ok(()),
         other => Err(format!("SELECT 1 returned {other:?}")),
     }
+}
+
+/// The PostgreSQL round trip: `CREATE TEMP TABLE`, then `INSERT` and `SELECT`
+/// of one row, logged in with the URL's credentials unless
+/// `postgres_password` says otherwise.
+pub static ROUND_TRIP: RoundTrip = RoundTrip {
+    prefix: "postgres",
+    ok: "a row INSERTed into a new table came back from SELECT",
+    ms: "INSERT + SELECT round trip",
+    error: "why the round trip failed, in PostgreSQL's words when it sent any",
+    extra: &[],
+    params: round_trip_params,
+    start: |input| Box::pin(round_trip(input)),
+};
+
+fn round_trip_params() -> Vec<ParamSpec> {
+    vec![ParamSpec {
+        name: "postgres_password",
+        kind: ParamKind::Text,
+        default: Value::from(""),
+        doc: "password the postgres client logs in with (empty: the one in the connection string)",
+    }]
+}
+
+async fn round_trip(mut input: TripInput) -> Result<Trip, String> {
+    let mut config: Config = input
+        .endpoint
+        .url
+        .parse()
+        .map_err(|e| format!("connection string: {e}"))?;
+    let password = input.text("postgres_password");
+    let own_password = !password.is_empty();
+    if own_password {
+        config.password(password.as_bytes());
+    }
+    config.connect_timeout(Duration::from_secs(10));
+    let client = connect_with(&config).await.map_err(|e| {
+        if own_password {
+            format!(
+                "{} (the client logged in with the `postgres_password` parameter, not the password of the connection string)",
+                why(&e)
+            )
+        } else {
+            why(&e)
+        }
+    })?;
+    client
+        .batch_execute("CREATE TEMP TABLE smoke (id integer PRIMARY KEY, note text NOT NULL)")
+        .await
+        .map_err(|e| format!("CREATE TABLE: {}", why(&e)))?;
+    let value = input.token();
+    input.gate.wait().await;
+    let started = Instant::now();
+    client
+        .execute(
+            "INSERT INTO smoke (id, note) VALUES ($1, $2)",
+            &[&1i32, &value],
+        )
+        .await
+        .map_err(|e| format!("INSERT: {}", why(&e)))?;
+    let row = client
+        .query_one("SELECT note FROM smoke WHERE id = $1", &[&1i32])
+        .await
+        .map_err(|e| format!("SELECT: {}", why(&e)))?;
+    let elapsed = started.elapsed();
+    let read: String = row.try_get(0).map_err(|e| format!("SELECT: {e}"))?;
+    Trip::read_back(elapsed, &value, &read)
 }
 
 #[cfg(test)]

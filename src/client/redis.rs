@@ -1,11 +1,14 @@
 //! Redis through the redis crate: connecting to a `redis` service, the
-//! readiness probe (PING), Lua scripts with their keys and arguments, and
-//! the server-side counters exercises read back (INFO stats, DBSIZE, TIME).
+//! readiness probe (PING), the smoke round trip (SET, GET), Lua scripts with
+//! their keys and arguments, and the server-side counters exercises read back
+//! (INFO stats, DBSIZE, TIME).
 
 use std::time::{Duration, Instant};
 
+use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
+use super::round_trip::{RoundTrip, Trip, TripInput};
 use crate::catalog::Endpoint;
 use crate::exercise::{Context, ExerciseError};
 
@@ -54,6 +57,33 @@ pub async fn ping(endpoint: &Endpoint) -> Result<(), String> {
     } else {
         Err(format!("PING answered {pong:?}"))
     }
+}
+
+/// The Redis round trip: `SET` then `GET` of a namespaced key.
+pub static ROUND_TRIP: RoundTrip = RoundTrip {
+    prefix: "redis",
+    ok: "SET then GET returned the value written",
+    ms: "SET + GET round trip",
+    error: "why the round trip failed (only when it did)",
+    extra: &[],
+    params: Vec::new,
+    start: |input| Box::pin(round_trip(input)),
+};
+
+async fn round_trip(mut input: TripInput) -> Result<Trip, String> {
+    let mut conn = connect(&input.endpoint).await.map_err(|e| e.0)?;
+    let key = format!("{}:smoke", input.namespace);
+    let value = input.token();
+    input.gate.wait().await;
+    let started = Instant::now();
+    let _: () = conn
+        .set(&key, &value)
+        .await
+        .map_err(|e| format!("SET: {e}"))?;
+    let read: Option<String> = conn.get(&key).await.map_err(|e| format!("GET: {e}"))?;
+    let elapsed = started.elapsed();
+    let _: Result<(), _> = conn.del(&key).await;
+    Trip::read_back(elapsed, &value, read.as_deref().unwrap_or("(nil)"))
 }
 
 /// A Lua script run with EVALSHA (loaded on first use), so one decision on

@@ -1,68 +1,46 @@
 //! `smoke`: one real round trip per service kind the lab has, all at once.
 //!
-//! The exercise adapts to the lab: for every kind present it takes the first
-//! service of that kind and does one write-then-read-back with that kind's
-//! ordinary client library, the way a learner's first program would:
+//! The exercise names no kind: every kind of the catalog declares its round
+//! trip ([`ServiceKind::round_trip`], written in its protocol's client module:
+//! one write read back with the kind's ordinary client library, the way a
+//! learner's first program would). The exercise runs one per observation
+//! prefix the lab has, on the first service of the first kind in catalog
+//! order with that prefix: nginx and the agent share `http`, so it is the
+//! GET through Nginx, or to the agent directly when there is no Nginx. The
+//! observations and parameters it declares are the round trips' own, so a
+//! kind added to the catalog is checked, shown and validated with no line
+//! written here.
 //!
-//! - redis: `SET` then `GET` of a namespaced key (redis-rs);
-//! - postgres: `CREATE TEMP TABLE`, `INSERT`, `SELECT` (tokio-postgres), with the
-//!   URL's credentials unless `postgres_password` says otherwise;
-//! - rabbitmq: publish (confirmed) to an exclusive queue, consume it back (lapin);
-//! - kafka: create a one-partition topic, produce, consume from the produced
-//!   offset (rdkafka);
-//! - mosquitto: subscribe, publish at QoS 1, receive it back (rumqttc);
-//! - nginx (or, without nginx, the agent directly): `GET /` (reqwest); through
-//!   Nginx the answer names the agent instance behind it.
-//!
-//! A failed round trip is an observation like a successful one: `KIND_ok` is
-//! false and `KIND_error` holds the cause in the server's or client's own
-//! words (`password authentication failed for user "lab"`), so the lab's
-//! `KIND_ok: true` FAILs and the report says why; the other kinds are still
+//! A failed round trip is an observation like a successful one: `PREFIX_ok`
+//! is false and `PREFIX_error` holds the cause in the server's or client's
+//! own words (`password authentication failed for user "lab"`), so the lab's
+//! `PREFIX_ok: true` FAILs and the report says why; the other kinds are still
 //! measured. Every client first connects and sets up (table, queue, topic,
-//! subscription); then all clocks start together, and a round trip is timed
-//! from the write to the value read back (for HTTP: the GET, its TCP
-//! connection included).
+//! subscription); then all clocks start together at a [`Gate`], and a round
+//! trip is timed from the write to the value read back (for HTTP: the GET,
+//! its TCP connection included).
+//!
+//! [`ServiceKind::round_trip`]: crate::catalog::ServiceKind::round_trip
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use futures_util::future::join_all;
-use lapin::BasicProperties;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::producer::FutureRecord;
-use rdkafka::{Offset, TopicPartitionList};
-use redis::AsyncCommands;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
-use tokio::sync::watch;
 
-use super::{Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamKind, ParamSpec};
-use crate::client::{amqp, http, kafka, mqtt};
+use super::{Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
+use crate::catalog::{Endpoint, KINDS, RoundTrip};
+use crate::client::round_trip::{Gate, Trip, TripInput};
+use crate::stats::round2;
 
 /// The `smoke` exercise.
 pub struct Smoke;
 
 /// How long one round trip may take, setup included.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// How long a client that is set up waits for the others before it starts anyway.
-const GATE_WAIT: Duration = Duration::from_secs(10);
-
-/// What a successful round trip reports.
-struct Trip {
-    /// Write to read-back.
-    elapsed: Duration,
-    /// The agent instance that answered (HTTP only).
-    instance: Option<String>,
-}
 
 /// A round trip running as its own task, tagged with its observation prefix.
 type TripTask = tokio::task::JoinHandle<(&'static str, Result<Trip, String>)>;
@@ -74,7 +52,7 @@ impl Exercise for Smoke {
     }
 
     fn summary(&self) -> &'static str {
-        "one real client round trip per service in the lab (redis, postgres, rabbitmq, kafka, mqtt, http), concurrently"
+        "one real client round trip (write, read back) per service kind in the lab, all at once"
     }
 
     fn needs(&self) -> &'static [&'static str] {
@@ -83,84 +61,15 @@ impl Exercise for Smoke {
     }
 
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec {
-                name: "postgres_password",
-                kind: ParamKind::Text,
-                default: Value::from(""),
-                doc: "password the postgres client logs in with (empty: the one in the connection string)",
-            },
-            ParamSpec {
-                name: "http_path",
-                kind: ParamKind::Text,
-                default: Value::from("/"),
-                doc: "path the HTTP client GETs through Nginx (or from the agent directly)",
-            },
-        ]
+        round_trips()
+            .into_iter()
+            .flat_map(|trip| (trip.params)())
+            .collect()
     }
 
     fn observations(&self) -> &'static [ObsSpec] {
-        const {
-            &[
-                ObsSpec::flag("redis_ok", "SET then GET returned the value written"),
-                ObsSpec::number("redis_ms", "SET + GET round trip"),
-                ObsSpec::text(
-                    "redis_error",
-                    "why the round trip failed (only when it did)",
-                ),
-                ObsSpec::flag(
-                    "postgres_ok",
-                    "a row INSERTed into a new table came back from SELECT",
-                ),
-                ObsSpec::number("postgres_ms", "INSERT + SELECT round trip"),
-                ObsSpec::text(
-                    "postgres_error",
-                    "why the round trip failed, in PostgreSQL's words when it sent any",
-                ),
-                ObsSpec::flag(
-                    "rabbitmq_ok",
-                    "a confirmed message published to a queue was consumed back",
-                ),
-                ObsSpec::number("rabbitmq_ms", "publish to delivery, confirm included"),
-                ObsSpec::text(
-                    "rabbitmq_error",
-                    "why the round trip failed (only when it did)",
-                ),
-                ObsSpec::flag(
-                    "kafka_ok",
-                    "a message produced to a new topic was consumed back",
-                ),
-                ObsSpec::number("kafka_ms", "produce (acks=all) to consume"),
-                ObsSpec::text(
-                    "kafka_error",
-                    "why the round trip failed (only when it did)",
-                ),
-                ObsSpec::flag(
-                    "mqtt_ok",
-                    "a QoS 1 message published on Mosquitto reached a subscriber",
-                ),
-                ObsSpec::number("mqtt_ms", "publish to delivery"),
-                ObsSpec::text("mqtt_error", "why the round trip failed (only when it did)"),
-                ObsSpec::flag(
-                    "http_ok",
-                    "GET `http_path` through Nginx (or the agent directly) answered 2xx",
-                ),
-                ObsSpec::number("http_ms", "the GET's round trip, TCP connection included"),
-                ObsSpec::text(
-                    "http_error",
-                    "why the GET failed, with the status line (only when it did)",
-                ),
-                ObsSpec::text(
-                    "http_instance",
-                    "the agent instance that answered (x-infralab-instance)",
-                ),
-                ObsSpec::number(
-                    "services_checked",
-                    "round trips attempted (one per kind present; nginx and agent count once)",
-                ),
-                ObsSpec::number("services_ok", "round trips that read back what they wrote"),
-            ]
-        }
+        static DECLARED: OnceLock<Vec<ObsSpec>> = OnceLock::new();
+        DECLARED.get_or_init(declared)
     }
 
     fn milestones(&self) -> &'static [Milestone] {
@@ -173,55 +82,22 @@ impl Exercise for Smoke {
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
-        let first = |kind: &str| {
-            ctx.services
-                .values()
-                .find(|e| e.kind == kind)
-                .map(|e| e.url.clone())
-        };
-        let ns = ctx.namespace.clone();
-        let (redis, postgres, rabbitmq, kafka, mosquitto) = (
-            first("redis"),
-            first("postgres"),
-            first("rabbitmq"),
-            first("kafka"),
-            first("mosquitto"),
-        );
-        let http = first("nginx").or_else(|| first("agent"));
-        let count = [&redis, &postgres, &rabbitmq, &kafka, &mosquitto, &http]
-            .iter()
-            .filter(|url| url.is_some())
-            .count();
-        let gate = Gate::new(count);
+        let picked = pick(&ctx.services);
+        let gate = Gate::new(picked.len());
         // Each on its own task, so one client's blocking work (a SCRAM password
         // hash, librdkafka's setup) does not stall the others.
-        let mut trips: Vec<TripTask> = Vec::new();
-        if let Some(url) = redis {
-            trips.push(timed("redis", redis_trip(url, ns.clone(), gate.ticket())));
-        }
-        if let Some(url) = postgres {
-            let password = ctx.text("postgres_password").to_string();
-            trips.push(timed(
-                "postgres",
-                postgres_trip(url, password, gate.ticket()),
-            ));
-        }
-        if let Some(url) = rabbitmq {
-            trips.push(timed(
-                "rabbitmq",
-                rabbitmq_trip(url, ns.clone(), gate.ticket()),
-            ));
-        }
-        if let Some(url) = kafka {
-            trips.push(timed("kafka", kafka_trip(url, ns.clone(), gate.ticket())));
-        }
-        if let Some(url) = mosquitto {
-            trips.push(timed("mqtt", mqtt_trip(url, ns.clone(), gate.ticket())));
-        }
-        if let Some(url) = http {
-            let path = ctx.text("http_path").to_string();
-            trips.push(timed("http", http_trip(url, path, gate.ticket())));
-        }
+        let trips: Vec<TripTask> = picked
+            .into_iter()
+            .map(|(trip, endpoint)| {
+                let input = TripInput {
+                    endpoint: endpoint.clone(),
+                    namespace: ctx.namespace.clone(),
+                    params: ctx.params.clone(),
+                    gate: gate.ticket(),
+                };
+                timed(trip.prefix, (trip.start)(input))
+            })
+            .collect();
         let checked = trips.len();
         ctx.mark("round-trips-started");
         let mut results = Vec::new();
@@ -235,24 +111,80 @@ impl Exercise for Smoke {
     }
 }
 
-/// Every round trip's outcome as observations: a failed one is `KIND_ok:
-/// false` with its cause in `KIND_error`, so the check on it FAILs with the
+/// Every round trip of the catalog, one per prefix, in catalog order (kinds
+/// sharing a prefix share the round trip).
+fn round_trips() -> Vec<&'static RoundTrip> {
+    let mut trips: Vec<&'static RoundTrip> = Vec::new();
+    for trip in KINDS.iter().filter_map(|k| k.round_trip()) {
+        if !trips.iter().any(|t| t.prefix == trip.prefix) {
+            trips.push(trip);
+        }
+    }
+    trips
+}
+
+/// The round trips to make: per prefix, the first kind in catalog order that
+/// the lab has (nginx, or the agent without nginx), on its first service.
+fn pick(services: &BTreeMap<String, Endpoint>) -> Vec<(&'static RoundTrip, &Endpoint)> {
+    let mut picked: Vec<(&'static RoundTrip, &Endpoint)> = Vec::new();
+    for kind in KINDS {
+        let Some(trip) = kind.round_trip() else {
+            continue;
+        };
+        if picked.iter().any(|(t, _)| t.prefix == trip.prefix) {
+            continue;
+        }
+        if let Some(endpoint) = services.values().find(|e| e.kind == kind.name()) {
+            picked.push((trip, endpoint));
+        }
+    }
+    picked
+}
+
+/// The observations of every round trip (`PREFIX_ok`, `PREFIX_ms`,
+/// `PREFIX_error` and its extras), then the totals. Built once per process;
+/// the names live as long as it does.
+fn declared() -> Vec<ObsSpec> {
+    let mut specs = Vec::new();
+    for trip in round_trips() {
+        let name = |suffix: &str| -> &'static str {
+            Box::leak(format!("{}_{suffix}", trip.prefix).into_boxed_str())
+        };
+        specs.push(ObsSpec::flag(name("ok"), trip.ok));
+        specs.push(ObsSpec::number(name("ms"), trip.ms));
+        specs.push(ObsSpec::text(name("error"), trip.error));
+        specs.extend_from_slice(trip.extra);
+    }
+    specs.push(ObsSpec::number(
+        "services_checked",
+        "round trips attempted (one per prefix: kinds that share one, like nginx and the agent, count once)",
+    ));
+    specs.push(ObsSpec::number(
+        "services_ok",
+        "round trips that read back what they wrote",
+    ));
+    specs
+}
+
+/// Every round trip's outcome as observations: a failed one is `PREFIX_ok:
+/// false` with its cause in `PREFIX_error`, so the check on it FAILs with the
 /// reason beside it instead of the whole scenario being Unknown.
 fn observe(results: Vec<(&'static str, Result<Trip, String>)>, checked: usize) -> Observations {
     let mut obs = Observations::new();
     let mut ok = 0;
-    for (what, result) in results {
-        obs.insert(format!("{what}_ok"), Value::Bool(result.is_ok()));
+    for (prefix, result) in results {
+        obs.insert(format!("{prefix}_ok"), Value::Bool(result.is_ok()));
         match result {
             Ok(trip) => {
                 ok += 1;
-                obs.insert(format!("{what}_ms"), Value::from(ms(trip.elapsed)));
-                if let Some(instance) = trip.instance {
-                    obs.insert(format!("{what}_instance"), Value::from(instance));
-                }
+                obs.insert(
+                    format!("{prefix}_ms"),
+                    Value::from(round2(trip.elapsed.as_secs_f64() * 1000.0)),
+                );
+                obs.extend(trip.extra);
             }
             Err(why) => {
-                obs.insert(format!("{what}_error"), Value::from(why));
+                obs.insert(format!("{prefix}_error"), Value::from(why));
             }
         }
     }
@@ -261,449 +193,50 @@ fn observe(results: Vec<(&'static str, Result<Trip, String>)>, checked: usize) -
     obs
 }
 
-/// Milliseconds with 0.01 ms precision.
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 100_000.0).round() / 100.0
-}
-
 /// Starts a round trip bounded by [`DEADLINE`] on a task of its own.
 fn timed(
-    what: &'static str,
+    prefix: &'static str,
     trip: impl Future<Output = Result<Trip, String>> + Send + 'static,
 ) -> TripTask {
     tokio::spawn(async move {
         let result = tokio::time::timeout(DEADLINE, trip)
             .await
             .unwrap_or_else(|_| Err(format!("no round trip within {} s", DEADLINE.as_secs())));
-        (what, result)
-    })
-}
-
-/// Lets every client connect and set up (table, queue, topic, subscription)
-/// before any round-trip clock starts, so the times measure the round trips
-/// and not each other's setup work. A client that fails or gives up before
-/// reaching the gate still counts as arrived (its ticket is dropped).
-struct Gate {
-    arrived: Arc<watch::Sender<usize>>,
-    expected: usize,
-}
-
-/// One client's place at the [`Gate`].
-struct Ticket {
-    arrived: Arc<watch::Sender<usize>>,
-    expected: usize,
-    used: bool,
-}
-
-impl Gate {
-    fn new(expected: usize) -> Self {
-        Gate {
-            arrived: Arc::new(watch::channel(0).0),
-            expected,
-        }
-    }
-
-    fn ticket(&self) -> Ticket {
-        Ticket {
-            arrived: self.arrived.clone(),
-            expected: self.expected,
-            used: false,
-        }
-    }
-}
-
-impl Ticket {
-    /// Arrives and waits (at most [`GATE_WAIT`]) for every other client.
-    async fn wait(&mut self) {
-        if !self.used {
-            self.used = true;
-            self.arrived.send_modify(|n| *n += 1);
-        }
-        let mut rx = self.arrived.subscribe();
-        let expected = self.expected;
-        let _ = tokio::time::timeout(GATE_WAIT, rx.wait_for(|n| *n >= expected)).await;
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if !self.used {
-            self.arrived.send_modify(|n| *n += 1);
-        }
-    }
-}
-
-/// An error with its chain of sources, as one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text
-}
-
-/// The value a round trip writes and expects back.
-fn token(ns: &str, kind: &str) -> String {
-    format!("{kind} round trip {ns} {}", std::process::id())
-}
-
-fn mismatch(wrote: &str, read: &str) -> String {
-    format!("wrote {wrote:?} but read back {read:?}")
-}
-
-async fn redis_trip(url: String, ns: String, mut gate: Ticket) -> Result<Trip, String> {
-    let client = redis::Client::open(url.as_str()).map_err(|e| format!("url `{url}`: {e}"))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("connecting to {url}: {}", chain(&e)))?;
-    let key = format!("{ns}:smoke");
-    let value = token(&ns, "redis");
-    gate.wait().await;
-    let started = Instant::now();
-    let _: () = conn
-        .set(&key, &value)
-        .await
-        .map_err(|e| format!("SET: {e}"))?;
-    let read: Option<String> = conn.get(&key).await.map_err(|e| format!("GET: {e}"))?;
-    let elapsed = started.elapsed();
-    let _: Result<(), _> = conn.del(&key).await;
-    match read {
-        Some(read) if read == value => Ok(Trip {
-            elapsed,
-            instance: None,
-        }),
-        other => Err(mismatch(&value, other.as_deref().unwrap_or("(nil)"))),
-    }
-}
-
-/// The server's own words when it sent any (`password authentication failed
-/// for user "lab"`), else the client's error chain.
-fn pg_why(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => chain(e),
-    }
-}
-
-async fn postgres_trip(url: String, password: String, mut gate: Ticket) -> Result<Trip, String> {
-    let mut config: tokio_postgres::Config =
-        url.parse().map_err(|e| format!("connection string: {e}"))?;
-    let own_password = !password.is_empty();
-    if own_password {
-        config.password(password.as_bytes());
-    }
-    config.connect_timeout(Duration::from_secs(10));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
-        let why = pg_why(&e);
-        if own_password {
-            format!("{why} (the client logged in with the `postgres_password` parameter, not the password of the connection string)")
-        } else {
-            why
-        }
-    })?;
-    // The connection object does the I/O; it ends when the client is dropped.
-    let io = tokio::spawn(connection);
-    let result = async {
-        client
-            .batch_execute("CREATE TEMP TABLE smoke (id integer PRIMARY KEY, note text NOT NULL)")
-            .await
-            .map_err(|e| format!("CREATE TABLE: {}", pg_why(&e)))?;
-        let value = token("", "postgres");
-        gate.wait().await;
-        let started = Instant::now();
-        client
-            .execute(
-                "INSERT INTO smoke (id, note) VALUES ($1, $2)",
-                &[&1i32, &value],
-            )
-            .await
-            .map_err(|e| format!("INSERT: {}", pg_why(&e)))?;
-        let row = client
-            .query_one("SELECT note FROM smoke WHERE id = $1", &[&1i32])
-            .await
-            .map_err(|e| format!("SELECT: {}", pg_why(&e)))?;
-        let elapsed = started.elapsed();
-        let read: String = row.try_get(0).map_err(|e| format!("SELECT: {e}"))?;
-        if read == value {
-            Ok(Trip {
-                elapsed,
-                instance: None,
-            })
-        } else {
-            Err(mismatch(&value, &read))
-        }
-    }
-    .await;
-    drop(client);
-    let _ = io.await;
-    result
-}
-
-async fn rabbitmq_trip(url: String, ns: String, mut gate: Ticket) -> Result<Trip, String> {
-    let e = |e: ExerciseError| e.0;
-    let uri = amqp::parse_uri(&url).map_err(e)?;
-    let conn = amqp::connect(&uri, &format!("{ns} smoke"))
-        .await
-        .map_err(e)?;
-    let result = async {
-        let ch = amqp::confirming_channel(&conn).await.map_err(e)?;
-        let queue = format!("{ns}:smoke");
-        ch.queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("declaring queue {queue}: {e}"))?;
-        let mut consumer = ch
-            .basic_consume(
-                queue.as_str().into(),
-                "smoke".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| format!("consuming from {queue}: {e}"))?;
-        let value = token(&ns, "rabbitmq");
-        gate.wait().await;
-        let started = Instant::now();
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                value.as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .map_err(|e| format!("publishing: {e}"))?
-            .await
-            .map_err(|e| format!("waiting for the publisher confirm: {e}"))?;
-        if !confirm.is_ack() {
-            return Err("the broker refused the message (nack)".to_string());
-        }
-        let delivery = consumer
-            .next()
-            .await
-            .ok_or("the consumer's stream ended before the message came back")?
-            .map_err(|e| format!("consuming: {e}"))?;
-        let elapsed = started.elapsed();
-        delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(|e| format!("acknowledging: {e}"))?;
-        let read = String::from_utf8_lossy(&delivery.data);
-        if read == value {
-            Ok(Trip {
-                elapsed,
-                instance: None,
-            })
-        } else {
-            Err(mismatch(&value, &read))
-        }
-    }
-    .await;
-    let _ = conn.close(200, "OK".into()).await;
-    result
-}
-
-async fn kafka_trip(bootstrap: String, ns: String, mut gate: Ticket) -> Result<Trip, String> {
-    let e = |e: ExerciseError| e.0;
-    let topic = kafka::topic_name(&ns, "smoke");
-    kafka::create_topic(&bootstrap, &topic, 1)
-        .await
-        .map_err(e)?;
-    let result = async {
-        let producer = kafka::producer(&bootstrap).map_err(e)?;
-        // assign() needs a group id (librdkafka keeps assignments in the
-        // group's state) but, unlike subscribe(), joins no group. tansu holds
-        // every fetch for the full fetch.wait.max.ms before answering.
-        let consumer: StreamConsumer = kafka::consumer_config(&bootstrap, &topic, "earliest", 10)
-            .create()
-            .map_err(|e| format!("creating a consumer: {e}"))?;
-        let value = token(&ns, "kafka");
-        gate.wait().await;
-        let started = Instant::now();
-        let delivered = producer
-            .send(
-                FutureRecord::to(&topic).key("smoke").payload(&value),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| format!("producing to {topic}: {e}"))?;
-        // No group: read the partition from the offset just written.
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(
-                &topic,
-                delivered.partition,
-                Offset::Offset(delivered.offset),
-            )
-            .map_err(|e| format!("assigning {topic}: {e}"))?;
-        consumer
-            .assign(&assignment)
-            .map_err(|e| format!("assigning {topic}: {e}"))?;
-        let message = consumer
-            .recv()
-            .await
-            .map_err(|e| format!("consuming from {topic}: {e}"))?;
-        let elapsed = started.elapsed();
-        let read = message
-            .payload()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_default();
-        if read == value {
-            Ok(Trip {
-                elapsed,
-                instance: None,
-            })
-        } else {
-            Err(mismatch(&value, &read))
-        }
-    }
-    .await;
-    let _ = kafka::delete_topic(&bootstrap, &topic).await;
-    result
-}
-
-/// `mqtt://HOST:PORT` → (host, port).
-fn mqtt_address(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| format!("`{url}` is not an mqtt:// URL"))?;
-    let (host, port) = rest
-        .trim_end_matches('/')
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{url}` has no port"))?;
-    let port = port.parse().map_err(|_| format!("`{url}`: bad port"))?;
-    Ok((host.to_string(), port))
-}
-
-/// The namespace as an MQTT topic (no wildcards) and a client id.
-fn mqtt_safe(ns: &str) -> String {
-    ns.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
-async fn mqtt_trip(url: String, ns: String, mut gate: Ticket) -> Result<Trip, String> {
-    let (host, port) = mqtt_address(&url)?;
-    let safe = mqtt_safe(&ns);
-    let topic = format!("infralab/smoke/{safe}");
-    let mut options = MqttOptions::new(format!("{safe}-smoke"), host, port);
-    // Long enough not to matter while the client waits at the gate.
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
-    let value = token(&ns, "mqtt");
-    let mut started: Option<Instant> = None;
-    let result = loop {
-        let event = match eventloop.poll().await {
-            Ok(event) => event,
-            Err(e) => break Err(format!("connection to {url}: {}", chain(&e))),
-        };
-        match event {
-            Event::Incoming(Packet::ConnAck(_)) => {
-                if let Err(e) = client.try_subscribe(&topic, QoS::AtLeastOnce) {
-                    break Err(format!("subscribing: {e}"));
-                }
-            }
-            Event::Incoming(Packet::SubAck(_)) => {
-                gate.wait().await;
-                started = Some(Instant::now());
-                if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, false, value.clone()) {
-                    break Err(format!("publishing: {e}"));
-                }
-            }
-            Event::Incoming(Packet::Publish(p)) if p.topic == topic => {
-                let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
-                let read = String::from_utf8_lossy(&p.payload);
-                break if read == value {
-                    Ok(Trip {
-                        elapsed,
-                        instance: None,
-                    })
-                } else {
-                    Err(mismatch(&value, &read))
-                };
-            }
-            _ => {}
-        }
-    };
-    mqtt::disconnect(&client, &mut eventloop).await;
-    result
-}
-
-async fn http_trip(url: String, path: String, mut gate: Ticket) -> Result<Trip, String> {
-    let client = http::builder(Duration::from_secs(10))
-        .build()
-        .map_err(|e| http::error_chain(&e))?;
-    let target = format!(
-        "{}/{}",
-        url.trim_end_matches('/'),
-        path.trim_start_matches('/')
-    );
-    gate.wait().await;
-    let started = Instant::now();
-    let response = client
-        .get(&target)
-        .send()
-        .await
-        .map_err(|e| format!("GET {target}: {}", http::error_chain(&e)))?;
-    let status = response.status();
-    let header = http::instance(response.headers());
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| format!("GET {target}: reading the body: {}", http::error_chain(&e)))?;
-    let elapsed = started.elapsed();
-    if !status.is_success() {
-        let text = String::from_utf8_lossy(&body);
-        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-        return Err(format!("GET {target} answered {status} {first}"));
-    }
-    let from_body = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
-        v.get("instance")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    });
-    Ok(Trip {
-        elapsed,
-        instance: header.or(from_body),
+        (prefix, result)
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::BTreeSet;
 
-    #[test]
-    fn mqtt_urls_and_topics() {
-        assert_eq!(
-            mqtt_address("mqtt://127.0.0.1:41883").unwrap(),
-            ("127.0.0.1".to_string(), 41883)
-        );
-        assert!(mqtt_address("http://127.0.0.1:1").is_err());
-        assert_eq!(
-            mqtt_safe("infralab:ab12:round-trips"),
-            "infralab-ab12-round-trips"
-        );
-        assert!(!mqtt_safe("a/+/#").contains(['+', '#', '/']));
+    use super::*;
+    use crate::exercise::ObsKind;
+
+    fn endpoint(service: &str, kind: &str) -> Endpoint {
+        Endpoint {
+            service: service.into(),
+            kind: kind.into(),
+            host: "127.0.0.1".into(),
+            ports: BTreeMap::new(),
+            env: BTreeMap::new(),
+            url: format!("{kind}://{service}"),
+            container: service.into(),
+        }
+    }
+
+    fn lab(services: &[(&str, &str)]) -> BTreeMap<String, Endpoint> {
+        services
+            .iter()
+            .map(|(service, kind)| (service.to_string(), endpoint(service, kind)))
+            .collect()
+    }
+
+    fn picked(services: &BTreeMap<String, Endpoint>) -> Vec<(&'static str, String)> {
+        pick(services)
+            .into_iter()
+            .map(|(trip, e)| (trip.prefix, e.service.clone()))
+            .collect()
     }
 
     #[test]
@@ -716,16 +249,82 @@ mod tests {
     }
 
     #[test]
+    fn derived_observation_and_parameter_names_are_unique() {
+        let mut seen = BTreeSet::new();
+        for o in Smoke.observations() {
+            assert!(seen.insert(o.name), "observation {} twice", o.name);
+        }
+        let mut seen = BTreeSet::new();
+        for p in Smoke.params() {
+            assert!(seen.insert(p.name), "parameter {} twice", p.name);
+        }
+    }
+
+    #[test]
+    fn every_kind_with_a_round_trip_has_its_observations_declared() {
+        let declared = |name: String| {
+            Smoke
+                .observations()
+                .iter()
+                .find(|o| o.name == name)
+                .map(|o| o.kind)
+                .unwrap_or_else(|| panic!("{name} is not declared"))
+        };
+        for trip in KINDS.iter().filter_map(|k| k.round_trip()) {
+            let p = trip.prefix;
+            assert_eq!(declared(format!("{p}_ok")), ObsKind::Bool);
+            assert_eq!(declared(format!("{p}_ms")), ObsKind::Number);
+            assert_eq!(declared(format!("{p}_error")), ObsKind::Text);
+            for extra in trip.extra {
+                assert_eq!(declared(extra.name.to_string()), extra.kind);
+            }
+        }
+        // The names labs use today.
+        for name in [
+            "redis_ok",
+            "postgres_ok",
+            "rabbitmq_ok",
+            "kafka_ok",
+            "mqtt_ok",
+        ] {
+            declared(name.to_string());
+        }
+        assert_eq!(declared("http_instance".into()), ObsKind::Text);
+        assert_eq!(declared("services_ok".into()), ObsKind::Number);
+    }
+
+    #[test]
+    fn one_round_trip_per_prefix_on_the_first_service_of_the_first_kind() {
+        // nginx before the agent; services by name within a kind.
+        let all = lab(&[
+            ("cache-b", "redis"),
+            ("cache-a", "redis"),
+            ("app", "agent"),
+            ("web", "nginx"),
+            ("broker", "mosquitto"),
+        ]);
+        assert_eq!(
+            picked(&all),
+            vec![
+                ("redis", "cache-a".to_string()),
+                ("mqtt", "broker".to_string()),
+                ("http", "web".to_string()),
+            ]
+        );
+        // Without nginx, the agent directly.
+        let agent_only = lab(&[("app", "agent"), ("db", "postgres")]);
+        assert_eq!(
+            picked(&agent_only),
+            vec![("postgres", "db".to_string()), ("http", "app".to_string())]
+        );
+        assert!(picked(&BTreeMap::new()).is_empty());
+    }
+
+    #[test]
     fn a_failed_round_trip_is_false_with_its_cause_and_the_others_still_count() {
         let obs = observe(
             vec![
-                (
-                    "redis",
-                    Ok(Trip {
-                        elapsed: Duration::from_millis(2),
-                        instance: None,
-                    }),
-                ),
+                ("redis", Trip::read_back(Duration::from_millis(2), "v", "v")),
                 (
                     "postgres",
                     Err("password authentication failed for user \"lab\"".into()),
@@ -746,14 +345,13 @@ mod tests {
         assert_eq!(obs["services_ok"], 1);
     }
 
-    #[tokio::test]
-    async fn the_gate_opens_when_every_client_arrived_or_gave_up() {
-        let gate = Gate::new(3);
-        let (mut a, mut b, gone) = (gate.ticket(), gate.ticket(), gate.ticket());
-        // A client that failed during setup drops its ticket: it counts as arrived.
-        drop(gone);
-        let started = Instant::now();
-        tokio::join!(a.wait(), b.wait());
-        assert!(started.elapsed() < GATE_WAIT / 2);
+    #[test]
+    fn a_round_trips_extra_observations_are_reported() {
+        let mut trip = Trip::read_back(Duration::from_millis(1), "v", "v").unwrap();
+        trip.extra
+            .insert("http_instance".into(), Value::from("agent-2"));
+        let obs = observe(vec![("http", Ok(trip))], 1);
+        assert_eq!(obs["http_instance"], "agent-2");
+        assert_eq!(obs["services_ok"], 1);
     }
 }
