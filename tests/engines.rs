@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 use common::{infralab, json_report, scenario, text};
 
 /// A Redis round trip, plain and while the engine pauses a second Redis the
-/// exercise does not use (the client's 500 ms command timeout makes pausing
-/// the one it uses a race), then the heal that unpauses it before the next
-/// scenario.
+/// exercise does not use (pausing the one it uses would only measure how long
+/// the pause lasts), then the heal that unpauses it before the next scenario.
 fn lab(name: &str) -> (tempfile::TempDir, PathBuf) {
     common::write_lab(&format!(
         r#"name: {name}
