@@ -93,7 +93,7 @@ fn queue_vs_pubsub_passes_and_leaves_nothing() {
         obs_i64(&report, "queue-keeps-backlog", "delivered_total"),
         400
     );
-    assert!(obs_f64(&report, "queue-keeps-backlog", "fairness") <= 1.5);
+    assert!(obs_f64(&report, "queue-keeps-backlog", "fairness") <= 2.0);
     // Without a prefetch limit the first subscriber takes most of the backlog
     // (all of it on a quiet machine; 300 of 400 seen beside a load of 12),
     // and fairness is absent (a consumer got nothing), never a made-up number.
