@@ -43,7 +43,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientContext, Offset};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -534,6 +534,7 @@ impl Run<'_> {
         let leaver = member.group.leaver() == Some(member.index);
         let mut mine = 0u64;
         let mut errors = 0u64;
+        let mut processed = Processed::default();
         loop {
             let received = tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -568,9 +569,10 @@ impl Run<'_> {
             // At least once: the offset is stored (and later committed) only
             // after the message was processed.
             let _ = member.consumer.store_offset_from_message(&msg);
+            processed.record(msg.topic(), at);
             mine += 1;
             if cfg.commit && mine.is_multiple_of(cfg.commit_every) {
-                let _ = member.consumer.commit_consumer_state(CommitMode::Async);
+                processed.commit(&member.consumer);
             }
             if leaver && mine == cfg.leave_after {
                 // The message holds a reference into librdkafka: closing
@@ -611,6 +613,42 @@ impl Run<'_> {
         }
         self.ctx.mark("member-left");
         kafka::close(consumer).await.map_err(|e| e.to_string())
+    }
+}
+
+/// What one member processed: per partition, the next offset to read.
+#[derive(Default)]
+struct Processed {
+    topic: String,
+    next: BTreeMap<i32, i64>,
+}
+
+impl Processed {
+    fn record(&mut self, topic: &str, (partition, offset): At) {
+        if self.topic.is_empty() {
+            self.topic = topic.to_string();
+        }
+        self.next.insert(partition, offset + 1);
+    }
+
+    /// An asynchronous commit of exactly what was processed so far, on the
+    /// partitions still assigned. Committing "the stored offsets" instead
+    /// would commit whatever is stored when librdkafka's thread gets to the
+    /// request: on a busy machine that is later, and so more, than the
+    /// periodic commit meant (a crash would then leave nothing uncommitted).
+    fn commit<C: ConsumerContext>(&self, consumer: &StreamConsumer<C>) {
+        let Ok(assigned) = consumer.assignment() else {
+            return;
+        };
+        let mut offsets = TopicPartitionList::new();
+        for (&partition, &next) in &self.next {
+            if assigned.find_partition(&self.topic, partition).is_some() {
+                let _ = offsets.add_partition_offset(&self.topic, partition, Offset::Offset(next));
+            }
+        }
+        if offsets.count() > 0 {
+            let _ = consumer.commit(&offsets, CommitMode::Async);
+        }
     }
 }
 
