@@ -189,6 +189,9 @@ impl Exercise for LoadBalancing {
             requests: ctx.int("requests") as usize,
             kill: target.killed.is_some(),
         };
+        if ctx.text("strategy") != "ip-hash" {
+            in_rotation(&target, replicas.len()).await?;
+        }
         let traffic = Arc::new(Traffic::default());
         let watcher = target
             .killed
@@ -344,6 +347,35 @@ async fn one(target: &Target) -> Option<String> {
     let instance = http::instance(response.headers());
     response.bytes().await.ok()?;
     instance
+}
+
+/// How long Nginx may take to hand requests to every replica again.
+const ROTATION_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Returns once Nginx has handed a GET to every replica. A replica an earlier
+/// scenario killed (or an earlier round of `--repeat`) stays out of the
+/// rotation for `fail_timeout` after its last failure, which would skew the
+/// next count. Not for ip-hash, where one client reaches one replica by design.
+async fn in_rotation(target: &Target, replicas: usize) -> Result<(), ExerciseError> {
+    let deadline = Instant::now() + ROTATION_DEADLINE;
+    let mut seen = BTreeSet::new();
+    while seen.len() < replicas {
+        if Instant::now() > deadline {
+            return Err(ExerciseError(format!(
+                "Nginx handed requests to {} of {replicas} replicas within {} s ({seen:?})",
+                seen.len(),
+                ROTATION_DEADLINE.as_secs()
+            )));
+        }
+        let answered = target.client.get(&target.url).send().await;
+        if let Ok(response) = answered
+            && response.status() == reqwest::StatusCode::OK
+            && let Some(instance) = http::instance(response.headers())
+        {
+            seen.insert(instance);
+        }
+    }
+    Ok(())
 }
 
 /// After `half-served`, polls the replica's own port (fresh connections) until
