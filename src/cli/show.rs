@@ -152,6 +152,9 @@ fn challenge_text(lab: &Lab, c: &Challenge) -> String {
             format!("the `{}` service", s.name),
         );
     }
+    for (var, what) in lab.exercise.harness_env() {
+        first(var, what.to_string());
+    }
     first("INFRALAB_INSTANCE", "this instance, 1..N".into());
     first("INFRALAB_INSTANCES", "N".into());
     first(

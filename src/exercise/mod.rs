@@ -449,6 +449,11 @@ pub trait Exercise: Send + Sync {
     fn milestones(&self) -> &'static [Milestone] {
         const { &[] }
     }
+    /// Variables the exercise adds to the learner's environment when it is
+    /// a challenge's harness (its own endpoints), with their meaning.
+    fn harness_env(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
     /// Runs once against the started services.
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError>;
 }

@@ -779,3 +779,132 @@ scenarios:
         assert!(e[0].line > 0, "{}", e[0]);
     }
 }
+
+/// The `challenge:` section and the faults that reach the learner's program.
+#[cfg(test)]
+mod challenge_tests {
+    use super::*;
+    use crate::lab::{Instances, Role, SolutionExpect};
+
+    const LAB: &str = "\
+name: t
+title: T
+section: global-coordination
+summary: s
+services:
+  locks: { kind: redis }
+  ledger: { kind: agent }
+exercise: redis-lock
+params: { workers: 3 }
+scenarios:
+  - name: demo
+    params: { strategy: none }
+    expect: { lost_updates: \"> 0\" }
+  - name: mine
+    challenge: true
+    faults:
+      - { after: read-by-1, action: pause, service: solution-1, for: 1s }
+    expect: { lost_updates: \"== 0\", stalled: false }
+challenge:
+  task: do it
+  role: workers
+  instances: workers
+  checked: the ledger
+  solutions:
+    - { name: good, run: \"{examples}/good\", expect: pass }
+    - { name: bad, run: \"python3 {dir}/bad.py\", expect: { fail: [lost_updates] } }
+";
+
+    fn errors(text: &str) -> Vec<LabError> {
+        match validate(Path::new("lab.yaml"), text) {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn a_challenge_lab_resolves() {
+        let lab = validate(Path::new("lab.yaml"), LAB).unwrap();
+        let c = lab.challenge.as_ref().unwrap();
+        assert_eq!(c.role, Role::Workers);
+        assert!(matches!(c.instances, Instances::Expr(_)));
+        assert_eq!(c.instances.count(&lab.scenarios[1].params), Ok(3));
+        assert_eq!(c.solutions[0].expect, SolutionExpect::Pass);
+        assert_eq!(
+            c.solutions[1].expect,
+            SolutionExpect::Fail(vec!["lost_updates".into()])
+        );
+        assert!(!lab.scenarios[0].challenge);
+        assert!(lab.scenarios[1].challenge);
+        assert_eq!(lab.scenarios[1].faults[0].service, "solution-1");
+    }
+
+    #[test]
+    fn role_instances_and_solutions_are_checked_where_written() {
+        let e = errors(&LAB.replace("role: workers", "role: worker"));
+        assert_eq!((e[0].line, e[0].col), (21, 9), "{}", e[0]);
+        assert!(e[0].message.contains("unknown challenge role `worker`"));
+        assert!(e[0].message.contains("workers, consumer, server"));
+        let e = errors(&LAB.replace("instances: workers", "instances: wrokers"));
+        assert!(
+            e[0].message.contains("`wrokers`, which is no parameter"),
+            "{}",
+            e[0]
+        );
+        assert_eq!(e[0].line, 22);
+        let e = errors(&LAB.replace("fail: [lost_updates]", "fail: [lost]"));
+        assert!(e[0].message.contains("must fail `lost`"), "{}", e[0]);
+        assert_eq!(e[0].line, 26);
+        let e = errors(&LAB.replace("{dir}/bad.py", "{lab}/bad.py"));
+        assert!(e[0].message.contains("placeholder `{lab}`"), "{}", e[0]);
+        let e = errors(&LAB.replace("expect: pass", "expect: passes"));
+        assert!(e[0].message.contains("`pass` or `{ fail:"), "{}", e[0]);
+    }
+
+    #[test]
+    fn faults_on_the_program_are_checked() {
+        let e = errors(&LAB.replace("service: solution-1", "service: solution-4"));
+        assert_eq!((e[0].line, e[0].col), (17, 53), "{}", e[0]);
+        assert!(e[0].message.contains("runs 3 instances"), "{}", e[0]);
+        let e = errors(&LAB.replace(
+            "action: pause, service: solution-1, for: 1s",
+            "action: disconnect, service: solution",
+        ));
+        assert!(
+            e[0].message
+                .contains("cannot be done to the learner's program"),
+            "{}",
+            e[0]
+        );
+        // The demo scenario runs no program.
+        let text = LAB.replace(
+            "    expect: { lost_updates: \"> 0\" }",
+            "    faults: [{ at: 1s, action: kill, service: solution }]\n    expect: { lost_updates: \"> 0\" }",
+        );
+        let e = errors(&text);
+        assert!(
+            e[0].message
+                .contains("only scenarios marked `challenge: true`"),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn challenge_scenarios_need_the_section_and_the_section_needs_them() {
+        let without = LAB.split("challenge:\n  task").next().unwrap().to_string();
+        let e = errors(&without);
+        assert!(
+            e[0].message.contains("needs a `challenge:` section"),
+            "{}",
+            e[0]
+        );
+        assert_eq!(e[0].line, 15);
+        let e = errors(&LAB.replace("    challenge: true\n", ""));
+        assert!(
+            e.iter()
+                .any(|e| e.message.contains("at least one scenario marked")),
+            "{e:?}"
+        );
+    }
+}

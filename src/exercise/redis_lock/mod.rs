@@ -229,6 +229,13 @@ impl Exercise for RedisLock {
         }
     }
 
+    fn harness_env(&self) -> &'static [(&'static str, &'static str)] {
+        &[(
+            "LEDGER_URL",
+            "the ledger: GET the value, PUT value + 1 (?instance=N&token=T)",
+        )]
+    }
+
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
         if let Some(solution) = ctx.solution() {
             return challenge::run(ctx, solution).await;
