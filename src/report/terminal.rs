@@ -772,6 +772,44 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_challenge_shows_evidence_and_the_program_s_last_lines() {
+        use crate::event::{Evidence, InstanceReport, SolutionReport};
+        let mut report = sample::report();
+        let s = &mut report.labs[0].scenarios[1];
+        assert_eq!(s.verdict, Verdict::Fail);
+        s.evidence = vec![Evidence {
+            observation: "lost_updates".into(),
+            what: "instance 1 wrote 7 at 1.84 s, over instance 3's write of 9 at 1.62 s".into(),
+        }];
+        s.solution = Some(SolutionReport {
+            command: "python3 my_lock.py".into(),
+            instances: vec![InstanceReport {
+                instance: "solution-1".into(),
+                ended: "exit 0".into(),
+                restarts: 0,
+                output: (1..=7).map(|i| format!("line {i}")).collect(),
+            }],
+        });
+        let mut buf = Vec::new();
+        render(&report, Style::plain(), &mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(
+            text.contains(
+                "    evidence (from the harness's record):\n      lost_updates: instance 1 wrote 7 at 1.84 s, over instance 3's write of 9 at 1.62 s\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("    solution-1: exit 0, last lines:\n      line 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("      line 7\n") && !text.contains("line 2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn plain_render_has_rows_totals_and_no_escapes() {
         let text = rendered(Style::plain());
         assert!(!text.contains('\x1b'), "{text}");
