@@ -266,9 +266,10 @@ impl Record<'_> {
                         self.at(o.at_us),
                         Self::token(o),
                     );
-                    evidence.push(("stale_writes", line.clone()));
-                    evidence.push(("lost_updates", line.clone()));
-                    evidence.push(("final_counter", line));
+                    if stale == 1 {
+                        evidence.push(("lost_updates", line.clone()));
+                    }
+                    evidence.push(("stale_writes", line));
                 }
             }
         }
@@ -327,13 +328,12 @@ impl Record<'_> {
         }
 
         let writes = accepted_writes.len() as i64;
-        evidence.push((
-            "final_counter",
-            format!(
-                "the ledger holds {} after {writes} accepted writes and {refused} refused accesses",
-                self.value
-            ),
-        ));
+        let summary = format!(
+            "the ledger holds {} after {writes} accepted writes and {refused} refused accesses",
+            self.value
+        );
+        evidence.push(("lost_updates", summary.clone()));
+        evidence.push(("final_counter", summary));
         if let Some((since, stall, running)) = &self.stalled {
             let who: Vec<String> = running.iter().map(u32::to_string).collect();
             let mut line = format!(
@@ -432,7 +432,11 @@ mod tests {
         assert_eq!(obs["max_concurrent_holders"], 1);
         assert_eq!(obs["stale_writes"], 0);
         assert_eq!(obs["stalled"], false);
-        assert!(evidence.iter().all(|(o, _)| *o == "final_counter"));
+        assert!(
+            evidence
+                .iter()
+                .all(|(o, _)| *o == "final_counter" || *o == "lost_updates")
+        );
     }
 
     #[test]
