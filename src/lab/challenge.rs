@@ -124,8 +124,15 @@ pub struct SolutionDecl {
 pub enum SolutionExpect {
     /// Every challenge scenario passes.
     Pass,
-    /// These expectations fail (each in at least one scenario), and no other.
-    Fail(Vec<String>),
+    /// `must` fail, each in every run of at least one scenario; `may`
+    /// (known consequences of the same mistake) may fail too; nothing else
+    /// may fail.
+    Fail {
+        /// Expectations that must fail.
+        must: Vec<String>,
+        /// Expectations that may fail as well.
+        may: Vec<String>,
+    },
 }
 
 impl SolutionExpect {
@@ -133,7 +140,12 @@ impl SolutionExpect {
     pub fn text(&self) -> String {
         match self {
             SolutionExpect::Pass => "pass".into(),
-            SolutionExpect::Fail(names) => format!("fail: {}", names.join(", ")),
+            SolutionExpect::Fail { must, may } if may.is_empty() => {
+                format!("fail: {}", must.join(", "))
+            }
+            SolutionExpect::Fail { must, may } => {
+                format!("fail: {} (may: {})", must.join(", "), may.join(", "))
+            }
         }
     }
 }
@@ -259,23 +271,25 @@ fn solution(
     let bad_expect = || {
         (
             raw.expect.referenced,
-            "`expect` must be `pass` or `{ fail: [OBSERVATION, …] }`".to_string(),
+            "`expect` must be `pass` or `{ fail: [OBSERVATION, …], may_fail: [OBSERVATION, …] }`"
+                .to_string(),
         )
+    };
+    let names = |v: Option<&Value>| -> Option<Vec<String>> {
+        match v {
+            None => Some(Vec::new()),
+            Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map(str::to_string)).collect(),
+            Some(_) => None,
+        }
     };
     let expect = match &raw.expect.value {
         Value::String(s) if s == "pass" => SolutionExpect::Pass,
-        Value::Object(m) if m.len() == 1 && m.contains_key("fail") => {
-            let names: Option<Vec<String>> = m["fail"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            });
-            match names {
-                Some(names)
-                    if !names.is_empty()
-                        && Some(names.len()) == m["fail"].as_array().map(Vec::len) =>
-                {
-                    for n in &names {
+        Value::Object(m)
+            if m.contains_key("fail") && m.keys().all(|k| k == "fail" || k == "may_fail") =>
+        {
+            match (names(m.get("fail")), names(m.get("may_fail"))) {
+                (Some(must), Some(may)) if !must.is_empty() => {
+                    for n in must.iter().chain(&may) {
                         if !exercise.observations().iter().any(|o| o.name == n) {
                             problems.push((
                                 raw.expect.referenced,
@@ -287,7 +301,7 @@ fn solution(
                             ));
                         }
                     }
-                    SolutionExpect::Fail(names)
+                    SolutionExpect::Fail { must, may }
                 }
                 _ => {
                     problems.push(bad_expect());

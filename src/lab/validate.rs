@@ -143,7 +143,7 @@ pub fn validate(path: &Path, source: &str) -> Result<Lab, LabErrors> {
             );
         }
         for solution in &c.solutions {
-            if let super::SolutionExpect::Fail(names) = &solution.expect {
+            if let super::SolutionExpect::Fail { must: names, .. } = &solution.expect {
                 for name in names {
                     let checked = scenarios
                         .iter()
@@ -832,7 +832,10 @@ challenge:
         assert_eq!(c.solutions[0].expect, SolutionExpect::Pass);
         assert_eq!(
             c.solutions[1].expect,
-            SolutionExpect::Fail(vec!["lost_updates".into()])
+            SolutionExpect::Fail {
+                must: vec!["lost_updates".into()],
+                may: vec![]
+            }
         );
         assert!(!lab.scenarios[0].challenge);
         assert!(lab.scenarios[1].challenge);
