@@ -62,6 +62,7 @@ pub(super) async fn run(
     let mut announced = BTreeSet::new();
     let mut last_progress = Instant::now();
     let mut stalled_since = None;
+    let mut still_running = Vec::new();
     loop {
         let ended = solution.all_ended();
         let log = fetch(&client, &ledger, entries.len()).await?;
@@ -83,6 +84,7 @@ pub(super) async fn run(
         }
         if last_progress.elapsed() > stall {
             stalled_since = Some(SystemTime::now() - last_progress.elapsed());
+            still_running = solution.running();
             solution.stop().await;
             let log = fetch(&client, &ledger, entries.len()).await?;
             entries.extend(log.entries);
@@ -97,7 +99,7 @@ pub(super) async fn run(
         entries: &entries,
         value: log.value,
         history: &solution.history(),
-        stalled: stalled_since.map(|at| (at, stall, solution.running())),
+        stalled: stalled_since.map(|at| (at, stall, still_running)),
     };
     let (obs, evidence) = record.observe();
     for (name, what) in evidence {
