@@ -41,7 +41,7 @@ fn the_reference_passes_under_pauses_and_kills() {
         ]
     );
     assert_eq!(obs(&report, "contention", "final_counter"), 40.0);
-    // Both holders were frozen and thawed by the faults.
+    // Three holders were frozen and thawed by the faults.
     let paused = scenario(&report, "holder-paused-past-lease");
     let mut faults: Vec<&str> = paused["timeline"]
         .as_array()
@@ -56,8 +56,10 @@ fn the_reference_passes_under_pauses_and_kills() {
         [
             "pause solution-1",
             "pause solution-2",
+            "pause solution-3",
             "unpause solution-1",
-            "unpause solution-2"
+            "unpause solution-2",
+            "unpause solution-3"
         ]
     );
     let killed = scenario(&report, "holder-killed-while-holding");
