@@ -86,6 +86,45 @@ pub struct ScenarioReport {
     /// `checks` and `timeline` above are then those of the last run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeats: Option<Repeats>,
+    /// For each failed expectation, the first offending operations from the
+    /// harness's record (challenge scenarios).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub evidence: Vec<Evidence>,
+    /// The learner's program, when the scenario checked one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub solution: Option<SolutionReport>,
+}
+
+/// One offending operation behind a failed expectation, in words.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Evidence {
+    /// The observation it explains.
+    pub observation: String,
+    /// What happened, with instances, values, tokens and times.
+    pub what: String,
+}
+
+/// How the learner's program ran in one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct SolutionReport {
+    /// The shell command.
+    pub command: String,
+    /// One entry per instance.
+    pub instances: Vec<InstanceReport>,
+}
+
+/// One instance of the learner's program.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceReport {
+    /// `solution-N`.
+    pub instance: String,
+    /// How it ended: `exit 0`, `exit 3`, `killed (fault)`, `stopped`, …
+    pub ended: String,
+    /// Times a fault restarted it.
+    pub restarts: u32,
+    /// Its output, stdout and stderr interleaved (`err| ` marks stderr),
+    /// the last lines when it printed many.
+    pub output: Vec<String>,
 }
 
 /// How the N runs of one scenario went (`run --repeat N`).
@@ -187,6 +226,21 @@ pub enum Event {
     ScenarioStarted { lab: String, scenario: String },
     /// A scenario ended.
     ScenarioFinished { lab: String, report: ScenarioReport },
+    /// The learner's program starts (told once per lab): the command and
+    /// the environment it gets.
+    SolutionStarted {
+        lab: String,
+        scenario: String,
+        command: String,
+        instances: u32,
+        env: Vec<(String, String)>,
+    },
+    /// A line the learner's program printed (shown with `-v`).
+    SolutionOutput {
+        lab: String,
+        instance: String,
+        line: String,
+    },
     /// A lab ended (its report is complete).
     LabFinished { report: LabReport },
     /// Teardown finished.

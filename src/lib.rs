@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod catalog;
+pub mod challenge;
 pub mod check;
 pub mod cli;
 pub mod client;

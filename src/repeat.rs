@@ -160,6 +160,8 @@ mod tests {
             timeline: vec![],
             duration_ms: 100,
             repeats: None,
+            evidence: Vec::new(),
+            solution: None,
         }
     }
 

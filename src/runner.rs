@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 
+use crate::challenge::{self, Solution};
 use crate::check::{self, Verdict};
 use crate::engine::stack::{self, StackOptions};
 use crate::engine::{Engine, EnvError, Stack, faults};
@@ -33,6 +34,10 @@ pub struct RunOptions {
     pub repeat: u32,
     /// How many labs run at once (`--jobs N`).
     pub jobs: usize,
+    /// `--solution`: the learner's program (a declared solution's name or a
+    /// shell command). With it only challenge scenarios run; without, only
+    /// the others.
+    pub solution: Option<String>,
 }
 
 /// Labs at once by default: one per core, at most four. Labs mostly wait on
@@ -128,9 +133,7 @@ pub async fn run_lab(
             opts.clone(),
             reporter.clone(),
         );
-        tokio::spawn(
-            async move { run_stack(&engine, &lab, &run_id, &opts, reporter.as_ref()).await },
-        )
+        tokio::spawn(async move { run_stack(&engine, &lab, &run_id, &opts, reporter).await })
     };
     let outcome = match task.await {
         Ok(result) => result,
@@ -185,7 +188,7 @@ async fn run_stack(
     lab: &Lab,
     run_id: &str,
     opts: &RunOptions,
-    reporter: &dyn Reporter,
+    reporter: Arc<dyn Reporter>,
 ) -> Result<(Vec<ServiceReport>, Vec<ScenarioReport>), EnvError> {
     let stack = Stack::start(
         engine,
@@ -195,9 +198,10 @@ async fn run_stack(
             keep: false,
             source: opts.source,
         },
-        reporter,
+        reporter.as_ref(),
     )
     .await?;
+    let announced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let services = service_reports(&stack);
     let selected = selected(lab, opts);
     let rounds = opts.repeat.max(1);
@@ -211,19 +215,95 @@ async fn run_stack(
             });
         }
         for (scenario, runs) in selected.iter().zip(&mut runs) {
-            runs.push(run_and_heal(&stack, lab, scenario, round, opts, reporter).await?);
+            let solution = solution_for(&stack, lab, scenario, round, opts, &reporter, &announced);
+            runs.push(run_and_heal(&stack, lab, scenario, round, opts, &reporter, solution).await?);
         }
     }
     let scenarios = runs.into_iter().map(repeat::fold).collect();
     Ok((services, scenarios))
 }
 
-/// The scenarios `--scenario` selects (all when it names none), in file order.
-fn selected<'a>(lab: &'a Lab, opts: &RunOptions) -> Vec<&'a Scenario> {
+/// The scenarios `--scenario` selects (all when it names none), in file
+/// order: with `--solution` the challenge scenarios, else the others.
+pub fn selected<'a>(lab: &'a Lab, opts: &RunOptions) -> Vec<&'a Scenario> {
     lab.scenarios
         .iter()
+        .filter(|s| s.challenge == opts.solution.is_some())
         .filter(|s| opts.scenarios.is_empty() || opts.scenarios.contains(&s.name))
         .collect()
+}
+
+/// Sends the program's start and lines to the reporter; the start (command
+/// and environment) is told once per lab.
+struct ToReporter {
+    reporter: Arc<dyn Reporter>,
+    lab: String,
+    scenario: String,
+    announced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl challenge::Listener for ToReporter {
+    fn started(&self, command: &str, instances: u32, env: &[(String, String)]) {
+        if self
+            .announced
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        self.reporter.event(&Event::SolutionStarted {
+            lab: self.lab.clone(),
+            scenario: self.scenario.clone(),
+            command: command.to_string(),
+            instances,
+            env: env.to_vec(),
+        });
+    }
+
+    fn line(&self, instance: u32, line: &str) {
+        self.reporter.event(&Event::SolutionOutput {
+            lab: self.lab.clone(),
+            instance: format!("solution-{instance}"),
+            line: line.to_string(),
+        });
+    }
+}
+
+/// The learner's program for a challenge scenario run with `--solution`.
+fn solution_for(
+    stack: &Stack,
+    lab: &Lab,
+    scenario: &Scenario,
+    round: u32,
+    opts: &RunOptions,
+    reporter: &Arc<dyn Reporter>,
+    announced: &Arc<std::sync::atomic::AtomicBool>,
+) -> Option<Arc<Solution>> {
+    let given = opts.solution.as_deref()?;
+    let c = lab.challenge.as_ref()?;
+    if !scenario.challenge {
+        return None;
+    }
+    // Validation made sure the count is within bounds.
+    let instances = c.instances.count(&scenario.params).unwrap_or(1);
+    let endpoints: Vec<_> = stack.services.iter().map(|s| s.endpoint.clone()).collect();
+    let env = challenge::env::contract(
+        &endpoints,
+        &namespace(&stack.run_id, &scenario.name, round),
+        &scenario.params,
+        instances,
+    );
+    let listener = Arc::new(ToReporter {
+        reporter: reporter.clone(),
+        lab: lab.name.clone(),
+        scenario: scenario.name.clone(),
+        announced: announced.clone(),
+    });
+    Some(Solution::new(
+        challenge::command_for(lab, given),
+        instances,
+        env,
+        listener,
+    ))
 }
 
 /// Runs one scenario once, reports it, and heals the stack if it had faults
@@ -234,13 +314,14 @@ async fn run_and_heal(
     scenario: &Scenario,
     round: u32,
     opts: &RunOptions,
-    reporter: &dyn Reporter,
+    reporter: &Arc<dyn Reporter>,
+    solution: Option<Arc<Solution>>,
 ) -> Result<ScenarioReport, EnvError> {
     reporter.event(&Event::ScenarioStarted {
         lab: lab.name.clone(),
         scenario: scenario.name.clone(),
     });
-    let report = run_scenario(stack, lab, scenario, round, opts).await;
+    let report = run_scenario(stack, lab, scenario, round, opts, solution).await;
     reporter.event(&Event::ScenarioFinished {
         lab: lab.name.clone(),
         report: report.clone(),
@@ -260,11 +341,37 @@ async fn fault_step(
     fault: &Fault,
     timeline: &Timeline,
     errors: &Mutex<Vec<String>>,
+    solution: Option<&Arc<Solution>>,
 ) {
     let failed = |e: EnvError| errors.lock().expect("fault errors").push(describe(&e));
     match &fault.when {
         When::At(d) => tokio::time::sleep(d.saturating_sub(timeline.elapsed())).await,
         When::After(mark) => timeline.wait_for(mark).await,
+    }
+    if let Some(target) = crate::lab::challenge::parse_target(&fault.service) {
+        let Some(solution) = solution else {
+            failed(EnvError::new(format!(
+                "fault on `{}`, but no program runs",
+                fault.service
+            )));
+            return;
+        };
+        timeline.record(
+            "fault",
+            format!("{} {}", fault.action.name(), fault.service),
+        );
+        if let Err(e) = solution.apply(target, fault.action).await {
+            failed(EnvError::new(e));
+            return;
+        }
+        if let (Some(lasts), Some(inverse)) = (fault.lasts, fault.action.inverse()) {
+            tokio::time::sleep(lasts).await;
+            timeline.record("fault", format!("{} {}", inverse.name(), fault.service));
+            if let Err(e) = solution.apply(target, inverse).await {
+                failed(EnvError::new(e));
+            }
+        }
+        return;
     }
     let mut heals = Vec::new();
     for target in stack.targets(&fault.service) {
@@ -320,21 +427,25 @@ async fn run_scenario(
     scenario: &Scenario,
     round: u32,
     opts: &RunOptions,
+    solution: Option<Arc<Solution>>,
 ) -> ScenarioReport {
     let started = Instant::now();
     let timeline = Timeline::default();
-    let ctx = Ctx::new(
+    let mut ctx = Ctx::new(
         scenario.params.clone(),
         stack.endpoints(),
         namespace(&stack.run_id, &scenario.name, round),
         timeline.clone(),
     );
+    if let Some(s) = &solution {
+        ctx = ctx.with_solution(s.clone());
+    }
     let fault_errors = Mutex::new(Vec::new());
     let fault_steps = join_all(
         scenario
             .faults
             .iter()
-            .map(|fault| fault_step(stack, fault, &timeline, &fault_errors)),
+            .map(|fault| fault_step(stack, fault, &timeline, &fault_errors, solution.as_ref())),
     );
     let exercise = tokio::time::timeout(opts.scenario_timeout, lab.exercise.run(&ctx));
     // Faults still waiting when the exercise ends never fire.
@@ -353,6 +464,27 @@ async fn run_scenario(
             )),
         ),
     };
+    // The program stops with the scenario (SIGTERM, grace, SIGKILL); a
+    // program that failed on its own, or never ran, leaves no PASS.
+    if let Some(s) = &solution {
+        s.stop().await;
+        let mut problems = s.failures();
+        if !s.was_started() && error.is_none() {
+            problems.push(format!(
+                "exercise `{}` never started the program",
+                lab.exercise.name()
+            ));
+        }
+        if !problems.is_empty() {
+            error = Some(
+                error
+                    .into_iter()
+                    .chain(problems)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+        }
+    }
     let fault_errors = fault_errors.into_inner().expect("fault errors");
     if !fault_errors.is_empty() {
         error = Some(
@@ -380,6 +512,16 @@ async fn run_scenario(
         );
     }
     let checks = check::evaluate(&scenario.expect, &observations, &scenario.params);
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail)
+        .map(|c| c.observation.as_str())
+        .collect();
+    let evidence = ctx
+        .take_evidence()
+        .into_iter()
+        .filter(|e| failed.contains(&e.observation.as_str()))
+        .collect();
     let mut verdict = Verdict::merge_all(checks.iter().map(|c| c.verdict));
     if error.is_some() {
         verdict = verdict.merge(Verdict::Unknown);
@@ -394,6 +536,8 @@ async fn run_scenario(
         timeline: timeline.events(),
         duration_ms: started.elapsed().as_millis() as u64,
         repeats: None,
+        evidence,
+        solution: solution.as_ref().map(|s| s.report()),
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! - `GET /health`: `200 ok`, for readiness probes and the healthcheck.
 //! - `GET /delay/MS`: waits MS milliseconds, then answers like any request.
+//! - `/ledger/NAME…`: the ledger of challenges ([`super::ledger`]).
 //! - any other request: answers at once, or after `?delay_ms=MS`.
 //!
 //! The answer is JSON (`instance`, `role`, `path`, `delay_ms`, `requests`) with an
@@ -102,6 +103,7 @@ fn router(instance: String) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/delay/{ms}", get(delay_path))
+        .merge(super::ledger::routes())
         .fallback(any_request)
         .with_state(agent)
 }

@@ -6,6 +6,7 @@
 //! is the server. Each role is one small module; [`serve`] picks it.
 
 mod http;
+pub mod ledger;
 
 pub use http::INSTANCE_HEADER;
 

@@ -16,6 +16,9 @@ Examples:
   infralab up distributed-locking             keep services running, print connection strings
   infralab down distributed-locking           remove them
   infralab validate labs/my-lab.yaml          check a lab file without Docker
+  infralab run distributed-locking --solution 'python3 my_lock.py'
+                                              check your own program (a challenge)
+  infralab validate --solutions               every shipped solution gets its declared verdict
 
 Exit codes: 0 passed, 1 a check failed, 2 bad input, 3 environment (Docker, images, timeouts).";
 
@@ -113,6 +116,9 @@ pub enum Command {
         /// Labs run at once, each on its own network and namespace [default: the machine's cores, at most 4]
         #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32))]
         jobs: Option<u32>,
+        /// Check your own program on the lab's challenge scenarios: a solution the lab declares (by name) or a shell command
+        #[arg(long, value_name = "NAME_OR_COMMAND", conflicts_with = "all")]
+        solution: Option<String>,
         #[command(flatten)]
         images: ImageArgs,
     },
@@ -141,13 +147,24 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Check lab files without Docker (all labs when no file is given)
+    /// Check lab files without Docker (all labs when no file is given); with --solutions, run every declared solution of the challenges
     #[command(
-        after_help = "Examples:\n  infralab validate\n  infralab validate labs/messaging/*.yaml"
+        after_help = "Examples:\n  infralab validate\n  infralab validate labs/messaging/*.yaml\n  infralab validate --solutions distributed-locking --repeat 3"
     )]
     Validate {
-        /// Lab files
+        /// Lab files (with --solutions: lab names, file stems or paths; all challenges when none)
         files: Vec<PathBuf>,
+        /// Run every solution the challenges declare on their challenge scenarios (Docker) and check each got its declared verdict
+        #[arg(long)]
+        solutions: bool,
+        /// With --solutions: run every challenge scenario N times per solution
+        #[arg(long, value_name = "N", default_value_t = 1, requires = "solutions", value_parser = clap::value_parser!(u32).range(1..=100))]
+        repeat: u32,
+        /// With --solutions: the matrix as text, or JSON on stdout
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(flatten)]
+        images: ImageArgs,
     },
     /// Local images: which are present, build them from Debian packages
     Images {

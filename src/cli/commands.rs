@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Cli, CliError, Command, Format, ImagesCommand, show};
+use super::{Cli, CliError, Command, Format, ImagesCommand, show, solutions};
 use crate::engine::stack::{self, StackOptions};
 use crate::engine::{Engine, Stack, gc};
 use crate::event::Reporter;
@@ -19,10 +19,45 @@ use crate::{catalog, exit, images, sections};
 pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     let labs_dir = labs_dir(cli.labs_dir.as_deref());
     let color = cli.color;
+    let verbose = cli.verbose > 0;
     match cli.command {
         Command::List { format } => list(&labs_dir, format),
         Command::Show { lab, format } => show::show(&load(&labs_dir, &lab)?, format),
-        Command::Validate { files } => validate(&labs_dir, files),
+        Command::Validate {
+            files,
+            solutions: true,
+            repeat,
+            format,
+            images,
+        } => {
+            let files = if files.is_empty() {
+                lab::discover(&labs_dir)
+            } else {
+                files
+                    .iter()
+                    .map(|f| find(&labs_dir, &f.display().to_string()))
+                    .collect::<Result<_, _>>()?
+            };
+            let given = !files.is_empty();
+            let mut labs = Vec::new();
+            for f in files {
+                let l = Lab::load(&f)?;
+                if l.challenge.is_some() {
+                    labs.push(Arc::new(l));
+                } else if given {
+                    return Err(no_challenge(&l));
+                }
+            }
+            let settings = solutions::Settings {
+                source: images.images,
+                repeat,
+                format,
+                color,
+                verbose,
+            };
+            solutions::validate(labs, &settings).await
+        }
+        Command::Validate { files, .. } => validate(&labs_dir, files),
         Command::Run {
             labs,
             all,
@@ -34,6 +69,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             scenario_timeout,
             repeat,
             jobs,
+            solution,
             images,
         } => {
             let files = if all {
@@ -59,6 +95,11 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             if !errors.0.is_empty() {
                 return Err(errors.into());
             }
+            if solution.is_some()
+                && let Some(l) = loaded.iter().find(|l| l.challenge.is_none())
+            {
+                return Err(no_challenge(l));
+            }
             check_scenarios(&loaded, &scenarios)?;
             let opts = RunOptions {
                 source: images.images,
@@ -66,8 +107,28 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 scenario_timeout,
                 repeat,
                 jobs: jobs.map_or_else(runner::default_jobs, |j| j as usize),
+                solution,
             };
-            run(loaded, &opts, format, junit, json, html, color).await
+            for l in &loaded {
+                if runner::selected(l, &opts).is_empty() {
+                    return Err(CliError::Input(format!(
+                        "lab `{}` has no scenario to run {}",
+                        l.name,
+                        if opts.solution.is_some() {
+                            "with --solution (none is marked `challenge: true` among those selected)"
+                        } else {
+                            "without --solution: its scenarios check a program (`--solution CMD`)"
+                        }
+                    )));
+                }
+            }
+            let outputs = Outputs {
+                format,
+                junit,
+                json,
+                html,
+            };
+            run(loaded, &opts, outputs, color, verbose).await
         }
         Command::Up { lab, images } => up(&load(&labs_dir, &lab)?, images.images, color).await,
         Command::Down { lab } => {
@@ -127,6 +188,13 @@ fn find(dir: &Path, wanted: &str) -> Result<PathBuf, CliError> {
             dir.display()
         ))
     })
+}
+
+fn no_challenge(lab: &Lab) -> CliError {
+    CliError::Input(format!(
+        "lab `{}` has no challenge; `infralab list` marks the labs that do",
+        lab.name
+    ))
 }
 
 fn load(dir: &Path, wanted: &str) -> Result<Lab, CliError> {
@@ -199,6 +267,7 @@ fn list(dir: &Path, format: Format) -> Result<i32, CliError> {
                 serde_json::json!({
                     "name": l.name, "title": l.title, "section": l.section, "summary": l.summary,
                     "file": l.file, "scenarios": l.scenarios.iter().map(|s| &s.name).collect::<Vec<_>>(),
+                    "challenge": l.challenge.is_some(),
                 })
             })
             .collect();
@@ -216,12 +285,22 @@ fn list(dir: &Path, format: Format) -> Result<i32, CliError> {
         }
         println!("{heading}");
         for l in in_section {
-            println!("  {:width$}  {}", l.name, l.summary);
+            let mark = if l.challenge.is_some() {
+                "  [challenge]"
+            } else {
+                ""
+            };
+            println!("  {:width$}  {}{mark}", l.name, l.summary);
         }
         println!();
     }
     for f in &broken {
         println!("(invalid, see `infralab validate {}`)", f.display());
+    }
+    if labs.iter().any(|l| l.challenge.is_some()) {
+        println!(
+            "[challenge]: write the program yourself and check it: infralab run LAB --solution 'CMD' (`infralab show LAB` says how)"
+        );
     }
     Ok(exit::PASSED)
 }
@@ -255,7 +334,7 @@ fn validate(dir: &Path, files: Vec<PathBuf>) -> Result<i32, CliError> {
 }
 
 /// Resolves when the user interrupts (Ctrl-C) or the process is asked to stop.
-async fn interrupted() {
+pub(super) async fn interrupted() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -263,18 +342,31 @@ async fn interrupted() {
     }
 }
 
+/// Where `run` writes its report.
+struct Outputs {
+    format: Format,
+    junit: Option<PathBuf>,
+    json: Option<PathBuf>,
+    html: Option<PathBuf>,
+}
+
 async fn run(
     labs: Vec<Arc<Lab>>,
     opts: &RunOptions,
-    format: Format,
-    junit_file: Option<PathBuf>,
-    json_file: Option<PathBuf>,
-    html_file: Option<PathBuf>,
+    outputs: Outputs,
     color: terminal::ColorChoice,
+    verbose: bool,
 ) -> Result<i32, CliError> {
+    let Outputs {
+        format,
+        junit: junit_file,
+        json: json_file,
+        html: html_file,
+    } = outputs;
     let engine = Engine::connect().await?;
     let progress = Arc::new(Progress::new(color));
     progress.set_parallel(opts.jobs > 1 && labs.len() > 1);
+    progress.set_verbose(verbose);
     let reporter: Arc<dyn Reporter> = progress.clone();
     let report = tokio::select! {
         report = runner::run_labs(&engine, labs, opts, reporter) => report,

@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod show;
+mod solutions;
 
 use clap::Parser;
 

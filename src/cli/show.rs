@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 
 use super::{CliError, Format};
 use crate::exercise::{Exercise, ParamKind, ParamSpec};
-use crate::lab::{Lab, When};
+use crate::lab::{Challenge, Lab, When};
 use crate::report::words::format_value;
-use crate::{catalog, exit, sections};
+use crate::{catalog, challenge, exit, sections};
 
 /// `infralab show LAB`: the briefing, or (`--format json`) the same facts
 /// for tools.
@@ -103,10 +103,92 @@ fn text(lab: &Lab) -> String {
     if let Some(a) = &lab.answer {
         out += &format!("\nWhat to look for: {}\n", a.trim_end());
     }
+    if let Some(c) = &lab.challenge {
+        out += &challenge_text(lab, c);
+    }
     out += &format!(
         "\nRun it:   infralab run {}\nExplore:  infralab up {}\n",
         lab.name, lab.name
     );
+    if lab.challenge.is_some() {
+        out += &format!("Yours:    infralab run {} --solution 'CMD'\n", lab.name);
+    }
+    out
+}
+
+/// The challenge: task, role, instances, the environment contract, what is
+/// checked and the shipped solutions.
+fn challenge_text(lab: &Lab, c: &Challenge) -> String {
+    let mut out = String::from("\nChallenge: write the program yourself\n");
+    out += &format!("\n{}\n", c.task.trim_end());
+    out += &format!(
+        "\nRole:       {} ({})\nInstances:  {}\n",
+        c.role.name(),
+        c.role.doc(),
+        c.instances.text()
+    );
+    out += "\nEnvironment (what your program gets):\n";
+    let mut vars: Vec<Vec<String>> = Vec::new();
+    let mut first = |var: &str, what: String| {
+        if !vars.iter().any(|v| v[0] == var) {
+            vars.push(vec![var.to_string(), what]);
+        }
+    };
+    for s in &lab.services {
+        let what = format!("the `{}` service ({})", s.name, s.kind);
+        match s.kind.as_str() {
+            "redis" => first("REDIS_URL", what),
+            "postgres" => first("DATABASE_URL, PG*", what),
+            "rabbitmq" => first("AMQP_URL", what),
+            "kafka" => first("KAFKA_BOOTSTRAP_SERVERS", what),
+            "mosquitto" => first("MQTT_URL", what),
+            "agent" | "nginx" => first("HTTP_URL", what),
+            _ => {}
+        }
+    }
+    for s in &lab.services {
+        first(
+            &format!("INFRALAB_URL_{}", challenge::env::var_name(&s.name)),
+            format!("the `{}` service", s.name),
+        );
+    }
+    for (var, what) in lab.exercise.harness_env() {
+        first(var, what.to_string());
+    }
+    first("INFRALAB_INSTANCE", "this instance, 1..N".into());
+    first("INFRALAB_INSTANCES", "N".into());
+    first(
+        "INFRALAB_NAMESPACE",
+        "prefix for your keys, queues and topics".into(),
+    );
+    first(
+        "INFRALAB_PARAM_<NAME>",
+        "every parameter of the scenario (INFRALAB_PARAM_INCREMENTS …)".into(),
+    );
+    out += &aligned(&["variable", "value"], &vars);
+    out += &format!("\nChecked: {}\n", c.checked.trim_end());
+    let checking: Vec<&str> = lab
+        .scenarios
+        .iter()
+        .filter(|s| s.challenge)
+        .map(|s| s.name.as_str())
+        .collect();
+    out += &format!("\nChallenge scenarios: {}\n", checking.join(", "));
+    if !c.solutions.is_empty() {
+        out += "\nShipped solutions (`--solution NAME`; `infralab validate --solutions` proves their verdicts):\n";
+        let rows: Vec<Vec<String>> = c
+            .solutions
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.expect.text(),
+                    s.description.clone().unwrap_or_else(|| s.run.clone()),
+                ]
+            })
+            .collect();
+        out += &aligned(&["name", "must", "what"], &rows);
+    }
     out
 }
 
@@ -235,7 +317,18 @@ fn json(lab: &Lab) -> Value {
                 "for_ms": f.lasts.map(|d| d.as_millis() as u64),
             })).collect::<Vec<_>>(),
             "expect": s.expect.iter().map(|(k, p)| (k.clone(), Value::from(p.to_string()))).collect::<serde_json::Map<_, _>>(),
+            "challenge": s.challenge,
         })).collect::<Vec<_>>(),
+        "challenge": lab.challenge.as_ref().map(|c| json!({
+            "task": c.task,
+            "role": c.role.name(),
+            "instances": c.instances.text(),
+            "checked": c.checked,
+            "solutions": c.solutions.iter().map(|s| json!({
+                "name": s.name, "run": s.run, "expect": s.expect.text(),
+                "description": s.description, "requires": s.requires,
+            })).collect::<Vec<_>>(),
+        })),
     })
 }
 

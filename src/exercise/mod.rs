@@ -29,7 +29,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::catalog::Endpoint;
-use crate::event::TimelineEvent;
+use crate::challenge::Solution;
+use crate::event::{Evidence, TimelineEvent};
 
 /// Observations an exercise returns: name → number, boolean, string or list.
 pub type Observations = BTreeMap<String, Value>;
@@ -257,6 +258,8 @@ pub struct Ctx {
     /// scenarios and concurrent runs never see each other's data.
     pub namespace: String,
     timeline: Timeline,
+    solution: Option<Arc<Solution>>,
+    evidence: Arc<Mutex<Vec<Evidence>>>,
 }
 
 /// Shared, timestamped event log of a scenario (exercise milestones and faults).
@@ -304,6 +307,11 @@ impl Timeline {
         self.start.elapsed()
     }
 
+    /// The wall-clock time the scenario started (services log wall time).
+    pub fn started_at(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now() - self.start.elapsed()
+    }
+
     /// All events so far.
     pub fn events(&self) -> Vec<TimelineEvent> {
         self.events.lock().expect("timeline lock").clone()
@@ -323,7 +331,36 @@ impl Ctx {
             services,
             namespace,
             timeline,
+            solution: None,
+            evidence: Arc::default(),
         }
+    }
+
+    /// The context of a challenge scenario: the exercise is the harness of
+    /// the learner's program.
+    pub fn with_solution(mut self, solution: Arc<Solution>) -> Self {
+        self.solution = Some(solution);
+        self
+    }
+
+    /// The learner's program, in a challenge scenario: the harness starts
+    /// it, waits for it and measures what it did.
+    pub fn solution(&self) -> Option<&Arc<Solution>> {
+        self.solution.as_ref()
+    }
+
+    /// Records an offending operation behind `observation`, in words; shown
+    /// when that observation's expectation fails.
+    pub fn evidence(&self, observation: &str, what: impl Into<String>) {
+        self.evidence.lock().expect("evidence lock").push(Evidence {
+            observation: observation.to_string(),
+            what: what.into(),
+        });
+    }
+
+    /// Everything recorded with [`Ctx::evidence`].
+    pub fn take_evidence(&self) -> Vec<Evidence> {
+        std::mem::take(&mut *self.evidence.lock().expect("evidence lock"))
     }
 
     /// An integer parameter (validated before the run).
@@ -411,6 +448,11 @@ pub trait Exercise: Send + Sync {
     /// Milestones it records, which faults may wait for (`after:`).
     fn milestones(&self) -> &'static [Milestone] {
         const { &[] }
+    }
+    /// Variables the exercise adds to the learner's environment when it is
+    /// a challenge's harness (its own endpoints), with their meaning.
+    fn harness_env(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
     }
     /// Runs once against the started services.
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError>;

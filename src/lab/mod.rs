@@ -5,6 +5,7 @@
 //! location. Nothing here touches Docker: a lab that fails validation never
 //! starts anything.
 
+pub mod challenge;
 pub mod diag;
 pub mod duration;
 pub mod raw;
@@ -18,6 +19,7 @@ use serde_json::Value;
 
 use crate::check::Predicate;
 use crate::exercise::Exercise;
+pub use challenge::{Challenge, Instances, Role, SolutionDecl, SolutionExpect};
 pub use diag::{LabError, LabErrors};
 
 /// A validated lab, ready to run.
@@ -44,6 +46,8 @@ pub struct Lab {
     pub exercise: &'static dyn Exercise,
     /// Scenarios, in file order.
     pub scenarios: Vec<Scenario>,
+    /// The learner's own program, when the lab is a challenge.
+    pub challenge: Option<Challenge>,
 }
 
 /// One service to start (a `replicas: N` service becomes N containers).
@@ -80,6 +84,9 @@ pub struct Scenario {
     pub expect: BTreeMap<String, Predicate>,
     /// Fault steps.
     pub faults: Vec<Fault>,
+    /// It checks the learner's program (`challenge: true`): it runs only
+    /// with `--solution`, and only it runs then.
+    pub challenge: bool,
 }
 
 /// A fault injected into a running scenario.
@@ -89,7 +96,8 @@ pub struct Fault {
     pub when: When,
     /// What happens.
     pub action: FaultAction,
-    /// Which service (all its replicas, or one replica as `NAME-2`).
+    /// Which service (all its replicas, or one replica as `NAME-2`), or the
+    /// learner's program (`solution`, one instance as `solution-2`).
     pub service: String,
     /// `for: DURATION`: how long after the action returned its inverse
     /// fires. Timed from the return, so a slow `docker pause` cannot shorten
@@ -153,6 +161,12 @@ impl FaultAction {
             | FaultAction::Unpause
             | FaultAction::Connect => None,
         }
+    }
+
+    /// Whether the action can be done to the learner's processes (signals
+    /// to the process group): everything but the network actions.
+    pub fn reaches_processes(self) -> bool {
+        !matches!(self, FaultAction::Disconnect | FaultAction::Connect)
     }
 
     /// The action's name.

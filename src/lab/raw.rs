@@ -26,6 +26,39 @@ pub struct RawLab {
     #[serde(default)]
     pub params: IndexMap<String, Spanned<Value>>,
     pub scenarios: Spanned<Vec<Spanned<RawScenario>>>,
+    /// The learner's own program, checked by the exercise as harness.
+    #[serde(default)]
+    pub challenge: Option<Spanned<RawChallenge>>,
+}
+
+/// The `challenge:` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChallenge {
+    pub task: String,
+    pub role: Spanned<String>,
+    /// A whole number or arithmetic over the scenario's parameters.
+    pub instances: Spanned<Value>,
+    pub checked: String,
+    #[serde(default)]
+    pub solutions: Vec<Spanned<RawSolution>>,
+}
+
+/// One shipped solution and the verdict it must get.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSolution {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub run: Spanned<String>,
+    /// `pass`, or `{ fail: [observation, …] }`.
+    pub expect: Spanned<Value>,
+    /// A shell command that succeeds when the host has what the solution
+    /// needs (`python3 -c 'import redis'`); when it fails, `validate
+    /// --solutions` skips the solution instead of failing it.
+    #[serde(default)]
+    pub requires: Option<String>,
 }
 
 /// One entry under `services:`.
@@ -60,6 +93,9 @@ pub struct RawScenario {
     pub expect: IndexMap<String, Spanned<Value>>,
     #[serde(default)]
     pub faults: Vec<Spanned<RawFault>>,
+    /// `challenge: true`: the scenario checks the learner's program.
+    #[serde(default)]
+    pub challenge: Option<Spanned<bool>>,
 }
 
 /// One fault step.

@@ -8,7 +8,10 @@ use serde_json::Value;
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::{RawFault, RawLab, RawScenario, RawService};
-use super::{Fault, FaultAction, Lab, LabError, LabErrors, Scenario, ServicePlan, When, duration};
+use super::{
+    Challenge, Fault, FaultAction, Lab, LabError, LabErrors, Scenario, ServicePlan, When,
+    challenge, duration,
+};
 use crate::check::Predicate;
 use crate::exercise::{self, Exercise, ObsKind};
 use crate::{catalog, sections};
@@ -101,6 +104,14 @@ pub fn validate(path: &Path, source: &str) -> Result<Lab, LabErrors> {
     }
     check_params(&mut v, exercise, &raw.params, &mut base);
 
+    let challenge = raw.challenge.as_ref().map(|c| {
+        let (challenge, problems) = challenge::validate(c, exercise);
+        for (loc, message) in problems {
+            v.error(loc, message);
+        }
+        challenge
+    });
+
     if raw.scenarios.value.is_empty() {
         v.error(
             raw.scenarios.referenced,
@@ -121,8 +132,35 @@ pub fn validate(path: &Path, source: &str) -> Result<Lab, LabErrors> {
             exercise,
             &s.value,
             &base,
-            &service_names,
+            (&service_names, challenge.as_ref()),
         ));
+    }
+    if let (Some(c), Some(raw_c)) = (&challenge, &raw.challenge) {
+        if !scenarios.iter().any(|s| s.challenge) {
+            v.error(
+                raw_c.referenced,
+                "a challenge needs at least one scenario marked `challenge: true`",
+            );
+        }
+        for solution in &c.solutions {
+            if let super::SolutionExpect::Fail { must: names, .. } = &solution.expect {
+                for name in names {
+                    let checked = scenarios
+                        .iter()
+                        .filter(|s| s.challenge)
+                        .any(|s| s.expect.contains_key(name));
+                    if !checked {
+                        v.error(
+                            raw_c.referenced,
+                            format!(
+                                "solution `{}` must fail `{name}`, which no challenge scenario expects anything of",
+                                solution.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     if !v.errors.is_empty() {
@@ -140,6 +178,7 @@ pub fn validate(path: &Path, source: &str) -> Result<Lab, LabErrors> {
         services,
         exercise,
         scenarios,
+        challenge,
     })
 }
 
@@ -294,17 +333,41 @@ fn validate_scenario(
     exercise: &dyn Exercise,
     raw: &RawScenario,
     base: &BTreeMap<String, Value>,
-    services: &BTreeSet<String>,
+    (services, challenge): (&BTreeSet<String>, Option<&Challenge>),
 ) -> Scenario {
     let mut params = base.clone();
     check_params(v, exercise, &raw.params, &mut params);
 
     let expect = validate_expect(v, exercise, &raw.expect, &params);
 
+    let is_challenge = raw.challenge.as_ref().is_some_and(|c| c.value);
+    // How many instances of the learner's program this scenario runs: the
+    // highest `solution-N` a fault may name.
+    let instances = match (is_challenge, challenge, &raw.challenge) {
+        (true, None, Some(flag)) => {
+            v.error(
+                flag.referenced,
+                "`challenge: true` needs a `challenge:` section in the lab",
+            );
+            None
+        }
+        (true, Some(c), _) => match c.instances.count(&params) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                v.error(
+                    raw.name.referenced,
+                    format!("scenario `{}`: {e}", raw.name.value),
+                );
+                None
+            }
+        },
+        _ => None,
+    };
+
     let faults = raw
         .faults
         .iter()
-        .filter_map(|f| validate_fault(v, exercise, f, services))
+        .filter_map(|f| validate_fault(v, exercise, f, (services, is_challenge, instances)))
         .collect();
     Scenario {
         name: raw.name.value.clone(),
@@ -312,6 +375,7 @@ fn validate_scenario(
         params,
         expect,
         faults,
+        challenge: is_challenge,
     }
 }
 
@@ -406,7 +470,7 @@ fn validate_fault(
     v: &mut Validator,
     exercise: &dyn Exercise,
     fault: &Spanned<RawFault>,
-    services: &BTreeSet<String>,
+    (services, is_challenge, instances): (&BTreeSet<String>, bool, Option<u32>),
 ) -> Option<Fault> {
     let RawFault {
         at,
@@ -430,7 +494,46 @@ fn validate_fault(
             ),
         );
     }
-    if !services.contains(&service.value) {
+    let solution_target = challenge::parse_target(&service.value);
+    if let Some(target) = solution_target {
+        if !is_challenge {
+            v.error(
+                service.referenced,
+                format!(
+                    "`{}` is the learner's program, which only scenarios marked `challenge: true` run",
+                    service.value
+                ),
+            );
+        } else if let (Some(n), Some(instances)) = (target, instances)
+            && n > instances
+        {
+            v.error(
+                service.referenced,
+                format!(
+                    "`{}` names instance {n}, but this scenario runs {instances} instance{}",
+                    service.value,
+                    if instances == 1 { "" } else { "s" }
+                ),
+            );
+        }
+        if let Some(a) = action_parsed
+            && !a.reaches_processes()
+        {
+            let names: Vec<&str> = FaultAction::ALL
+                .iter()
+                .filter(|(_, a)| a.reaches_processes())
+                .map(|(n, _)| *n)
+                .collect();
+            v.error(
+                action.referenced,
+                format!(
+                    "`{}` cannot be done to the learner's program; expected one of: {}",
+                    a.name(),
+                    names.join(", ")
+                ),
+            );
+        }
+    } else if !services.contains(&service.value) {
         v.error(
             service.referenced,
             format!(
@@ -674,5 +777,137 @@ scenarios:
         assert_eq!(e[0].line, 5, "{}", e[0]);
         let e = errors(&GOOD.replace("  redis: { kind: redis }", "  redis: { kind: redis"));
         assert!(e[0].line > 0, "{}", e[0]);
+    }
+}
+
+/// The `challenge:` section and the faults that reach the learner's program.
+#[cfg(test)]
+mod challenge_tests {
+    use super::*;
+    use crate::lab::{Instances, Role, SolutionExpect};
+
+    const LAB: &str = "\
+name: t
+title: T
+section: global-coordination
+summary: s
+services:
+  locks: { kind: redis }
+  ledger: { kind: agent }
+exercise: redis-lock
+params: { workers: 3 }
+scenarios:
+  - name: demo
+    params: { strategy: none }
+    expect: { lost_updates: \"> 0\" }
+  - name: mine
+    challenge: true
+    faults:
+      - { after: read-by-1, action: pause, service: solution-1, for: 1s }
+    expect: { lost_updates: \"== 0\", stalled: false }
+challenge:
+  task: do it
+  role: workers
+  instances: workers
+  checked: the ledger
+  solutions:
+    - { name: good, run: \"{examples}/good\", expect: pass }
+    - { name: bad, run: \"python3 {dir}/bad.py\", expect: { fail: [lost_updates] } }
+";
+
+    fn errors(text: &str) -> Vec<LabError> {
+        match validate(Path::new("lab.yaml"), text) {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn a_challenge_lab_resolves() {
+        let lab = validate(Path::new("lab.yaml"), LAB).unwrap();
+        let c = lab.challenge.as_ref().unwrap();
+        assert_eq!(c.role, Role::Workers);
+        assert!(matches!(c.instances, Instances::Expr(_)));
+        assert_eq!(c.instances.count(&lab.scenarios[1].params), Ok(3));
+        assert_eq!(c.solutions[0].expect, SolutionExpect::Pass);
+        assert_eq!(
+            c.solutions[1].expect,
+            SolutionExpect::Fail {
+                must: vec!["lost_updates".into()],
+                may: vec![]
+            }
+        );
+        assert!(!lab.scenarios[0].challenge);
+        assert!(lab.scenarios[1].challenge);
+        assert_eq!(lab.scenarios[1].faults[0].service, "solution-1");
+    }
+
+    #[test]
+    fn role_instances_and_solutions_are_checked_where_written() {
+        let e = errors(&LAB.replace("role: workers", "role: worker"));
+        assert_eq!((e[0].line, e[0].col), (21, 9), "{}", e[0]);
+        assert!(e[0].message.contains("unknown challenge role `worker`"));
+        assert!(e[0].message.contains("workers, consumer, server"));
+        let e = errors(&LAB.replace("instances: workers", "instances: wrokers"));
+        assert!(
+            e[0].message.contains("`wrokers`, which is no parameter"),
+            "{}",
+            e[0]
+        );
+        assert_eq!(e[0].line, 22);
+        let e = errors(&LAB.replace("fail: [lost_updates]", "fail: [lost]"));
+        assert!(e[0].message.contains("must fail `lost`"), "{}", e[0]);
+        assert_eq!(e[0].line, 26);
+        let e = errors(&LAB.replace("{dir}/bad.py", "{lab}/bad.py"));
+        assert!(e[0].message.contains("placeholder `{lab}`"), "{}", e[0]);
+        let e = errors(&LAB.replace("expect: pass", "expect: passes"));
+        assert!(e[0].message.contains("`pass` or `{ fail:"), "{}", e[0]);
+    }
+
+    #[test]
+    fn faults_on_the_program_are_checked() {
+        let e = errors(&LAB.replace("service: solution-1", "service: solution-4"));
+        assert_eq!((e[0].line, e[0].col), (17, 53), "{}", e[0]);
+        assert!(e[0].message.contains("runs 3 instances"), "{}", e[0]);
+        let e = errors(&LAB.replace(
+            "action: pause, service: solution-1, for: 1s",
+            "action: disconnect, service: solution",
+        ));
+        assert!(
+            e[0].message
+                .contains("cannot be done to the learner's program"),
+            "{}",
+            e[0]
+        );
+        // The demo scenario runs no program.
+        let text = LAB.replace(
+            "    expect: { lost_updates: \"> 0\" }",
+            "    faults: [{ at: 1s, action: kill, service: solution }]\n    expect: { lost_updates: \"> 0\" }",
+        );
+        let e = errors(&text);
+        assert!(
+            e[0].message
+                .contains("only scenarios marked `challenge: true`"),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn challenge_scenarios_need_the_section_and_the_section_needs_them() {
+        let without = LAB.split("challenge:\n  task").next().unwrap().to_string();
+        let e = errors(&without);
+        assert!(
+            e[0].message.contains("needs a `challenge:` section"),
+            "{}",
+            e[0]
+        );
+        assert_eq!(e[0].line, 15);
+        let e = errors(&LAB.replace("    challenge: true\n", ""));
+        assert!(
+            e.iter()
+                .any(|e| e.message.contains("at least one scenario marked")),
+            "{e:?}"
+        );
     }
 }

@@ -81,10 +81,16 @@ fn case(s: &ScenarioReport, classname: &str) -> TestCase {
                 )
                 .collect();
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            let mut description = problems(s);
+            description.extend(
+                s.evidence
+                    .iter()
+                    .map(|e| format!("evidence: {}: {}", e.observation, e.what)),
+            );
             status
                 .set_type("expectation")
                 .set_message(failed.join("; "))
-                .set_description(problems(s).join("\n"));
+                .set_description(description.join("\n"));
             status
         }
         Verdict::Unknown => {
@@ -121,6 +127,16 @@ fn case(s: &ScenarioReport, classname: &str) -> TestCase {
             .map(|(name, value)| format!("{name} = {}\n", format_value(value)))
             .collect();
         case.set_system_out(lines);
+    }
+    if let Some(solution) = &s.solution {
+        let mut text = format!("$ {}\n", solution.command);
+        for i in &solution.instances {
+            text += &format!("--- {} ({})\n", i.instance, i.ended);
+            for line in &i.output {
+                text += &format!("{line}\n");
+            }
+        }
+        case.set_system_err(text);
     }
     case
 }

@@ -42,6 +42,8 @@ pub fn report() -> RunReport {
         }],
         duration_ms: 1234,
         repeats: None,
+        evidence: Vec::new(),
+        solution: None,
     };
     let no_lock = ScenarioReport {
         name: "no-lock".into(),
@@ -56,6 +58,8 @@ pub fn report() -> RunReport {
         timeline: vec![],
         duration_ms: 870,
         repeats: None,
+        evidence: Vec::new(),
+        solution: None,
     };
     let partition = ScenarioReport {
         name: "partition".into(),
@@ -67,6 +71,8 @@ pub fn report() -> RunReport {
         timeline: vec![],
         duration_ms: 2100,
         repeats: None,
+        evidence: Vec::new(),
+        solution: None,
     };
     let locking = LabReport {
         name: "distributed-locking".into(),

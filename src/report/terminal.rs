@@ -339,8 +339,43 @@ fn render_scenario(s: &ScenarioReport, style: Style, out: &mut dyn Write) -> io:
     if let Some(error) = &s.error {
         writeln!(out, "    {} {error}", style.red("error:"))?;
     }
+    if !s.evidence.is_empty() {
+        writeln!(
+            out,
+            "    {}",
+            style.bold("evidence (from the harness's record):")
+        )?;
+        for e in &s.evidence {
+            writeln!(out, "      {}: {}", e.observation, e.what)?;
+        }
+    }
+    if let Some(solution) = s.solution.as_ref().filter(|_| s.verdict != Verdict::Pass) {
+        for i in &solution.instances {
+            let tail: Vec<&String> = i.output.iter().rev().take(SOLUTION_TAIL).collect();
+            writeln!(
+                out,
+                "    {}",
+                style.dim(&format!(
+                    "{}: {}{}",
+                    i.instance,
+                    i.ended,
+                    if tail.is_empty() {
+                        ", no output"
+                    } else {
+                        ", last lines:"
+                    }
+                ))
+            )?;
+            for line in tail.into_iter().rev() {
+                writeln!(out, "      {line}")?;
+            }
+        }
+    }
     Ok(())
 }
+
+/// Lines of each instance's output shown under a scenario that did not pass.
+const SOLUTION_TAIL: usize = 5;
 
 /// Prints the services of `infralab up` as `service  kind  url`: the
 /// connection strings a learner pastes into `redis-cli` or `psql`.
@@ -398,6 +433,8 @@ pub struct Progress {
     sink: Sink,
     /// Labs run in parallel (`--jobs`): every line names its lab.
     parallel: std::sync::atomic::AtomicBool,
+    /// `-v`: the learner's program's output, line by line.
+    verbose: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -424,6 +461,7 @@ impl Progress {
             style,
             sink: Sink::Plain(Mutex::new(out)),
             parallel: Default::default(),
+            verbose: Default::default(),
         }
     }
 
@@ -432,6 +470,13 @@ impl Progress {
     pub fn set_parallel(&self, parallel: bool) {
         self.parallel
             .store(parallel, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `-v`: show every line the learner's program prints, prefixed with
+    /// its instance (`solution-2| …`).
+    pub fn set_verbose(&self, verbose: bool) {
+        self.verbose
+            .store(verbose, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn live(style: Style) -> Progress {
@@ -450,6 +495,7 @@ impl Progress {
                 spinner,
             },
             parallel: Default::default(),
+            verbose: Default::default(),
         }
     }
 
@@ -567,6 +613,28 @@ impl Progress {
                     line,
                 }
             }
+            Event::SolutionStarted {
+                scenario,
+                command,
+                instances,
+                env,
+                ..
+            } => {
+                let mut text = format!(
+                    "{} {} × {}  {}",
+                    st.bold("solution:"),
+                    command,
+                    instances,
+                    st.dim(&format!("(first started in {scenario}; environment:)"))
+                );
+                for (k, v) in env {
+                    text.push_str(&format!("\n    {k}={v}"));
+                }
+                Action::Line(text)
+            }
+            Event::SolutionOutput { instance, line, .. } => {
+                Action::Line(format!("{}{line}", st.dim(&format!("{instance}| "))))
+            }
             Event::TornDown { lab, removed } => Action::Line(st.dim(&format!(
                 "removed {} of {lab}",
                 plural(*removed, "container or network", "containers and networks")
@@ -577,6 +645,11 @@ impl Progress {
 
 impl Reporter for Progress {
     fn event(&self, event: &Event) {
+        if matches!(event, Event::SolutionOutput { .. })
+            && !self.verbose.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         let action = self.action(event);
         let action = match event_lab(event) {
             Some(lab) if self.parallel.load(std::sync::atomic::Ordering::Relaxed) => {
@@ -671,6 +744,8 @@ fn event_lab(event: &Event) -> Option<&str> {
         | Event::RoundStarted { lab, .. }
         | Event::ScenarioStarted { lab, .. }
         | Event::ScenarioFinished { lab, .. }
+        | Event::SolutionStarted { lab, .. }
+        | Event::SolutionOutput { lab, .. }
         | Event::TornDown { lab, .. } => Some(lab),
         Event::LabFinished { report } => Some(&report.name),
         Event::ImageBuild { .. } | Event::ImageBuilt { .. } => None,
@@ -694,6 +769,44 @@ mod tests {
         let mut buf = Vec::new();
         render(&sample::report(), style, &mut buf).unwrap();
         String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn a_failed_challenge_shows_evidence_and_the_program_s_last_lines() {
+        use crate::event::{Evidence, InstanceReport, SolutionReport};
+        let mut report = sample::report();
+        let s = &mut report.labs[0].scenarios[1];
+        assert_eq!(s.verdict, Verdict::Fail);
+        s.evidence = vec![Evidence {
+            observation: "lost_updates".into(),
+            what: "instance 1 wrote 7 at 1.84 s, over instance 3's write of 9 at 1.62 s".into(),
+        }];
+        s.solution = Some(SolutionReport {
+            command: "python3 my_lock.py".into(),
+            instances: vec![InstanceReport {
+                instance: "solution-1".into(),
+                ended: "exit 0".into(),
+                restarts: 0,
+                output: (1..=7).map(|i| format!("line {i}")).collect(),
+            }],
+        });
+        let mut buf = Vec::new();
+        render(&report, Style::plain(), &mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(
+            text.contains(
+                "    evidence (from the harness's record):\n      lost_updates: instance 1 wrote 7 at 1.84 s, over instance 3's write of 9 at 1.62 s\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("    solution-1: exit 0, last lines:\n      line 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("      line 7\n") && !text.contains("line 2\n"),
+            "{text}"
+        );
     }
 
     #[test]

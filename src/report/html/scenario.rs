@@ -34,6 +34,18 @@ pub(super) fn scenario_section(
         );
     }
     checks_table(s, page);
+    if !s.evidence.is_empty() {
+        page.push_str("<p><strong>Evidence</strong> (from the harness's record):</p>\n<ul>\n");
+        for e in &s.evidence {
+            let _ = writeln!(
+                page,
+                "<li><code>{}</code>: {}</li>",
+                esc(&e.observation),
+                esc(&e.what)
+            );
+        }
+        page.push_str("</ul>\n");
+    }
     params(s, page);
     if let Some(svg) = timeline::svg_for(&s.timeline, s.duration_ms)? {
         figure(

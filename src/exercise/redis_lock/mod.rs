@@ -19,10 +19,15 @@
 //! (fencing writes alone lets two holders that read the same value both
 //! write, in token order, and still lose one increment).
 //!
+//! With a challenge scenario and `--solution`, the exercise is the harness
+//! of the learner's lock instead ([`challenge`]).
+//!
 //! Everything counted here is counted by the servers: grants, busy answers
 //! and failed releases by the lock server; the counter, accepted and refused
 //! accesses and the most clients inside the critical section by the storage.
 //! Only the acquisition latency is the client's own measurement.
+
+mod challenge;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,6 +141,13 @@ impl Exercise for RedisLock {
                 false,
                 "storage accesses carry the grant's fence token; the storage refuses older tokens",
             ),
+            ParamSpec::int(
+                "stall_ms",
+                100,
+                600_000,
+                3000,
+                "challenge: this long without an accepted ledger write, while instances still run, is no progress (the harness stops them)",
+            ),
         ]
     }
 
@@ -174,6 +186,14 @@ impl Exercise for RedisLock {
                     "lock_lost",
                     "releases the lock server found gone or taken by another worker",
                 ),
+                ObsSpec::number(
+                    "stale_writes",
+                    "challenge: accepted ledger writes over another instance's write made after their read",
+                ),
+                ObsSpec::flag(
+                    "stalled",
+                    "challenge: no ledger write was accepted for stall_ms while instances still ran",
+                ),
                 ObsSpec::number("acquire_p50_ms", "median time to acquire the lock"),
                 ObsSpec::number("acquire_p99_ms", "99th percentile time to acquire the lock"),
             ]
@@ -189,11 +209,37 @@ impl Exercise for RedisLock {
                     "the first lock is granted (fence token 1); its holder enters the critical section",
                 ),
                 Milestone::new("workers-finished", "every worker has done its increments"),
+                Milestone::new(
+                    "read-by-1",
+                    "challenge: the ledger saw instance 1's first read (it holds the lock, if the lock works)",
+                ),
+                Milestone::new(
+                    "read-by-2",
+                    "challenge: the ledger saw instance 2's first read",
+                ),
+                Milestone::new(
+                    "read-by-3",
+                    "challenge: the ledger saw instance 3's first read",
+                ),
+                Milestone::new(
+                    "read-by-4",
+                    "challenge: the ledger saw instance 4's first read",
+                ),
             ]
         }
     }
 
+    fn harness_env(&self) -> &'static [(&'static str, &'static str)] {
+        &[(
+            "LEDGER_URL",
+            "the ledger: GET the value, PUT value + 1 (?instance=N&token=T)",
+        )]
+    }
+
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
+        if let Some(solution) = ctx.solution() {
+            return challenge::run(ctx, solution).await;
+        }
         let keys = Keys::new(&ctx.namespace);
         let cfg = Config::from(ctx)?;
         let (locks, storage) = (service(ctx, "locks")?, service(ctx, "storage")?);

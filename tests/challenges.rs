@@ -1,0 +1,217 @@
+//! Challenges end to end on the real Docker engine: the learner's program
+//! runs as host processes beside the lab's services, faults reach it, and
+//! the harness's verdicts hold for the shipped solutions.
+
+mod common;
+
+use common::*;
+
+const LAB: &str = "global-coordination/distributed-locking.yaml";
+
+/// The catalog lab under a unique name, with its solutions beside it.
+fn lab(suffix: &str) -> TempLab {
+    temp_lab_with_files(LAB, suffix, |t| t)
+}
+
+fn challenge_scenarios(report: &serde_json::Value) -> Vec<&serde_json::Value> {
+    report["labs"][0]["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .collect()
+}
+
+#[test]
+fn the_reference_passes_under_pauses_and_kills() {
+    let lab = lab("ref");
+    let (code, report, out) = run_json(&lab, &["--solution", "reference"]);
+    assert_eq!(code, Some(0), "{out}");
+    let scenarios = challenge_scenarios(&report);
+    let names: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    // Only the challenge scenarios run with --solution.
+    assert_eq!(
+        names,
+        [
+            "contention",
+            "holder-paused-past-lease",
+            "holder-killed-while-holding"
+        ]
+    );
+    assert_eq!(obs(&report, "contention", "final_counter"), 40.0);
+    // Three holders were frozen and thawed by the faults.
+    let paused = scenario(&report, "holder-paused-past-lease");
+    let mut faults: Vec<&str> = paused["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["source"] == "fault")
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    faults.sort();
+    assert_eq!(
+        faults,
+        [
+            "pause solution-1",
+            "pause solution-2",
+            "pause solution-3",
+            "unpause solution-1",
+            "unpause solution-2",
+            "unpause solution-3"
+        ]
+    );
+    let killed = scenario(&report, "holder-killed-while-holding");
+    let ends: Vec<&str> = killed["solution"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ended"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ends,
+        ["exit 0", "killed (fault)", "exit 0", "exit 0"],
+        "{killed}"
+    );
+    let faults: Vec<&str> = killed["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["source"] == "fault")
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(faults, ["kill solution-2"]);
+    // The program's own output is kept, per instance.
+    let c = scenario(&report, "contention");
+    assert_eq!(
+        c["solution"]["instances"][0]["output"][0],
+        "instance 1: 10 increments"
+    );
+    // The command and its environment are told once, on stderr.
+    assert!(out.contains("REDIS_URL=redis://127.0.0.1:"), "{out}");
+    assert!(out.contains("LEDGER_URL=http://127.0.0.1:"), "{out}");
+    assert!(out.contains("INFRALAB_PARAM_INCREMENTS=10"), "{out}");
+    assert_eq!(out.matches("LEDGER_URL=").count(), 1, "{out}");
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
+fn the_starter_fails_with_evidence_from_the_ledger() {
+    let lab = lab("starter");
+    let junit = lab.dir.path().join("report.xml");
+    let (code, report, out) = run_json(
+        &lab,
+        &[
+            "--solution",
+            "starter",
+            "--scenario",
+            "contention",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    let s = scenario(&report, "contention");
+    assert_eq!(s["verdict"], "fail", "{s}");
+    for o in ["lost_updates", "stale_writes", "max_concurrent_holders"] {
+        assert_eq!(check_verdict(&report, "contention", o), "fail", "{o}");
+    }
+    assert!(obs(&report, "contention", "final_counter") < 40.0);
+    let evidence = s["evidence"].as_array().expect("evidence");
+    let stale = evidence
+        .iter()
+        .find(|e| e["observation"] == "stale_writes")
+        .expect("stale write evidence");
+    let what = stale["what"].as_str().unwrap();
+    assert!(
+        what.starts_with("instance ") && what.contains(" over instance "),
+        "{what}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("evidence: stale_writes: instance "), "{xml}");
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
+fn a_command_that_exits_at_once_is_an_error_never_a_pass() {
+    let lab = lab("broken");
+    let (code, report, out) = run_json(
+        &lab,
+        &[
+            "--solution",
+            "echo 'cannot import redis' >&2; exit 3",
+            "--scenario",
+            "contention",
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    let s = scenario(&report, "contention");
+    assert_eq!(s["verdict"], "unknown", "{s}");
+    let error = s["error"].as_str().unwrap();
+    assert!(error.contains("exit 3"), "{error}");
+    assert!(error.contains("cannot import redis"), "{error}");
+    assert!(error.contains("echo 'cannot import redis'"), "{error}");
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
+fn validate_solutions_proves_every_declared_verdict() {
+    let lab = lab("validate");
+    let out = run(&[
+        "validate",
+        "--solutions",
+        lab.path.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let text = text(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let rows = report["labs"][0]["solutions"].as_array().expect("rows");
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["solution"].as_str().unwrap())
+        .collect();
+    for n in [
+        "reference",
+        "starter",
+        "no-expiry",
+        "plain-del",
+        "no-fencing",
+    ] {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+    for r in rows {
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    // Each broken solution failed its named expectation somewhere.
+    let failed = |solution: &str, observation: &str| {
+        rows.iter().find(|r| r["solution"] == solution).unwrap()["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| {
+                c["failed"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f[0] == observation)
+            })
+    };
+    assert!(failed("no-expiry", "stalled"));
+    assert!(failed("plain-del", "max_concurrent_holders"));
+    assert!(failed("no-fencing", "stale_writes"));
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
+fn solution_needs_a_challenge_lab() {
+    let out = run(&["run", "queue-vs-pubsub", "--solution", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no challenge"),
+        "{}",
+        text(&out)
+    );
+}
