@@ -215,3 +215,32 @@ fn solution_needs_a_challenge_lab() {
         text(&out)
     );
 }
+
+#[test]
+fn a_shipped_solution_that_is_not_built_is_an_environment_error_before_anything_starts() {
+    // The same infralab, copied where no examples were built beside it.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("infralab");
+    std::fs::copy(env!("CARGO_BIN_EXE_infralab"), &exe).unwrap();
+    let lab = lab("unbuilt");
+    for args in [
+        vec!["run", lab.path.to_str().unwrap(), "--solution", "reference"],
+        vec!["validate", "--solutions", lab.path.to_str().unwrap()],
+    ] {
+        let out = std::process::Command::new(&exe)
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .env("INFRALAB_LABS", labs_dir())
+            .output()
+            .unwrap();
+        let text = text(&out);
+        assert_eq!(out.status.code(), Some(3), "{text}");
+        assert!(text.contains("not built yet"), "{text}");
+        assert!(text.contains("--examples`"), "{text}");
+        assert!(
+            labelled(&format!("io.infralab.lab={}", lab.name))
+                .0
+                .is_empty()
+        );
+    }
+}

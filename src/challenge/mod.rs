@@ -570,6 +570,41 @@ pub fn command_for(lab: &Lab, given: &str) -> String {
     )
 }
 
+/// The solutions of `lab` named in `names` that are built examples of this
+/// project (`{examples}/…`) not built yet, with the fix: a run would start the
+/// services only to fail on "not found".
+pub fn unbuilt_examples<'a>(lab: &Lab, names: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let examples = examples_dir();
+    let solutions = &lab.challenge.as_ref()?.solutions;
+    let missing: Vec<String> = names
+        .into_iter()
+        .filter_map(|name| solutions.iter().find(|s| s.name == name))
+        .filter(|s| s.run.trim_start().starts_with("{examples}"))
+        .filter_map(|s| {
+            let program = fill(&s.run, &examples, Path::new("."));
+            let program = program.split_whitespace().next()?.to_string();
+            (!Path::new(&program).exists()).then(|| format!("`{}` ({program})", s.name))
+        })
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let release = examples
+        .parent()
+        .is_some_and(|p| p.file_name().is_some_and(|n| n == "release"));
+    let (what, is) = if missing.len() == 1 {
+        ("solution", "is an example")
+    } else {
+        ("solutions", "are examples")
+    };
+    Some(format!(
+        "lab `{}`: {what} {} {is} of this project not built yet; build them with `cargo build {}--examples`",
+        lab.name,
+        missing.join(", "),
+        if release { "--release " } else { "" }
+    ))
+}
+
 /// `{examples}` and `{dir}` replaced.
 pub fn fill(command: &str, examples: &Path, dir: &Path) -> String {
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());

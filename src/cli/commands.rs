@@ -100,6 +100,13 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             {
                 return Err(no_challenge(l));
             }
+            if let Some(given) = solution.as_deref()
+                && let Some(why) = loaded
+                    .iter()
+                    .find_map(|l| crate::challenge::unbuilt_examples(l, [given]))
+            {
+                return Err(CliError::Env(crate::engine::EnvError::new(why)));
+            }
             check_scenarios(&loaded, &scenarios)?;
             let opts = RunOptions {
                 source: images.images,

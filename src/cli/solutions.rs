@@ -99,6 +99,12 @@ pub async fn validate(labs: Vec<Arc<Lab>>, settings: &Settings) -> Result<i32, C
             "no lab with a challenge; `infralab list` marks the labs that have one".into(),
         ));
     }
+    for lab in &labs {
+        let names = lab.challenge.iter().flat_map(|c| &c.solutions);
+        if let Some(why) = challenge::unbuilt_examples(lab, names.map(|s| s.name.as_str())) {
+            return Err(CliError::Env(crate::engine::EnvError::new(why)));
+        }
+    }
     let engine = Engine::connect().await?;
     let progress = Arc::new(Progress::new(settings.color));
     progress.set_verbose(settings.verbose);
