@@ -475,26 +475,9 @@ async fn run_scenario(
                 lab.exercise.name()
             ));
         }
-        if !problems.is_empty() {
-            error = Some(
-                error
-                    .into_iter()
-                    .chain(problems)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            );
-        }
+        append_errors(&mut error, problems);
     }
-    let fault_errors = fault_errors.into_inner().expect("fault errors");
-    if !fault_errors.is_empty() {
-        error = Some(
-            error
-                .into_iter()
-                .chain(fault_errors)
-                .collect::<Vec<_>>()
-                .join("; "),
-        );
-    }
+    append_errors(&mut error, fault_errors.into_inner().expect("fault errors"));
     let marks: Vec<String> = timeline
         .events()
         .into_iter()
@@ -538,6 +521,20 @@ async fn run_scenario(
         repeats: None,
         evidence,
         solution: solution.as_ref().map(|s| s.report()),
+    }
+}
+
+/// Adds `more` to a scenario's error, `; `-separated; nothing to add leaves it as it is.
+fn append_errors(error: &mut Option<String>, more: Vec<String>) {
+    if !more.is_empty() {
+        *error = Some(
+            error
+                .take()
+                .into_iter()
+                .chain(more)
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
     }
 }
 

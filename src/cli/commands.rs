@@ -341,6 +341,16 @@ fn validate(dir: &Path, files: Vec<PathBuf>) -> Result<i32, CliError> {
 }
 
 /// Resolves when the user interrupts (Ctrl-C) or the process is asked to stop.
+/// After Ctrl-C or SIGTERM: removes every stack still running and says so.
+/// Returns the exit code for an interruption.
+pub(super) async fn tear_down_interrupted(progress: &Progress, engine: &Engine) -> i32 {
+    progress.finish();
+    eprintln!("interrupted: tearing down …");
+    let removed = runner::teardown_active(engine).await;
+    eprintln!("removed {removed} container(s) and network(s)");
+    exit::INTERRUPTED
+}
+
 pub(super) async fn interrupted() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
@@ -377,13 +387,7 @@ async fn run(
     let reporter: Arc<dyn Reporter> = progress.clone();
     let report = tokio::select! {
         report = runner::run_labs(&engine, labs, opts, reporter) => report,
-        _ = interrupted() => {
-            progress.finish();
-            eprintln!("interrupted: tearing down …");
-            let removed = runner::teardown_active(&engine).await;
-            eprintln!("removed {removed} container(s) and network(s)");
-            return Ok(exit::INTERRUPTED);
-        }
+        _ = interrupted() => return Ok(tear_down_interrupted(&progress, &engine).await),
     };
     progress.finish();
     let write_file = |path: &PathBuf, f: &dyn Fn(&mut dyn Write) -> std::io::Result<()>| {

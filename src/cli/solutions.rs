@@ -119,11 +119,7 @@ pub async fn validate(labs: Vec<Arc<Lab>>, settings: &Settings) -> Result<i32, C
     let matrices = tokio::select! {
         m = all => m,
         _ = super::commands::interrupted() => {
-            progress.finish();
-            eprintln!("interrupted: tearing down …");
-            let removed = runner::teardown_active(&engine).await;
-            eprintln!("removed {removed} container(s) and network(s)");
-            return Ok(exit::INTERRUPTED);
+            return Ok(super::commands::tear_down_interrupted(&progress, &engine).await);
         }
     };
     progress.finish();
