@@ -18,6 +18,7 @@ use crate::engine::{Engine, EnvError, Stack, faults};
 use crate::event::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
 use crate::exercise::{self, Ctx, Timeline};
 use crate::images::Source;
+use crate::lab::challenge::Target;
 use crate::lab::{Fault, Lab, Scenario, When};
 use crate::repeat;
 
@@ -349,6 +350,22 @@ async fn fault_step(
         When::After(mark) => timeline.wait_for(mark).await,
     }
     if let Some(target) = crate::lab::challenge::parse_target(&fault.service) {
+        let target = match (target, &fault.when) {
+            (Target::All, _) => None,
+            (Target::Instance(i), _) => Some(i),
+            (Target::AtMark, When::After(mark)) => match timeline.reached_by(mark) {
+                Some(i) => Some(i),
+                None => {
+                    failed(EnvError::new(format!(
+                        "fault on `{}`: no instance is recorded as reaching `{mark}`",
+                        fault.service
+                    )));
+                    return;
+                }
+            },
+            // Validation allows `solution-at-mark` only with `after:`.
+            (Target::AtMark, When::At(_)) => return,
+        };
         let Some(solution) = solution else {
             failed(EnvError::new(format!(
                 "fault on `{}`, but no program runs",
@@ -356,17 +373,21 @@ async fn fault_step(
             )));
             return;
         };
-        timeline.record(
-            "fault",
-            format!("{} {}", fault.action.name(), fault.service),
-        );
+        // Name the instance a `solution-at-mark` fault resolved to.
+        let name = match target {
+            Some(i) if fault.service != format!("solution-{i}") => {
+                format!("solution-{i} ({})", fault.service)
+            }
+            _ => fault.service.clone(),
+        };
+        timeline.record("fault", format!("{} {name}", fault.action.name()));
         if let Err(e) = solution.apply(target, fault.action).await {
             failed(EnvError::new(e));
             return;
         }
         if let (Some(lasts), Some(inverse)) = (fault.lasts, fault.action.inverse()) {
             tokio::time::sleep(lasts).await;
-            timeline.record("fault", format!("{} {}", inverse.name(), fault.service));
+            timeline.record("fault", format!("{} {name}", inverse.name()));
             if let Err(e) = solution.apply(target, inverse).await {
                 failed(EnvError::new(e));
             }

@@ -223,13 +223,23 @@ fn exercise_reference(ex: &dyn Exercise) -> String {
     let milestones: Vec<Vec<String>> = ex
         .milestones()
         .iter()
-        .map(|m| vec![m.name.to_string(), m.doc.to_string()])
+        .map(|m| {
+            let name = if m.by_instance {
+                format!("{} *", m.name)
+            } else {
+                m.name.to_string()
+            };
+            vec![name, m.doc.to_string()]
+        })
         .collect();
     if milestones.is_empty() {
         out += "\nMilestones: none; time faults with `at: DURATION`.\n";
     } else {
         out += "\nMilestones (a fault may fire `after:` one):\n";
         out += &aligned(&["name", "recorded when"], &milestones);
+        if ex.milestones().iter().any(|m| m.by_instance) {
+            out += "  * reached by one instance of your program: a fault `after:` it may name that instance as `solution-at-mark`\n";
+        }
     }
     out
 }
@@ -302,7 +312,7 @@ fn json(lab: &Lab) -> Value {
                 "name": o.name, "kind": o.kind.name(), "meaning": o.doc,
             })).collect::<Vec<_>>(),
             "milestones": ex.milestones().iter().map(|m| json!({
-                "name": m.name, "recorded_when": m.doc,
+                "name": m.name, "recorded_when": m.doc, "by_instance": m.by_instance,
             })).collect::<Vec<_>>(),
         },
         "scenarios": lab.scenarios.iter().map(|s| json!({

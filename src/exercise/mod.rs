@@ -239,12 +239,28 @@ pub struct Milestone {
     pub name: &'static str,
     /// When it is recorded, for `infralab show`.
     pub doc: &'static str,
+    /// Reached by one instance of the learner's program, which a fault can
+    /// then name as `solution-at-mark`.
+    pub by_instance: bool,
 }
 
 impl Milestone {
     /// A milestone.
     pub const fn new(name: &'static str, doc: &'static str) -> Self {
-        Milestone { name, doc }
+        Milestone {
+            name,
+            doc,
+            by_instance: false,
+        }
+    }
+
+    /// A milestone reached by one instance of the learner's program.
+    pub const fn by_instance(name: &'static str, doc: &'static str) -> Self {
+        Milestone {
+            name,
+            doc,
+            by_instance: true,
+        }
     }
 }
 
@@ -268,6 +284,8 @@ pub struct Timeline {
     start: Instant,
     events: Arc<Mutex<Vec<TimelineEvent>>>,
     marks: tokio::sync::watch::Sender<Vec<String>>,
+    /// The instance of the learner's program that reached a milestone.
+    reached_by: Arc<Mutex<BTreeMap<String, u32>>>,
 }
 
 impl Default for Timeline {
@@ -276,6 +294,7 @@ impl Default for Timeline {
             start: Instant::now(),
             events: Arc::default(),
             marks: tokio::sync::watch::channel(Vec::new()).0,
+            reached_by: Arc::default(),
         }
     }
 }
@@ -294,6 +313,26 @@ impl Timeline {
                 what: what.clone(),
             });
         self.marks.send_modify(|m| m.push(what));
+    }
+
+    /// Records a milestone that instance `instance` of the learner's program
+    /// reached (before the mark, so a fault waiting for it finds who).
+    pub fn record_by(&self, source: &str, what: impl Into<String>, instance: u32) {
+        let what = what.into();
+        self.reached_by
+            .lock()
+            .expect("timeline lock")
+            .insert(what.clone(), instance);
+        self.record(source, what);
+    }
+
+    /// The instance that reached milestone `mark`, when one did.
+    pub fn reached_by(&self, mark: &str) -> Option<u32> {
+        self.reached_by
+            .lock()
+            .expect("timeline lock")
+            .get(mark)
+            .copied()
     }
 
     /// Waits until an event named `mark` was recorded.
@@ -406,6 +445,12 @@ impl Ctx {
     /// Records a milestone; faults declared `after: NAME` fire on it.
     pub fn mark(&self, what: impl Into<String>) {
         self.timeline.record("exercise", what);
+    }
+
+    /// Records a milestone that one instance of the learner's program
+    /// reached; a fault on `solution-at-mark` after it reaches that instance.
+    pub fn mark_by(&self, what: impl Into<String>, instance: u32) {
+        self.timeline.record_by("exercise", what, instance);
     }
 
     /// The scenario's timeline, for tasks that outlive a borrow of the context

@@ -18,6 +18,21 @@ pub const MAX_INSTANCES: u32 = 64;
 /// (`solution`), or one of them (`solution-2`).
 pub const TARGET: &str = "solution";
 
+/// The instance that reached the fault's `after:` milestone: "kill whoever
+/// made the second read", when which instance that is depends on the run.
+pub const TARGET_AT_MARK: &str = "solution-at-mark";
+
+/// Which instances of the learner's program a fault reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Every instance (`solution`).
+    All,
+    /// One instance, 1-based (`solution-2`).
+    Instance(u32),
+    /// The instance that reached the `after:` milestone (`solution-at-mark`).
+    AtMark,
+}
+
 /// The `challenge:` section of a lab.
 #[derive(Debug, Clone)]
 pub struct Challenge {
@@ -346,16 +361,17 @@ fn placeholders(text: &str) -> Vec<String> {
 }
 
 /// The instances a fault target names, when it names the learner's
-/// program: `solution` → `Some(None)` (all), `solution-N` → `Some(Some(N))`.
-/// `None` for anything else (a service).
-pub fn parse_target(name: &str) -> Option<Option<u32>> {
-    if name == TARGET {
-        return Some(None);
+/// program; `None` for anything else (a service).
+pub fn parse_target(name: &str) -> Option<Target> {
+    match name {
+        TARGET => Some(Target::All),
+        TARGET_AT_MARK => Some(Target::AtMark),
+        _ => name
+            .strip_prefix("solution-")
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|n| *n >= 1)
+            .map(Target::Instance),
     }
-    name.strip_prefix("solution-")
-        .and_then(|n| n.parse::<u32>().ok())
-        .filter(|n| *n >= 1)
-        .map(Some)
 }
 
 #[cfg(test)]
@@ -373,8 +389,9 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(parse_target("solution"), Some(None));
-        assert_eq!(parse_target("solution-3"), Some(Some(3)));
+        assert_eq!(parse_target("solution"), Some(Target::All));
+        assert_eq!(parse_target("solution-3"), Some(Target::Instance(3)));
+        assert_eq!(parse_target("solution-at-mark"), Some(Target::AtMark));
         assert_eq!(parse_target("solution-0"), None);
         assert_eq!(parse_target("locks"), None);
     }

@@ -504,7 +504,7 @@ fn validate_fault(
                     service.value
                 ),
             );
-        } else if let (Some(n), Some(instances)) = (target, instances)
+        } else if let (challenge::Target::Instance(n), Some(instances)) = (target, instances)
             && n > instances
         {
             v.error(
@@ -544,6 +544,16 @@ fn validate_fault(
         );
     }
     let when = match (at, after) {
+        (Some(at), None) if solution_target == Some(challenge::Target::AtMark) => {
+            v.error(
+                at.referenced,
+                format!(
+                    "`{}` is the instance that reached the `after:` milestone: use `after: MILESTONE`, not `at:`",
+                    service.value
+                ),
+            );
+            None
+        }
         (Some(at), None) => match duration::parse(&at.value) {
             Ok(d) => Some(When::At(d)),
             Err(e) => {
@@ -569,6 +579,26 @@ fn validate_fault(
                     ),
                 );
                 return None;
+            }
+            if solution_target == Some(challenge::Target::AtMark)
+                && !milestones
+                    .iter()
+                    .any(|m| m.name == after.value && m.by_instance)
+            {
+                let names: Vec<&str> = milestones
+                    .iter()
+                    .filter(|m| m.by_instance)
+                    .map(|m| m.name)
+                    .collect();
+                v.error(
+                    service.referenced,
+                    format!(
+                        "`{}` is the instance that reached the `after:` milestone, and no instance reaches `{}`; milestones an instance reaches: {}",
+                        service.value,
+                        after.value,
+                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    ),
+                );
             }
             Some(When::After(after.value.clone()))
         }
@@ -891,6 +921,32 @@ challenge:
             "{}",
             e[0]
         );
+    }
+
+    #[test]
+    fn the_instance_at_a_mark_needs_a_mark_an_instance_reaches() {
+        let ok = LAB.replace(
+            "after: read-by-1, action: pause, service: solution-1",
+            "after: read-2, action: pause, service: solution-at-mark",
+        );
+        let lab = validate(Path::new("lab.yaml"), &ok).unwrap();
+        assert_eq!(lab.scenarios[1].faults[0].service, "solution-at-mark");
+        let e = errors(&LAB.replace(
+            "after: read-by-1, action: pause, service: solution-1",
+            "after: holding, action: pause, service: solution-at-mark",
+        ));
+        assert!(
+            e[0].message.contains("no instance reaches `holding`")
+                && e[0].message.contains("read-1, read-2"),
+            "{}",
+            e[0]
+        );
+        assert_eq!((e[0].line, e[0].col), (17, 53), "{}", e[0]);
+        let e = errors(&LAB.replace(
+            "after: read-by-1, action: pause, service: solution-1",
+            "at: 1s, action: pause, service: solution-at-mark",
+        ));
+        assert!(e[0].message.contains("not `at:`"), "{}", e[0]);
     }
 
     #[test]

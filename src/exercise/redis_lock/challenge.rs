@@ -23,7 +23,8 @@ use super::super::{Context, Ctx, ExerciseError, Observations};
 use crate::agent::ledger::{Entry, Log, Op};
 use crate::challenge::{Happening, Lifecycle, Solution};
 
-/// Instances whose first read is a milestone (`read-by-N`).
+/// Instances whose first read is a milestone (`read-by-N`), and reads
+/// counted as milestones (`read-N`, the N-th accepted read by anyone).
 pub(super) const ANNOUNCED: u32 = 4;
 
 /// How often the ledger's log is read while the program runs.
@@ -60,6 +61,7 @@ pub(super) async fn run(
     let stall = Duration::from_millis(ctx.int("stall_ms") as u64);
     let mut entries: Vec<Entry> = Vec::new();
     let mut announced = BTreeSet::new();
+    let mut reads = 0;
     let mut last_progress = Instant::now();
     let mut stalled_since = None;
     let mut still_running = Vec::new();
@@ -70,12 +72,17 @@ pub(super) async fn run(
             if e.op == Op::Write && e.accepted {
                 last_progress = Instant::now();
             }
-            if let Some(i) = e.instance.filter(|i| (1..=ANNOUNCED).contains(i))
+            if let Some(i) = e.instance
                 && e.op == Op::Read
                 && e.accepted
-                && announced.insert(i)
             {
-                ctx.mark(format!("read-by-{i}"));
+                reads += 1;
+                if reads <= ANNOUNCED {
+                    ctx.mark_by(format!("read-{reads}"), i);
+                }
+                if i <= ANNOUNCED && announced.insert(i) {
+                    ctx.mark_by(format!("read-by-{i}"), i);
+                }
             }
         }
         entries.extend(log.entries);

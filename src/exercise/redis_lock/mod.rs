@@ -209,19 +209,35 @@ impl Exercise for RedisLock {
                     "the first lock is granted (fence token 1); its holder enters the critical section",
                 ),
                 Milestone::new("workers-finished", "every worker has done its increments"),
-                Milestone::new(
+                Milestone::by_instance(
+                    "read-1",
+                    "challenge: the ledger saw the first accepted read, by any instance (which then holds the lock, if the lock works); `solution-at-mark` is that instance",
+                ),
+                Milestone::by_instance(
+                    "read-2",
+                    "challenge: the second accepted read, by any instance",
+                ),
+                Milestone::by_instance(
+                    "read-3",
+                    "challenge: the third accepted read, by any instance",
+                ),
+                Milestone::by_instance(
+                    "read-4",
+                    "challenge: the fourth accepted read, by any instance",
+                ),
+                Milestone::by_instance(
                     "read-by-1",
                     "challenge: the ledger saw instance 1's first read (it holds the lock, if the lock works)",
                 ),
-                Milestone::new(
+                Milestone::by_instance(
                     "read-by-2",
                     "challenge: the ledger saw instance 2's first read",
                 ),
-                Milestone::new(
+                Milestone::by_instance(
                     "read-by-3",
                     "challenge: the ledger saw instance 3's first read",
                 ),
-                Milestone::new(
+                Milestone::by_instance(
                     "read-by-4",
                     "challenge: the ledger saw instance 4's first read",
                 ),
