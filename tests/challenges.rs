@@ -251,3 +251,60 @@ fn a_shipped_solution_that_is_not_built_is_an_environment_error_before_anything_
         );
     }
 }
+
+const RATE_LAB: &str = "techniques/rate-limiting.yaml";
+
+#[test]
+fn rate_limiting_the_starter_fails_with_the_bunch_as_evidence() {
+    let lab = temp_lab_with_files(RATE_LAB, "rl-starter", |t| t);
+    let (code, report, out) = run_json(
+        &lab,
+        &["--solution", "starter", "--scenario", "trickle-then-burst"],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        check_verdict(&report, "trickle-then-burst", "excess_over_bucket"),
+        "fail"
+    );
+    // No limiter: the whole burst reached the API.
+    assert_eq!(
+        obs(&report, "trickle-then-burst", "burst_allowed"),
+        obs(&report, "trickle-then-burst", "burst_requests")
+    );
+    let s = scenario(&report, "trickle-then-burst");
+    let evidence = s["evidence"].as_array().expect("evidence");
+    let bunch = evidence
+        .iter()
+        .find(|e| e["observation"] == "excess_over_bucket")
+        .expect("excess evidence");
+    let what = bunch["what"].as_str().unwrap();
+    assert!(
+        what.contains("calls reached the API (instances ") && what.contains("a bucket of 5"),
+        "{what}"
+    );
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
+fn rate_limiting_validate_solutions_proves_every_declared_verdict() {
+    let lab = temp_lab_with_files(RATE_LAB, "rl-validate", |t| t);
+    let out = run(&[
+        "validate",
+        "--solutions",
+        lab.path.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let text = text(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let rows = report["labs"][0]["solutions"].as_array().expect("rows");
+    for n in ["reference", "starter", "per-process", "fixed-window"] {
+        let row = rows
+            .iter()
+            .find(|r| r["solution"] == n)
+            .unwrap_or_else(|| panic!("{n} in {rows:?}"));
+        assert_eq!(row["ok"], true, "{row}");
+    }
+    assert_nothing_left(&lab.name);
+}

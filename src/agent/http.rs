@@ -3,6 +3,7 @@
 //! - `GET /health`: `200 ok`, for readiness probes and the healthcheck.
 //! - `GET /delay/MS`: waits MS milliseconds, then answers like any request.
 //! - `/ledger/NAME…`: the ledger of challenges ([`super::ledger`]).
+//! - `/tickets/NAME…`: the offered load of rate-limiting challenges ([`super::tickets`]).
 //! - any other request: answers at once, or after `?delay_ms=MS`.
 //!
 //! The answer is JSON (`instance`, `role`, `path`, `delay_ms`, `requests`) with an
@@ -104,6 +105,7 @@ fn router(instance: String) -> Router {
         .route("/health", get(health))
         .route("/delay/{ms}", get(delay_path))
         .merge(super::ledger::routes())
+        .merge(super::tickets::routes())
         .fallback(any_request)
         .with_state(agent)
 }

@@ -24,6 +24,8 @@
 //! so a request waiting for its slot never holds back the next arrival, and
 //! arrivals are paced without catch-up bursts after a stall.
 
+mod challenge;
+
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -206,6 +208,10 @@ impl Exercise for RateLimit {
                     "max_allowed_in_a_window",
                     "most requests admitted within one window of the window_ms grid on Redis's clock",
                 ),
+                ObsSpec::number(
+                    "excess_over_bucket",
+                    "most requests beyond what a token bucket of capacity and rate lets through in any interval of the service's log: count - (capacity + rate x its length)",
+                ),
             ]
         }
     }
@@ -215,11 +221,25 @@ impl Exercise for RateLimit {
             &[
                 Milestone::new("clients-started", "the clients start the steady phase"),
                 Milestone::new("clients-finished", "every request was answered and served"),
+                Milestone::new(
+                    "burst-started",
+                    "challenge: the first ticket of the burst was handed out",
+                ),
             ]
         }
     }
 
+    fn harness_env(&self) -> &'static [(&'static str, &'static str)] {
+        &[(
+            "TICKETS_URL",
+            "the offered load: GET $TICKETS_URL/next?instance=N waits for your next ticket (204: no more); POST $TICKETS_URL/call?ticket=K&instance=N is the API, called only for admitted tickets",
+        )]
+    }
+
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
+        if let Some(solution) = ctx.solution() {
+            return challenge::run(ctx, solution).await;
+        }
         let endpoint = ctx.service("redis")?;
         let mut setup = connect(endpoint).await?;
         let keys = Keys {
@@ -255,7 +275,12 @@ impl Exercise for RateLimit {
             .await
             .doing("reading the service's log")?;
         delete_namespace(&mut setup, &ctx.namespace).await?;
-        Ok(observe(&answers, &served_us, ctx.int("window_ms") as f64))
+        Ok(observe(
+            &answers,
+            &served_us,
+            ctx.int("window_ms") as f64,
+            Bucket::from(ctx),
+        ))
     }
 }
 
@@ -452,7 +477,7 @@ impl Client {
 
 /// The observations, from the limiter's answers and the service's log
 /// (times in µs on Redis's clock).
-fn observe(answers: &[Answer], served_us: &[i64], window_ms: f64) -> Observations {
+fn observe(answers: &[Answer], served_us: &[i64], window_ms: f64, bucket: Bucket) -> Observations {
     let mut served: Vec<f64> = served_us.iter().map(|&us| us as f64 / 1000.0).collect();
     served.sort_by(f64::total_cmp);
     let burst: Vec<&Answer> = answers.iter().filter(|a| a.burst).collect();
@@ -503,7 +528,60 @@ fn observe(answers: &[Answer], served_us: &[i64], window_ms: f64) -> Observation
             "max_allowed_in_a_window".into(),
             Value::from(max_per_grid_window(&admitted_ms, window_ms)),
         ),
+        (
+            "excess_over_bucket".into(),
+            Value::from(excess_over_bucket(&served, bucket).map(|e| round2(e.excess))),
+        ),
     ])
+}
+
+/// A token bucket's allowance: `capacity` at once, `rate` per second after.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    capacity: f64,
+    rate: f64,
+}
+
+impl Bucket {
+    fn from(ctx: &Ctx) -> Self {
+        Bucket {
+            capacity: ctx.int("capacity") as f64,
+            rate: ctx.int("rate") as f64,
+        }
+    }
+}
+
+/// The interval of a log that goes furthest beyond a bucket's allowance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Excess {
+    /// count - (capacity + rate × length).
+    excess: f64,
+    /// Its first and last timestamps (ms) and how many it holds.
+    from: f64,
+    to: f64,
+    count: usize,
+}
+
+/// The worst interval of `sorted` (ms) against `bucket`: every request
+/// beyond what a token bucket lets through in some interval is over the
+/// limit, whatever algorithm made the decisions. `None` without requests.
+fn excess_over_bucket(sorted: &[f64], bucket: Bucket) -> Option<Excess> {
+    let mut worst: Option<Excess> = None;
+    for (i, &from) in sorted.iter().enumerate() {
+        for (j, &to) in sorted.iter().enumerate().skip(i) {
+            let count = j - i + 1;
+            let excess = count as f64 - (bucket.capacity + bucket.rate * (to - from) / 1000.0);
+            if worst.is_none_or(|w| excess > w.excess) {
+                worst = Some(Excess {
+                    excess,
+                    from,
+                    to,
+                    count,
+                });
+            }
+        }
+    }
+    worst
 }
 
 /// Most timestamps (sorted) within any half-open interval of `width`.
@@ -543,6 +621,22 @@ mod tests {
     }
 
     #[test]
+    fn the_excess_is_what_goes_beyond_a_token_bucket() {
+        let bucket = Bucket {
+            capacity: 2.0,
+            rate: 10.0,
+        };
+        assert_eq!(excess_over_bucket(&[], bucket), None);
+        // One every 100 ms: 1 - 2 at worst.
+        let even: Vec<f64> = (0..10).map(|i| f64::from(i) * 100.0).collect();
+        assert_eq!(excess_over_bucket(&even, bucket).unwrap().excess, -1.0);
+        // Five at once: 5 - 2.
+        let bunch = excess_over_bucket(&[0.0, 100.0, 500.0, 500.0, 500.0, 500.0, 500.0], bucket);
+        let bunch = bunch.unwrap();
+        assert_eq!((bunch.excess, bunch.count, bunch.from), (3.0, 5, 500.0));
+    }
+
+    #[test]
     fn grid_windows_count_within_their_bounds() {
         assert_eq!(max_per_grid_window(&[], 1000.0), 0);
         assert_eq!(
@@ -562,7 +656,11 @@ mod tests {
             })
             .collect();
         let served: Vec<i64> = (0..8).map(|i| 1_000_000 + i * 50_000).collect();
-        let obs = observe(&answers, &served, 1000.0);
+        let bucket = Bucket {
+            capacity: 5.0,
+            rate: 20.0,
+        };
+        let obs = observe(&answers, &served, 1000.0, bucket);
         assert_eq!(obs["burst_admitted"], 5);
         assert_eq!(obs["served_rate"], 20.0);
         assert_eq!(obs["burst_seconds"], 0.007);
