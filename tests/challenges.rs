@@ -308,3 +308,34 @@ fn rate_limiting_validate_solutions_proves_every_declared_verdict() {
     }
     assert_nothing_left(&lab.name);
 }
+
+const PIPELINE_LAB: &str = "messaging/event-driven-pipeline.yaml";
+
+#[test]
+fn event_pipeline_validate_solutions_proves_every_declared_verdict() {
+    let lab = temp_lab_with_files(PIPELINE_LAB, "ep-validate", |t| t);
+    let out = run(&[
+        "validate",
+        "--solutions",
+        lab.path.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let text = text(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let rows = report["labs"][0]["solutions"].as_array().expect("rows");
+    for n in [
+        "reference",
+        "starter",
+        "commit-before-write",
+        "dedup-in-memory",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["solution"] == n)
+            .unwrap_or_else(|| panic!("{n} in {rows:?}"));
+        assert_eq!(row["ok"], true, "{row}");
+    }
+    assert_nothing_left(&lab.name);
+}

@@ -121,7 +121,9 @@ fn plan(schedule: &Schedule) -> Result<(Vec<Duration>, Vec<usize>), String> {
         }
         let count = (phase.rps * phase.ms as f64 / 1000.0).floor() as u64;
         if due.len() as u64 + count > MAX_TICKETS {
-            return Err(format!("the schedule holds more than {MAX_TICKETS} tickets\n"));
+            return Err(format!(
+                "the schedule holds more than {MAX_TICKETS} tickets\n"
+            ));
         }
         for i in 0..count {
             due.push(start + Duration::from_secs_f64(i as f64 / phase.rps));

@@ -75,7 +75,10 @@ pub async fn run(mistakes: Mistakes) -> Result<(), Box<dyn Error>> {
     let tickets = var("TICKETS_URL")?;
     let instance = var("INFRALAB_INSTANCE")?;
     let namespace = var("INFRALAB_NAMESPACE")?;
-    let (rate, capacity) = (number("INFRALAB_PARAM_RATE")?, number("INFRALAB_PARAM_CAPACITY")?);
+    let (rate, capacity) = (
+        number("INFRALAB_PARAM_RATE")?,
+        number("INFRALAB_PARAM_CAPACITY")?,
+    );
     let redis = redis::Client::open(var("REDIS_URL")?)?;
     let mut conn = redis.get_multiplexed_async_connection().await?;
     let http = reqwest::Client::builder()
@@ -118,10 +121,12 @@ pub async fn run(mistakes: Mistakes) -> Result<(), Box<dyn Error>> {
             ok == 1
         };
         if allowed {
-            http.post(format!("{tickets}/call?ticket={ticket}&instance={instance}"))
-                .send()
-                .await?
-                .error_for_status()?;
+            http.post(format!(
+                "{tickets}/call?ticket={ticket}&instance={instance}"
+            ))
+            .send()
+            .await?
+            .error_for_status()?;
             admitted += 1;
         } else {
             refused += 1;
@@ -134,7 +139,8 @@ pub async fn run(mistakes: Mistakes) -> Result<(), Box<dyn Error>> {
 impl LocalBucket {
     fn take(&mut self, rate: f64, capacity: f64) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(capacity);
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(capacity);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

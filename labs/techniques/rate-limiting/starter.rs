@@ -33,10 +33,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         let ticket = next.text().await?.trim().to_string();
         // TODO: admit it only within INFRALAB_PARAM_RATE per second, with
         // bursts of at most INFRALAB_PARAM_CAPACITY, across all instances.
-        http.post(format!("{tickets}/call?ticket={ticket}&instance={instance}"))
-            .send()
-            .await?
-            .error_for_status()?;
+        http.post(format!(
+            "{tickets}/call?ticket={ticket}&instance={instance}"
+        ))
+        .send()
+        .await?
+        .error_for_status()?;
     }
     Ok(())
 }

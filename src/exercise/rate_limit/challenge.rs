@@ -141,14 +141,22 @@ fn observe(
     bucket: Bucket,
     t0: SystemTime,
 ) -> (Observations, Vec<(&'static str, String)>) {
-    let t0_ms = t0.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let t0_ms = t0
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     let at = |ms: f64| format!("{:.2} s", (ms - t0_ms) / 1000.0);
     let mut evidence = Vec::new();
 
-    let mut calls: Vec<f64> = log.tickets.iter().filter_map(|t| t.called_us).map(ms).collect();
+    let mut calls: Vec<f64> = log
+        .tickets
+        .iter()
+        .filter_map(|t| t.called_us)
+        .map(ms)
+        .collect();
     calls.sort_by(f64::total_cmp);
     let in_phase = |p: usize| log.tickets.iter().filter(move |t| t.phase == p);
-    let steady_rejected: Vec<&Ticket> = in_phase(STEADY).filter(|t| t.called_us.is_none()).collect();
+    let steady_rejected: Vec<&Ticket> =
+        in_phase(STEADY).filter(|t| t.called_us.is_none()).collect();
     for t in steady_rejected.iter().take(3) {
         evidence.push((
             "steady_rejected",
@@ -211,7 +219,10 @@ fn describe_excess(log: &Log, e: Excess, bucket: Bucket, at: &impl Fn(f64) -> St
     let mut instances: Vec<u32> = log
         .tickets
         .iter()
-        .filter(|t| t.called_us.is_some_and(|c| (e.from..=e.to).contains(&ms(c))))
+        .filter(|t| {
+            t.called_us
+                .is_some_and(|c| (e.from..=e.to).contains(&ms(c)))
+        })
         .filter_map(|t| t.called_by)
         .collect();
     instances.sort_unstable();
@@ -263,18 +274,29 @@ mod tests {
 
     #[test]
     fn a_limiter_within_the_bucket_has_no_excess() {
-        let mut tickets = vec![ticket(0, STEADY, 0, Some(1)), ticket(1, STEADY, 200, Some(201))];
+        let mut tickets = vec![
+            ticket(0, STEADY, 0, Some(1)),
+            ticket(1, STEADY, 200, Some(201)),
+        ];
         // The burst: ten tickets 10 ms apart, every 100 ms one is admitted.
         for k in 2..12 {
             let issued = 400 + (k - 2) * 10;
-            tickets.push(ticket(k, BURST, issued, (k % 10 == 2).then_some(issued + 1)));
+            tickets.push(ticket(
+                k,
+                BURST,
+                issued,
+                (k % 10 == 2).then_some(issued + 1),
+            ));
         }
         let (obs, evidence) = observe_log(tickets);
         assert_eq!(obs["steady_rejected"], 0);
         assert_eq!(obs["burst_requests"], 10);
         assert_eq!(obs["burst_allowed"], 1);
         assert_eq!(obs["burst_seconds"], 0.09);
-        assert!(obs["excess_over_bucket"].as_f64().unwrap() <= 0.0, "{obs:?}");
+        assert!(
+            obs["excess_over_bucket"].as_f64().unwrap() <= 0.0,
+            "{obs:?}"
+        );
         assert!(evidence.is_empty(), "{evidence:?}");
     }
 
@@ -291,7 +313,8 @@ mod tests {
         let lines: Vec<&str> = evidence.iter().map(|(_, l)| l.as_str()).collect();
         assert!(lines[0].contains("ticket 0 of the trickle"), "{lines:?}");
         assert!(
-            lines[1].contains("between 0.50 s and 0.50 s, 6 calls reached the API (instances 1, 2)"),
+            lines[1]
+                .contains("between 0.50 s and 0.50 s, 6 calls reached the API (instances 1, 2)"),
             "{lines:?}"
         );
     }

@@ -33,6 +33,8 @@
 //! read back with SQL, redeliveries are orders the consumer applied again,
 //! the orders in flight at a crash are those of the interrupted batches.
 
+mod challenge;
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -141,6 +143,27 @@ impl Exercise for EventPipeline {
                 10,
                 "consumer fetch.wait.max.ms (tansu holds every fetch this long)",
             ),
+            ParamSpec::int(
+                "work_ms",
+                0,
+                10_000,
+                20,
+                "challenge: how long charging one order takes (the payment provider), before its row is written",
+            ),
+            ParamSpec::int(
+                "session_timeout_ms",
+                1000,
+                300_000,
+                6000,
+                "challenge: the session.timeout.ms the program sets: how long a killed consumer keeps its partitions",
+            ),
+            ParamSpec::int(
+                "stall_ms",
+                1000,
+                600_000,
+                30_000,
+                "challenge: this long without a new charge or commit, while orders remain, is no progress (the harness stops the program)",
+            ),
         ]
     }
 
@@ -212,11 +235,48 @@ impl Exercise for EventPipeline {
                     "the consumer crashed between the two steps of a batch",
                 ),
                 Milestone::new("consumer-restarted", "a new consumer took over"),
+                Milestone::by_instance(
+                    "charged-10",
+                    "challenge: the 10th order has its charge row (by the instance the row names)",
+                ),
+                Milestone::by_instance(
+                    "charged-30",
+                    "challenge: the 30th order has its charge row",
+                ),
+                Milestone::by_instance(
+                    "charged-50",
+                    "challenge: the 50th order has its charge row",
+                ),
+                Milestone::by_instance(
+                    "charged-70",
+                    "challenge: the 70th order has its charge row",
+                ),
+                Milestone::by_instance(
+                    "charged-90",
+                    "challenge: the 90th order has its charge row",
+                ),
             ]
         }
     }
 
+    fn harness_env(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            (
+                "ORDERS_TOPIC",
+                "the topic the orders are in (JSON: order, customer, amount)",
+            ),
+            ("KAFKA_GROUP", "the consumer group to read it with"),
+            (
+                "CHARGES_TABLE",
+                "the table of charges: (order_id, customer, amount, instance); your own tables start with this name",
+            ),
+        ]
+    }
+
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
+        if let Some(solution) = ctx.solution() {
+            return challenge::run(ctx, solution).await;
+        }
         let bootstrap = ctx.service("kafka")?.url.clone();
         let cfg = Config::from_ctx(ctx);
         let topic = kafka::topic_name(&ctx.namespace, "orders");
