@@ -306,7 +306,8 @@ pub(super) struct Record<'a> {
     pub messages: u32,
     /// Every report the sink received, in order.
     pub reports: &'a [Report],
-    /// Ids still in the queue once the program was stopped.
+    /// Ids in the queue once the program was stopped (reported ones
+    /// too: stopped before their ack).
     pub left: &'a [u64],
     /// Starts, pauses, resumes and ends of the instances.
     pub history: &'a [Happening],
@@ -373,9 +374,16 @@ impl Record<'_> {
                 }
             }
         }
-        let left: BTreeSet<u64> = self.left.iter().copied().filter(in_range).collect();
+        // A message reported but not yet acknowledged when the program was
+        // stopped is back in the queue too: done, not left undone.
+        let queued: BTreeSet<u64> = self.left.iter().copied().filter(in_range).collect();
+        let left: Vec<u64> = queued
+            .iter()
+            .copied()
+            .filter(|id| !first.contains_key(id))
+            .collect();
         let lost: Vec<u64> = (0..u64::from(self.messages))
-            .filter(|id| !first.contains_key(id) && !left.contains(id))
+            .filter(|id| !first.contains_key(id) && !queued.contains(id))
             .collect();
         let refused = self.reports.iter().filter(|r| !r.accepted).count();
 
@@ -413,14 +421,14 @@ impl Record<'_> {
             ));
         }
         if !left.is_empty() {
-            let ids: Vec<u64> = left.iter().copied().collect();
             evidence.push((
                 "left_in_queue",
                 format!(
-                    "{} messages were still in the queue when the program was stopped at {} (never acknowledged): {}",
-                    ids.len(),
+                    "{} {} still in the queue, never reported, when the program was stopped at {}: {}",
+                    left.len(),
+                    if left.len() == 1 { "message was" } else { "messages were" },
                     self.at(us(self.stopped_at)),
-                    listed(&ids)
+                    listed(&left)
                 ),
             ));
         }
@@ -554,7 +562,8 @@ mod tests {
             at: at(126),
             what: Lifecycle::Ended,
         }];
-        let (obs, evidence) = observe(5, &reports, &[4], &history);
+        // 3 was reported, but its ack did not land before the stop.
+        let (obs, evidence) = observe(5, &reports, &[3, 4], &history);
         assert_eq!(obs["processed"], 3);
         assert_eq!(obs["left_in_queue"], 1);
         assert_eq!(obs["lost"], 1);
@@ -568,7 +577,7 @@ mod tests {
         assert_eq!(
             lines(&evidence, "left_in_queue"),
             [
-                "1 messages were still in the queue when the program was stopped at 5.00 s (never acknowledged): 4"
+                "1 message was still in the queue, never reported, when the program was stopped at 5.00 s: 4"
             ]
         );
     }

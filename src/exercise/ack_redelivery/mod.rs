@@ -171,7 +171,7 @@ impl Exercise for AckRedelivery {
                 ObsSpec::number(
                     "left_in_queue",
                     "challenge: messages still in the queue once the program was stopped \
-                      (never acknowledged: not done, but not lost)",
+                      and never reported to the sink (not done, but not lost)",
                 ),
                 ObsSpec::number(
                     "refused",
