@@ -433,7 +433,7 @@ impl Record<'_> {
             ));
         }
         let mut summary = format!(
-            "{} of {} ids reached the sink, {} stayed in the queue, {} are gone",
+            "{} of {} ids reached the sink; never reported: {} left in the queue, {} gone",
             first.len(),
             self.messages,
             left.len(),
