@@ -90,7 +90,7 @@ impl Exercise for AckRedelivery {
                 0,
                 100_000,
                 20,
-                "messages the first consumer handles before it is killed",
+                "messages the first consumer handles before it is killed (challenge: the report after which `mid-work` comes)",
             ),
             ParamSpec::int("work_ms", 0, 1000, 5, "work per message"),
             ParamSpec::flag(
