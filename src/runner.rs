@@ -302,6 +302,7 @@ fn solution_for(
     Some(Solution::new(
         challenge::command_for(lab, given),
         instances,
+        c.role,
         env,
         listener,
     ))

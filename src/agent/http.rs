@@ -4,6 +4,7 @@
 //! - `GET /delay/MS`: waits MS milliseconds, then answers like any request.
 //! - `/ledger/NAME…`: the ledger of challenges ([`super::ledger`]).
 //! - `/tickets/NAME…`: the offered load of rate-limiting challenges ([`super::tickets`]).
+//! - `/sink/NAME…`: the sink of challenges ([`super::sink`]).
 //! - any other request: answers at once, or after `?delay_ms=MS`.
 //!
 //! The answer is JSON (`instance`, `role`, `path`, `delay_ms`, `requests`) with an
@@ -106,6 +107,7 @@ fn router(instance: String) -> Router {
         .route("/delay/{ms}", get(delay_path))
         .merge(super::ledger::routes())
         .merge(super::tickets::routes())
+        .merge(super::sink::routes())
         .fallback(any_request)
         .with_state(agent)
 }
@@ -238,6 +240,35 @@ mod tests {
             let r = c.get(format!("{url}{path}")).send().await.unwrap();
             assert_eq!(r.status(), 400, "{path}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_sink_records_reports_and_refuses_when_told() {
+        let (url, _stop) = start("a").await;
+        let c = client();
+        let sink = format!("{url}/sink/ns-1");
+        let put = c
+            .put(format!("{sink}/refuse"))
+            .body("2")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+        let post = |id: &'static str| c.post(format!("{sink}?instance=2")).body(id).send();
+        assert_eq!(post("4").await.unwrap().status(), 503);
+        assert_eq!(post("4").await.unwrap().status(), 200);
+        assert_eq!(post("x").await.unwrap().status(), 400);
+        let log: super::super::sink::Log = c
+            .get(format!("{sink}/log?since=1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(log.entries.len(), 1);
+        assert_eq!((log.entries[0].id, log.entries[0].instance), (4, Some(2)));
+        assert!(log.entries[0].accepted);
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 
 mod http;
 pub mod ledger;
+pub mod sink;
 pub mod tickets;
 
 pub use http::INSTANCE_HEADER;

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::event::{InstanceReport, SolutionReport};
-use crate::lab::{FaultAction, Lab};
+use crate::lab::{FaultAction, Lab, Role};
 
 /// Lines of output kept per instance.
 const KEEP_LINES: usize = 1000;
@@ -103,6 +103,7 @@ struct State {
 /// The learner's program for one scenario.
 pub struct Solution {
     command: String,
+    role: Role,
     base_env: BTreeMap<String, String>,
     state: Mutex<State>,
     changed: tokio::sync::watch::Sender<u64>,
@@ -110,16 +111,19 @@ pub struct Solution {
 }
 
 impl Solution {
-    /// A program of `instances` instances, not started yet. `env` is the
-    /// contract's environment shared by all instances ([`env::contract`]).
+    /// A program of `instances` instances, not started yet, that runs as
+    /// `role` says. `env` is the contract's environment shared by all
+    /// instances ([`env::contract`]).
     pub fn new(
         command: String,
         instances: u32,
+        role: Role,
         env: BTreeMap<String, String>,
         listener: Arc<dyn Listener>,
     ) -> Arc<Solution> {
         Arc::new(Solution {
             command,
+            role,
             base_env: env,
             state: Mutex::new(State {
                 env: Vec::new(),
@@ -472,17 +476,26 @@ impl Solution {
     }
 
     /// Instances that failed on their own (non-zero exit, or a signal
-    /// infralab did not send), each with its last output lines.
+    /// infralab did not send), each with its last output lines. A consumer
+    /// or server that ended on its own at all failed: it runs until stopped,
+    /// and work requeued for it later would find nobody.
     pub fn failures(&self) -> Vec<String> {
         let st = self.lock();
+        let until_stopped = self.role != Role::Workers;
         (1..)
             .zip(&st.instances)
             .filter(|(_, inst)| inst.by_us.is_none())
             .filter(|(_, inst)| {
-                matches!(inst.ended, Some(Ended::Code(c)) if c != 0)
+                matches!(inst.ended, Some(Ended::Code(c)) if c != 0 || until_stopped)
                     || matches!(inst.ended, Some(Ended::Signal(_)))
             })
-            .map(|(i, inst)| describe_failure(&self.command, i, inst))
+            .map(|(i, inst)| {
+                let mut why = describe_failure(&self.command, i, inst);
+                if until_stopped && inst.ended == Some(Ended::Code(0)) {
+                    why += &format!(" (a {} runs until it is stopped)", self.role.name());
+                }
+                why
+            })
             .collect()
     }
 
@@ -643,9 +656,14 @@ mod tests {
     use super::*;
 
     fn solution(cmd: &str, n: u32) -> Arc<Solution> {
+        role_solution(cmd, n, Role::Workers)
+    }
+
+    fn role_solution(cmd: &str, n: u32, role: Role) -> Arc<Solution> {
         Solution::new(
             cmd.into(),
             n,
+            role,
             BTreeMap::from([("A".into(), "1".into())]),
             Arc::new(Quiet),
         )
@@ -711,6 +729,25 @@ mod tests {
             ]
         );
         assert!(s.apply(Some(3), FaultAction::Kill).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_ends_on_its_own_failed_even_with_exit_0() {
+        let s = role_solution("sleep 0.4", 1, Role::Consumer);
+        s.start(&[]).await.unwrap();
+        assert!(s.wait_ended(Duration::from_secs(5)).await);
+        let failures = s.failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].contains("exit 0"), "{}", failures[0]);
+        assert!(failures[0].contains("a consumer runs until it is stopped"));
+        let w = solution("sleep 0.4", 1);
+        w.start(&[]).await.unwrap();
+        assert!(w.wait_ended(Duration::from_secs(5)).await);
+        assert!(w.failures().is_empty(), "workers end on their own");
+        let stopped = role_solution("sleep 30", 1, Role::Consumer);
+        stopped.start(&[]).await.unwrap();
+        stopped.stop().await;
+        assert!(stopped.failures().is_empty(), "stopped by infralab");
     }
 
     #[test]

@@ -941,6 +941,7 @@ challenge:
             "{}",
             e[0]
         );
+        // `holding` is two characters shorter than `read-by-1`.
         assert_eq!((e[0].line, e[0].col), (17, 51), "{}", e[0]);
         let e = errors(&LAB.replace(
             "after: read-by-1, action: pause, service: solution-1",

@@ -20,6 +20,11 @@
 //!
 //! What A and B handled comes from the message ids they received; what A
 //! held and what came back come from the broker's own queue counts.
+//!
+//! With a challenge scenario and `--solution`, the exercise is the harness
+//! of the learner's consumer instead ([`challenge`]).
+
+mod challenge;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -85,7 +90,7 @@ impl Exercise for AckRedelivery {
                 0,
                 100_000,
                 20,
-                "messages the first consumer handles before it is killed",
+                "messages the first consumer handles before it is killed (challenge: the report after which `mid-work` comes)",
             ),
             ParamSpec::int("work_ms", 0, 1000, 5, "work per message"),
             ParamSpec::flag(
@@ -99,6 +104,27 @@ impl Exercise for AckRedelivery {
                 60_000,
                 500,
                 "the second consumer stops after this long without a delivery, once the broker has nothing ready",
+            ),
+            ParamSpec::int(
+                "consumers",
+                1,
+                64,
+                2,
+                "challenge: instances of the learner's consumer",
+            ),
+            ParamSpec::int(
+                "refuse_every",
+                0,
+                100_000,
+                0,
+                "challenge: the sink refuses (503) the first report of every id that is a multiple of this; 0 = never",
+            ),
+            ParamSpec::int(
+                "stall_ms",
+                100,
+                600_000,
+                3000,
+                "challenge: this long without a new id in the sink ends the scenario (the harness stops the program)",
             ),
         ]
     }
@@ -132,8 +158,25 @@ impl Exercise for AckRedelivery {
                     "delivered_total",
                     "messages handled by both consumers together",
                 ),
-                ObsSpec::number("duplicates", "messages handled more than once"),
-                ObsSpec::number("lost", "messages never handled by anyone"),
+                ObsSpec::number(
+                    "duplicates",
+                    "messages handled more than once (challenge: ids the sink accepted again)",
+                ),
+                ObsSpec::number(
+                    "lost",
+                    "messages never handled by anyone (challenge: ids that never reached the sink \
+                      and are no longer in the queue: the broker counted them as done)",
+                ),
+                ObsSpec::number("processed", "challenge: distinct ids the sink accepted"),
+                ObsSpec::number(
+                    "left_in_queue",
+                    "challenge: messages still in the queue once the program was stopped \
+                      and never reported to the sink (not done, but not lost)",
+                ),
+                ObsSpec::number(
+                    "refused",
+                    "challenge: reports the sink refused (503), as refuse_every asks",
+                ),
             ]
         }
     }
@@ -157,11 +200,40 @@ impl Exercise for AckRedelivery {
                 ),
                 Milestone::new("consumer-b-started", "the second consumer is subscribed"),
                 Milestone::new("consumer-b-idle", "the second consumer drained the queue"),
+                Milestone::new(
+                    "subscribed",
+                    "challenge: the broker lists one consumer per instance on the queue (before publishing)",
+                ),
+                Milestone::by_instance(
+                    "mid-work",
+                    "challenge: half of work_ms after the sink accepted the kill_after-th report: its instance \
+                      should be inside its next message's work; `solution-at-mark` is that instance",
+                ),
+                Milestone::new(
+                    "all-reported",
+                    "challenge: every published id reached the sink",
+                ),
             ]
         }
     }
 
+    fn harness_env(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            (
+                "QUEUE",
+                "the queue to consume (it exists: durable, holds the message ids)",
+            ),
+            (
+                "SINK_URL",
+                "the sink: POST each finished message id (?instance=N), 200 accepted, 503 refused",
+            ),
+        ]
+    }
+
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
+        if let Some(solution) = ctx.solution() {
+            return challenge::run(ctx, solution).await;
+        }
         let plan = Plan::from(ctx);
         if plan.kill_after + usize::from(plan.crash_after_work) > plan.messages as usize {
             return Err(ExerciseError(format!(
@@ -234,7 +306,8 @@ async fn scenario(
     queue: &str,
 ) -> Result<Observations, ExerciseError> {
     let origin = Instant::now();
-    let published = publish_all(admin, queue, plan.messages, origin).await?;
+    let published =
+        publish_all(admin, queue, plan.messages, |id| amqp::payload(id, origin)).await?;
     ctx.mark("published");
 
     let mut a = start_doomed(ctx, plan, uri, queue).await?;
@@ -265,12 +338,13 @@ async fn scenario(
     ))
 }
 
-/// Publishes M messages and returns how many the broker confirmed.
+/// Publishes M messages, ids 0..M with `body(id)`, and returns how many the
+/// broker confirmed.
 async fn publish_all(
     ch: &Channel,
     queue: &str,
     messages: u32,
-    origin: Instant,
+    body: impl Fn(u32) -> Vec<u8>,
 ) -> Result<u32, ExerciseError> {
     let mut confirms = Vec::with_capacity(messages as usize);
     for id in 0..messages {
@@ -279,7 +353,7 @@ async fn publish_all(
                 "".into(),
                 queue.into(),
                 BasicPublishOptions::default(),
-                &amqp::payload(id, origin),
+                &body(id),
                 BasicProperties::default(),
             )
             .await
@@ -528,7 +602,7 @@ mod tests {
     #[test]
     fn every_recorded_milestone_is_declared() {
         let names: Vec<_> = AckRedelivery.milestones().iter().map(|m| m.name).collect();
-        let src = include_str!("ack_redelivery.rs");
+        let src = [include_str!("mod.rs"), include_str!("challenge.rs")].concat();
         for line in src.lines() {
             if let Some(rest) = line.trim().strip_prefix("ctx.mark(\"") {
                 let name = rest.split('"').next().unwrap();
