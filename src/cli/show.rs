@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::{CliError, Format};
 use crate::exercise::{Exercise, ParamKind, ParamSpec};
 use crate::lab::{Challenge, Lab, When};
-use crate::report::words::format_value;
+use crate::report::words::{aligned, format_value};
 use crate::{catalog, challenge, exit, sections};
 
 /// `infralab show LAB`: the briefing, or (`--format json`) the same facts
@@ -253,38 +253,6 @@ fn accepts(p: &ParamSpec) -> String {
         ParamKind::Choice(options) => options.join(" | "),
         ParamKind::Text => "text".into(),
     }
-}
-
-/// Rows under a header, columns padded to their widest cell, indented by two;
-/// the last column is not padded (no trailing spaces).
-fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let last = cells.len().saturating_sub(1);
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (c, w))| {
-                if i == last {
-                    c.to_string()
-                } else {
-                    format!("{c:<w$}")
-                }
-            })
-            .collect();
-        format!("  {}\n", padded.join("  ").trim_end())
-    };
-    let mut out = line(header.to_vec());
-    for row in rows {
-        out += &line(row.iter().map(String::as_str).collect());
-    }
-    out
 }
 
 /// `show --format json`: the lab and its exercise's reference.

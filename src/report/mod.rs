@@ -7,6 +7,7 @@
 pub mod html;
 pub mod json;
 pub mod junit;
+pub mod matrix;
 #[cfg(test)]
 pub(crate) mod sample;
 pub mod terminal;
