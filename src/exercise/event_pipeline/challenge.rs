@@ -184,11 +184,7 @@ impl Follow<'_> {
             let (rows, distinct) = self.count().await?;
             while marked < MILESTONES.len() && distinct >= MILESTONES[marked] {
                 let by = self.instance_of(MILESTONES[marked]).await?;
-                let name = format!("charged-{}", MILESTONES[marked]);
-                match by {
-                    Some(i) => self.ctx.mark_by(name, i),
-                    None => self.ctx.mark(name),
-                }
+                self.mark_mid_work(format!("charged-{}", MILESTONES[marked]), by);
                 marked += 1;
             }
             if offsets_read.elapsed() >= OFFSETS_EVERY {
@@ -218,6 +214,22 @@ impl Follow<'_> {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Records `name` half of `work_ms` after now: a consumer that just
+    /// wrote a charge is then inside the next order's work, between
+    /// whatever it does before the work and the write after it, which is
+    /// where a kill tells the commit's place apart.
+    fn mark_mid_work(&self, name: String, by: Option<u32>) {
+        let half = Duration::from_millis(self.ctx.int("work_ms") as u64 / 2);
+        let timeline = self.ctx.timeline();
+        tokio::spawn(async move {
+            tokio::time::sleep(half).await;
+            match by {
+                Some(i) => timeline.record_by("exercise", name, i),
+                None => timeline.record("exercise", name),
+            }
+        });
     }
 
     async fn count(&self) -> Result<(i64, i64), ExerciseError> {

@@ -147,7 +147,7 @@ impl Exercise for EventPipeline {
                 "work_ms",
                 0,
                 10_000,
-                20,
+                40,
                 "challenge: how long charging one order takes (the payment provider), before its row is written",
             ),
             ParamSpec::int(
@@ -237,24 +237,12 @@ impl Exercise for EventPipeline {
                 Milestone::new("consumer-restarted", "a new consumer took over"),
                 Milestone::by_instance(
                     "charged-10",
-                    "challenge: the 10th order has its charge row (by the instance the row names)",
+                    "challenge: half of work_ms after the 10th order has its charge row (the consumer is in the next order's work); `solution-at-mark` is the instance the row names",
                 ),
-                Milestone::by_instance(
-                    "charged-30",
-                    "challenge: the 30th order has its charge row",
-                ),
-                Milestone::by_instance(
-                    "charged-50",
-                    "challenge: the 50th order has its charge row",
-                ),
-                Milestone::by_instance(
-                    "charged-70",
-                    "challenge: the 70th order has its charge row",
-                ),
-                Milestone::by_instance(
-                    "charged-90",
-                    "challenge: the 90th order has its charge row",
-                ),
+                Milestone::by_instance("charged-30", "challenge: the same after the 30th"),
+                Milestone::by_instance("charged-50", "challenge: the same after the 50th"),
+                Milestone::by_instance("charged-70", "challenge: the same after the 70th"),
+                Milestone::by_instance("charged-90", "challenge: the same after the 90th"),
             ]
         }
     }
