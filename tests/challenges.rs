@@ -165,33 +165,16 @@ fn a_command_that_exits_at_once_is_an_error_never_a_pass() {
 #[test]
 fn validate_solutions_proves_every_declared_verdict() {
     let lab = lab("validate");
-    let out = run(&[
-        "validate",
-        "--solutions",
-        lab.path.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
-    let text = text(&out);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    let rows = report["labs"][0]["solutions"].as_array().expect("rows");
-    let names: Vec<&str> = rows
-        .iter()
-        .map(|r| r["solution"].as_str().unwrap())
-        .collect();
-    for n in [
-        "reference",
-        "starter",
-        "no-expiry",
-        "plain-del",
-        "no-fencing",
-    ] {
-        assert!(names.contains(&n), "{n} in {names:?}");
-    }
-    for r in rows {
-        assert_eq!(r["ok"], true, "{r}");
-    }
+    let rows = validate_solutions(
+        &lab,
+        &[
+            "reference",
+            "starter",
+            "no-expiry",
+            "plain-del",
+            "no-fencing",
+        ],
+    );
     // Each broken solution failed its named expectation somewhere.
     let failed = |solution: &str, observation: &str| {
         rows.iter().find(|r| r["solution"] == solution).unwrap()["scenarios"]
@@ -288,24 +271,10 @@ fn rate_limiting_the_starter_fails_with_the_bunch_as_evidence() {
 #[test]
 fn rate_limiting_validate_solutions_proves_every_declared_verdict() {
     let lab = temp_lab_with_files(RATE_LAB, "rl-validate", |t| t);
-    let out = run(&[
-        "validate",
-        "--solutions",
-        lab.path.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
-    let text = text(&out);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    let rows = report["labs"][0]["solutions"].as_array().expect("rows");
-    for n in ["reference", "starter", "per-process", "fixed-window"] {
-        let row = rows
-            .iter()
-            .find(|r| r["solution"] == n)
-            .unwrap_or_else(|| panic!("{n} in {rows:?}"));
-        assert_eq!(row["ok"], true, "{row}");
-    }
+    validate_solutions(
+        &lab,
+        &["reference", "starter", "per-process", "fixed-window"],
+    );
     assert_nothing_left(&lab.name);
 }
 
@@ -314,28 +283,14 @@ const PIPELINE_LAB: &str = "messaging/event-driven-pipeline.yaml";
 #[test]
 fn event_pipeline_validate_solutions_proves_every_declared_verdict() {
     let lab = temp_lab_with_files(PIPELINE_LAB, "ep-validate", |t| t);
-    let out = run(&[
-        "validate",
-        "--solutions",
-        lab.path.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
-    let text = text(&out);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    let rows = report["labs"][0]["solutions"].as_array().expect("rows");
-    for n in [
-        "reference",
-        "starter",
-        "commit-before-write",
-        "dedup-in-memory",
-    ] {
-        let row = rows
-            .iter()
-            .find(|r| r["solution"] == n)
-            .unwrap_or_else(|| panic!("{n} in {rows:?}"));
-        assert_eq!(row["ok"], true, "{row}");
-    }
+    validate_solutions(
+        &lab,
+        &[
+            "reference",
+            "starter",
+            "commit-before-write",
+            "dedup-in-memory",
+        ],
+    );
     assert_nothing_left(&lab.name);
 }

@@ -6,6 +6,7 @@
 //! records milestones in the scenario timeline.
 
 pub mod ack_redelivery;
+pub mod agent_record;
 pub mod cache_eviction;
 pub mod cache_patterns;
 pub mod consistent_hashing;

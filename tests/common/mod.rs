@@ -260,3 +260,34 @@ pub fn scenario_params(
         serde_json::to_string_pretty(&lab).expect("json")
     }
 }
+
+/// `infralab validate --solutions LAB --format json`, which must exit 0:
+/// the matrix's rows, after checking that every row got its declared
+/// verdict and that each of `solutions` is among them.
+pub fn validate_solutions(lab: &TempLab, solutions: &[&str]) -> Vec<serde_json::Value> {
+    let out = run(&[
+        "validate",
+        "--solutions",
+        lab.path.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let text = text(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let rows = report["labs"][0]["solutions"]
+        .as_array()
+        .expect("rows")
+        .clone();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["solution"].as_str().unwrap())
+        .collect();
+    for n in solutions {
+        assert!(names.contains(n), "{n} in {names:?}");
+    }
+    for r in &rows {
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    rows
+}

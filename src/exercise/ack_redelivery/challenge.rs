@@ -21,6 +21,7 @@ use lapin::Channel;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use serde_json::Value;
 
+use super::super::agent_record::AgentRecord;
 use super::super::{Context, Ctx, ExerciseError, Observations};
 use super::{publish_all, wait_until_gone};
 use crate::agent::sink::{Log, Report};
@@ -66,49 +67,24 @@ impl Plan {
 }
 
 /// The sink on the lab's agent: its URL (given to the program) and a client.
-struct Sink {
-    url: String,
-    http: reqwest::Client,
-}
+struct Sink(AgentRecord);
 
 impl Sink {
     /// The scenario's sink, told how often to refuse.
     async fn open(ctx: &Ctx, refuse_every: u64) -> Result<Sink, ExerciseError> {
-        let agent = ctx.service("agent").map_err(|_| {
-            ExerciseError("the challenge needs an `agent` service: it serves the sink".into())
-        })?;
-        let url = format!(
-            "{}/sink/{}",
-            agent.url.trim_end_matches('/'),
-            ctx.namespace.replace(':', "-")
-        );
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .doing("creating the HTTP client")?;
-        http.put(format!("{url}/refuse"))
-            .body(refuse_every.to_string())
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .doing("configuring the sink")?;
-        Ok(Sink { url, http })
+        let sink = AgentRecord::open(ctx, "sink", "the sink")?;
+        sink.put("/refuse", refuse_every.to_string(), "configuring the sink")
+            .await?;
+        Ok(Sink(sink))
     }
 
     /// The reports from `since` on.
     async fn fetch(&self, since: usize) -> Result<Vec<Report>, ExerciseError> {
-        Ok(self
-            .http
-            .get(format!("{}/log?since={since}", self.url))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .doing("reading the sink's log")?
-            .json::<Log>()
-            .await
-            .doing("reading the sink's log")?
-            .entries)
+        let log: Log = self
+            .0
+            .get(&format!("/log?since={since}"), "reading the sink's log")
+            .await?;
+        Ok(log.entries)
     }
 }
 
@@ -143,7 +119,10 @@ async fn scenario(
 ) -> Result<Observations, ExerciseError> {
     let t0 = ctx.timeline().started_at();
     solution
-        .start(&[("SINK_URL", sink.url.clone()), ("QUEUE", queue.to_string())])
+        .start(&[
+            ("SINK_URL", sink.0.url.clone()),
+            ("QUEUE", queue.to_string()),
+        ])
         .await
         .map_err(ExerciseError)?;
     if wait_for_consumers(ch, queue, solution, plan.stall).await? {

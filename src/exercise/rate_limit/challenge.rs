@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::super::{Context, Ctx, ExerciseError, Observations};
+use super::super::agent_record::AgentRecord;
+use super::super::{Ctx, ExerciseError, Observations};
 use super::{Bucket, Excess, excess_over_bucket, max_in_window, round2, round4};
 use crate::agent::tickets::{Log, Phase, Schedule, Ticket};
 use crate::challenge::Solution;
@@ -33,26 +34,14 @@ pub(super) async fn run(
     ctx: &Ctx,
     solution: &std::sync::Arc<Solution>,
 ) -> Result<Observations, ExerciseError> {
-    let agent = ctx.service("agent").map_err(|_| {
-        ExerciseError("the challenge needs an `agent` service: it hands out the tickets".into())
-    })?;
-    let url = format!(
-        "{}/tickets/{}",
-        agent.url.trim_end_matches('/'),
-        ctx.namespace.replace(':', "-")
-    );
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .doing("creating the HTTP client")?;
-    set_schedule(ctx, &client, &url).await?;
+    let tickets = AgentRecord::open(ctx, "tickets", "the tickets")?;
+    set_schedule(ctx, &tickets).await?;
     let t0 = ctx.timeline().started_at();
     solution
-        .start(&[("TICKETS_URL", url.clone())])
+        .start(&[("TICKETS_URL", tickets.url.clone())])
         .await
         .map_err(ExerciseError)?;
-    let log = follow(ctx, &client, &url, solution).await?;
+    let log = follow(ctx, &tickets, solution).await?;
     let (obs, evidence) = observe(&log, Bucket::from(ctx), t0);
     for (name, what) in evidence {
         ctx.evidence(name, what);
@@ -60,7 +49,7 @@ pub(super) async fn run(
     Ok(obs)
 }
 
-async fn set_schedule(ctx: &Ctx, client: &reqwest::Client, url: &str) -> Result<(), ExerciseError> {
+async fn set_schedule(ctx: &Ctx, tickets: &AgentRecord) -> Result<(), ExerciseError> {
     let phase = |rps: &str, ms: &str| Phase {
         rps: ctx.int(rps) as f64,
         ms: ctx.int(ms) as u64,
@@ -71,13 +60,9 @@ async fn set_schedule(ctx: &Ctx, client: &reqwest::Client, url: &str) -> Result<
             phase("burst_rps", "burst_ms"),
         ],
     };
-    client
-        .put(url)
-        .json(&schedule)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .doing("setting the tickets' schedule")?;
+    tickets
+        .put_json("", &schedule, "setting the tickets' schedule")
+        .await?;
     Ok(())
 }
 
@@ -86,8 +71,7 @@ async fn set_schedule(ctx: &Ctx, client: &reqwest::Client, url: &str) -> Result<
 /// stops it and reads the log once more.
 async fn follow(
     ctx: &Ctx,
-    client: &reqwest::Client,
-    url: &str,
+    tickets: &AgentRecord,
     solution: &Solution,
 ) -> Result<Log, ExerciseError> {
     let mut last_change = tokio::time::Instant::now();
@@ -95,7 +79,7 @@ async fn follow(
     let mut marked_burst = false;
     loop {
         let ended = solution.all_ended();
-        let log = fetch(client, url).await?;
+        let log = fetch(tickets).await?;
         let now = (log.tickets.len(), called(&log.tickets));
         if now != seen {
             seen = now;
@@ -111,23 +95,15 @@ async fn follow(
         tokio::time::sleep(POLL).await;
     }
     solution.stop().await;
-    fetch(client, url).await
+    fetch(tickets).await
 }
 
 fn called(tickets: &[Ticket]) -> usize {
     tickets.iter().filter(|t| t.called_us.is_some()).count()
 }
 
-async fn fetch(client: &reqwest::Client, url: &str) -> Result<Log, ExerciseError> {
-    client
-        .get(format!("{url}/log"))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .doing("reading the tickets' log")?
-        .json::<Log>()
-        .await
-        .doing("reading the tickets' log")
+async fn fetch(tickets: &AgentRecord) -> Result<Log, ExerciseError> {
+    tickets.get("/log", "reading the tickets' log").await
 }
 
 fn ms(us: u64) -> f64 {

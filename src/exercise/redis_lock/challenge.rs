@@ -19,7 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::super::{Context, Ctx, ExerciseError, Observations};
+use super::super::agent_record::AgentRecord;
+use super::super::{Ctx, ExerciseError, Observations};
 use crate::agent::ledger::{Entry, Log, Op};
 use crate::challenge::{Happening, Lifecycle, Solution};
 
@@ -39,22 +40,10 @@ pub(super) async fn run(
     ctx: &Ctx,
     solution: &Arc<Solution>,
 ) -> Result<Observations, ExerciseError> {
-    let agent = ctx.service("agent").map_err(|_| {
-        ExerciseError("the challenge needs an `agent` service: it serves the ledger".into())
-    })?;
-    let ledger = format!(
-        "{}/ledger/{}",
-        agent.url.trim_end_matches('/'),
-        ctx.namespace.replace(':', "-")
-    );
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .doing("creating the HTTP client")?;
+    let ledger = AgentRecord::open(ctx, "ledger", "the ledger")?;
     let t0 = ctx.timeline().started_at();
     solution
-        .start(&[("LEDGER_URL", ledger.clone())])
+        .start(&[("LEDGER_URL", ledger.url.clone())])
         .await
         .map_err(ExerciseError)?;
 
@@ -67,7 +56,7 @@ pub(super) async fn run(
     let mut still_running = Vec::new();
     loop {
         let ended = solution.all_ended();
-        let log = fetch(&client, &ledger, entries.len()).await?;
+        let log = fetch(&ledger, entries.len()).await?;
         for e in &log.entries {
             if e.op == Op::Write && e.accepted {
                 last_progress = Instant::now();
@@ -93,13 +82,13 @@ pub(super) async fn run(
             stalled_since = Some(SystemTime::now() - last_progress.elapsed());
             still_running = solution.running();
             solution.stop().await;
-            let log = fetch(&client, &ledger, entries.len()).await?;
+            let log = fetch(&ledger, entries.len()).await?;
             entries.extend(log.entries);
             break;
         }
         tokio::time::sleep(POLL).await;
     }
-    let log = fetch(&client, &ledger, entries.len()).await?;
+    let log = fetch(&ledger, entries.len()).await?;
     entries.extend(log.entries);
     let record = Record {
         t0,
@@ -115,16 +104,10 @@ pub(super) async fn run(
     Ok(obs)
 }
 
-async fn fetch(client: &reqwest::Client, ledger: &str, since: usize) -> Result<Log, ExerciseError> {
-    client
-        .get(format!("{ledger}/log?since={since}"))
-        .send()
+async fn fetch(ledger: &AgentRecord, since: usize) -> Result<Log, ExerciseError> {
+    ledger
+        .get(&format!("/log?since={since}"), "reading the ledger's log")
         .await
-        .and_then(|r| r.error_for_status())
-        .doing("reading the ledger's log")?
-        .json::<Log>()
-        .await
-        .doing("reading the ledger's log")
 }
 
 /// Everything the harness measured, for [`Record::observe`].
