@@ -126,6 +126,7 @@ mod tests {
             cmd,
             host_ports: BTreeMap::from([(PORT.to_string(), 41234)]),
             instance: "kafka".into(),
+            peers: vec!["kafka".into()],
         }
     }
 

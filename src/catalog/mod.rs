@@ -7,6 +7,7 @@
 //! talks to Docker.
 
 pub mod agent;
+pub mod etcd;
 pub mod kafka;
 pub mod mosquitto;
 pub mod nginx;
@@ -94,6 +95,9 @@ pub struct ContainerPlan {
     pub host_ports: BTreeMap<String, u16>,
     /// Instance id (`web-2` for a replica), also given as `INFRALAB_INSTANCE`.
     pub instance: String,
+    /// Every instance of the same service, this one included, in order: the
+    /// members a clustered kind bootstraps with (`etcd-1`, `etcd-2`, `etcd-3`).
+    pub peers: Vec<String>,
 }
 
 /// The only list of kinds.
@@ -105,6 +109,7 @@ pub static KINDS: &[&dyn ServiceKind] = &[
     &mosquitto::Mosquitto,
     &nginx::Nginx,
     &agent::Agent,
+    &etcd::Etcd,
 ];
 
 /// Looks a kind up by name.

@@ -1,12 +1,20 @@
 //! [`Stack`]: the running services of one lab run: one bridge network, one
 //! container per service replica, each published on loopback and probed ready.
+//!
+//! A lab that cuts services off the network (`disconnect`) gets a second
+//! network per run, the *access* network, on which the ports are published
+//! and over which containers cannot talk to each other (Docker's
+//! `enable_icc=false`): a container disconnected from the lab network is
+//! then cut off from its peers but still reachable from the host, so the
+//! exercise can watch what the cut-off side does. Without it, a published
+//! port dies with the container's only network.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, EndpointSettings, HostConfig, Network,
-    NetworkCreateRequest, NetworkingConfig, PortBinding,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -18,7 +26,7 @@ use super::{Engine, EnvError, already_done, labels, ready};
 use crate::catalog::{self, ContainerPlan, Endpoint};
 use crate::event::{Event, Reporter};
 use crate::images::{self, Source};
-use crate::lab::{Lab, ServicePlan};
+use crate::lab::{FaultAction, Lab, ServicePlan};
 
 /// How a stack is started.
 #[derive(Debug, Clone, Copy)]
@@ -125,21 +133,26 @@ impl Stack {
             .await
             .map_err(|e| EnvError::new(format!("cannot create network {network}: {e}")))?;
 
+        let access = if needs_access_network(lab) {
+            Some(create_access_network(engine, run_id, &lab.name, opts.keep).await?)
+        } else {
+            None
+        };
+
         let dns = lab_dns(engine, &network).await?;
         let mut jobs = Vec::new();
         for plan in &lab.services {
             let image = &images[&(plan.kind.clone(), plan.image.clone())];
-            for replica in 1..=plan.replicas {
-                let instance = if plan.replicas > 1 {
-                    format!("{}-{replica}", plan.name)
-                } else {
-                    plan.name.clone()
-                };
+            for instance in plan.instances() {
                 jobs.push(start_one(
                     engine,
                     run_id,
                     &lab.name,
-                    (&network, dns.as_deref()),
+                    Networks {
+                        lab: &network,
+                        access: access.as_deref(),
+                        dns: dns.as_deref(),
+                    },
                     plan,
                     instance,
                     image,
@@ -174,12 +187,57 @@ impl Stack {
     }
 }
 
+/// Whether the lab cuts a service off the network, so its ports must live
+/// on a network of their own (see the module's doc).
+fn needs_access_network(lab: &Lab) -> bool {
+    lab.scenarios
+        .iter()
+        .flat_map(|s| &s.faults)
+        .any(|f| f.action == FaultAction::Disconnect)
+}
+
+/// The access network: ports published here, no traffic between containers.
+async fn create_access_network(
+    engine: &Engine,
+    run_id: &str,
+    lab: &str,
+    keep: bool,
+) -> Result<String, EnvError> {
+    let name = format!("infralab-{run_id}-access");
+    engine
+        .docker
+        .create_network(NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(labels_for(run_id, lab, keep)),
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.enable_icc".to_string(),
+                "false".to_string(),
+            )])),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| EnvError::new(format!("cannot create network {name}: {e}")))?;
+    Ok(name)
+}
+
+/// The networks a container joins.
+#[derive(Clone, Copy)]
+struct Networks<'a> {
+    /// The lab network, where services find each other by alias.
+    lab: &'a str,
+    /// The access network, when the lab has one.
+    access: Option<&'a str>,
+    /// Podman's DNS address, for lab files that name a resolver.
+    dns: Option<&'a str>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn start_one(
     engine: &Engine,
     run_id: &str,
     lab: &str,
-    (network, dns): (&str, Option<&str>),
+    networks: Networks<'_>,
     plan: &ServicePlan,
     instance: String,
     image: &str,
@@ -215,6 +273,7 @@ async fn start_one(
             .zip(host_ports)
             .collect(),
         instance: instance.clone(),
+        peers: plan.instances(),
     };
     kind.prepare(&mut cplan);
 
@@ -240,7 +299,7 @@ async fn start_one(
         let source = source
             .canonicalize()
             .map_err(|e| EnvError::new(format!("lab file {}: {e}", source.display())))?;
-        let source = match dns {
+        let source = match networks.dns {
             Some(dns) => with_engine_dns(&source, dns, run_id, &instance)?,
             None => source,
         };
@@ -250,6 +309,18 @@ async fn start_one(
         vec![instance.clone()]
     } else {
         vec![plan.name.clone(), instance.clone()]
+    };
+    // Created on the network that publishes its ports; joins the lab
+    // network before it starts when the two differ.
+    let first = networks.access.unwrap_or(networks.lab);
+    let lab_endpoint = EndpointSettings {
+        aliases: Some(aliases.clone()),
+        ..Default::default()
+    };
+    let first_endpoint = if networks.access.is_some() {
+        EndpointSettings::default()
+    } else {
+        lab_endpoint.clone()
     };
     let body = ContainerCreateBody {
         image: Some(cplan.image.clone()),
@@ -261,20 +332,14 @@ async fn start_one(
         host_config: Some(HostConfig {
             port_bindings: Some(bindings),
             binds: (!binds.is_empty()).then_some(binds),
-            network_mode: Some(network.to_string()),
+            network_mode: Some(first.to_string()),
             init: Some(true),
             privileged: Some(false),
             ulimits: engine.ulimits(),
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {
-            endpoints_config: Some(HashMap::from([(
-                network.to_string(),
-                EndpointSettings {
-                    aliases: Some(aliases.clone()),
-                    ..Default::default()
-                },
-            )])),
+            endpoints_config: Some(HashMap::from([(first.to_string(), first_endpoint)])),
         }),
         ..Default::default()
     };
@@ -299,6 +364,24 @@ async fn start_one(
                 EnvError::new(message)
             }
         })?;
+    if networks.access.is_some() {
+        engine
+            .docker
+            .connect_network(
+                networks.lab,
+                NetworkConnectRequest {
+                    container: container.clone(),
+                    endpoint_config: Some(lab_endpoint),
+                },
+            )
+            .await
+            .map_err(|e| {
+                EnvError::new(format!(
+                    "cannot connect `{instance}` to {}: {e}",
+                    networks.lab
+                ))
+            })?;
+    }
     engine
         .docker
         .start_container(&container, None)

@@ -10,6 +10,7 @@ pub mod agent_record;
 pub mod cache_eviction;
 pub mod cache_patterns;
 pub mod consistent_hashing;
+pub mod etcd_consensus;
 pub mod event_pipeline;
 pub mod http2_multiplexing;
 pub mod https;
@@ -85,6 +86,16 @@ impl ParamSpec {
         ParamSpec {
             name,
             kind: ParamKind::Choice(options),
+            default: Value::from(default),
+            doc,
+        }
+    }
+
+    /// A free-text parameter (a member name, say).
+    pub fn text(name: &'static str, default: &'static str, doc: &'static str) -> Self {
+        ParamSpec {
+            name,
+            kind: ParamKind::Text,
             default: Value::from(default),
             doc,
         }
@@ -518,6 +529,7 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &consistent_hashing::ConsistentHashing,
     &load_balancing::LoadBalancing,
     &sql_transfers::SqlTransfers,
+    &etcd_consensus::EtcdConsensus,
     &cache_patterns::CachePatterns,
     &cache_eviction::CacheEviction,
     &smoke::Smoke,

@@ -71,6 +71,20 @@ pub struct ServicePlan {
     pub files: BTreeMap<String, PathBuf>,
 }
 
+impl ServicePlan {
+    /// Its containers' instance names: the service name, or `NAME-1` …
+    /// `NAME-N` for replicas (also their network aliases).
+    pub fn instances(&self) -> Vec<String> {
+        if self.replicas > 1 {
+            (1..=self.replicas)
+                .map(|i| format!("{}-{i}", self.name))
+                .collect()
+        } else {
+            vec![self.name.clone()]
+        }
+    }
+}
+
 /// One scenario: parameters, faults and expectations.
 #[derive(Debug, Clone)]
 pub struct Scenario {

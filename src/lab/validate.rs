@@ -65,12 +65,7 @@ pub fn validate(path: &Path, source: &str) -> Result<Lab, LabErrors> {
     let services = validate_services(&mut v, &raw);
     let service_names: BTreeSet<String> = services
         .iter()
-        .flat_map(|s| {
-            let replicas = (1..=s.replicas)
-                .filter(|_| s.replicas > 1)
-                .map(|i| format!("{}-{i}", s.name));
-            std::iter::once(s.name.clone()).chain(replicas)
-        })
+        .flat_map(|s| std::iter::once(s.name.clone()).chain(s.instances()))
         .collect();
 
     let exercise = exercise::exercise(&raw.exercise.value);
