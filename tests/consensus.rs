@@ -40,6 +40,19 @@ fn consensus_lab_passes_with_what_the_members_did() {
     // majority acknowledged.
     assert!(obs(&report, "leader-cut-off", "stale_reads") > 0.0);
     assert!(obs(&report, "leader-cut-off", "acked_after_fault") > 0.0);
+
+    // Application leader election: the frozen leader is replaced, and its
+    // late items are refused with the fence, stored without it.
+    assert!(obs(&report, "app-leader-lease", "failover_ms") > 0.0);
+    assert_eq!(
+        obs(&report, "app-leader-lease", "late_writes_accepted"),
+        0.0
+    );
+    assert!(obs(&report, "app-leader-unfenced", "terms_in_store") >= 2.0);
+    assert_eq!(
+        obs(&report, "app-leader-short-freeze", "terms_in_store"),
+        1.0
+    );
     assert_nothing_left(&lab.name);
 }
 
@@ -51,12 +64,18 @@ fn consensus_lab_holds_with_changed_parameters() {
         changed_params(&[
             ("interval_ms", json!(35)),
             ("writes_after", json!(12)),
-            ("probes", json!(3)),
+            ("probes", json!(2)),
+            ("late_writes", json!(3)),
+            ("candidates", json!(4)),
         ]),
     );
     let (code, report, text) = run_json(&lab, &[]);
     assert_eq!(code, Some(0), "{text}");
-    assert_eq!(obs(&report, "quorum-lost", "linearizable_refused"), 3.0);
+    assert_eq!(obs(&report, "quorum-lost", "linearizable_refused"), 2.0);
+    assert_eq!(
+        obs(&report, "app-leader-unfenced", "writes_by_deposed"),
+        3.0
+    );
     assert!(obs(&report, "leader-killed", "acked_after_fault") >= 12.0);
     assert_nothing_left(&lab.name);
 }
@@ -82,6 +101,33 @@ fn a_client_pinned_to_the_dead_leader_fails_the_failover() {
     );
     assert_eq!(
         check_verdict(&report, "leader-killed", "leader_changes"),
+        "pass"
+    );
+    assert_nothing_left(&lab.name);
+}
+
+/// The broken implementation of the application's election: work items
+/// without the fence. The frozen leader's late items land after the new
+/// leader's first ones.
+#[test]
+fn a_leader_without_the_fence_writes_beside_its_successor() {
+    let lab = temp_lab(
+        LAB,
+        "unfenced",
+        scenario_params(&[("app-leader-lease", "fencing", json!(false))]),
+    );
+    let (code, report, text) = run_json(&lab, &["--scenario", "app-leader-lease"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(
+        check_verdict(&report, "app-leader-lease", "writes_by_deposed"),
+        "fail"
+    );
+    assert_eq!(
+        check_verdict(&report, "app-leader-lease", "late_writes_refused"),
+        "fail"
+    );
+    assert_eq!(
+        check_verdict(&report, "app-leader-lease", "leaders_elected"),
         "pass"
     );
     assert_nothing_left(&lab.name);

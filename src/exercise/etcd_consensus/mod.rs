@@ -17,6 +17,11 @@
 //! (`failover`), the probes done (`minority`), or `writes_after` more writes
 //! (`steady`); `deadline_ms` only bounds a wait that would never end.
 //! Every acknowledged write is then looked up with a linearizable read.
+//!
+//! `mode: election` is leader election for application instances on top
+//! of etcd, with leases and fencing ([`election`]).
+
+mod election;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -33,7 +38,7 @@ use crate::stats::round2;
 /// The `etcd-consensus` exercise.
 pub struct EtcdConsensus;
 
-const MODES: &[&str] = &["steady", "failover", "minority"];
+const MODES: &[&str] = &["steady", "failover", "minority", "election"];
 const CLIENTS: &[&str] = &["all-members", "one-member"];
 
 /// How often the monitor asks every member for its status.
@@ -59,7 +64,7 @@ impl Exercise for EtcdConsensus {
                 "mode",
                 MODES,
                 "steady",
-                "steady: write and stop; failover: wait for the first fault, then for writes_after acknowledged writes; minority: wait until `observer` knows no leader, then probe its reads",
+                "steady: write and stop; failover: wait for the first fault, then for writes_after acknowledged writes; minority: wait until `observer` knows no leader, then probe its reads; election: application instances elect a leader on etcd leases",
             ),
             ParamSpec::text(
                 "leader",
@@ -98,6 +103,59 @@ impl Exercise for EtcdConsensus {
                 100,
                 3,
                 "minority mode: reads of each kind asked of `observer`",
+            ),
+            ParamSpec::int(
+                "candidates",
+                2,
+                10,
+                3,
+                "election: application instances campaigning",
+            ),
+            ParamSpec::int(
+                "ttl_s",
+                1,
+                60,
+                2,
+                "election: the lease TTL, renewed every third of it",
+            ),
+            ParamSpec::int(
+                "work_ms",
+                5,
+                1000,
+                50,
+                "election: the leader writes one work item this often",
+            ),
+            ParamSpec::int(
+                "work_before",
+                1,
+                1000,
+                10,
+                "election: work items before the leader freezes, and after it (by whoever leads then)",
+            ),
+            ParamSpec::int(
+                "freeze_ms",
+                0,
+                60_000,
+                1000,
+                "election: how long the leader freezes (no renewals, no work), like a long GC pause; with freeze: past-lease, at least this long",
+            ),
+            ParamSpec::choice(
+                "freeze",
+                &["past-lease", "fixed"],
+                "past-lease",
+                "election: past-lease: the frozen leader wakes once another candidate has won (at least freeze_ms); fixed: after freeze_ms exactly",
+            ),
+            ParamSpec::int(
+                "late_writes",
+                1,
+                100,
+                5,
+                "election: work items the leader sends after its freeze, unaware of it",
+            ),
+            ParamSpec::flag(
+                "fencing",
+                true,
+                "election: each work item is a transaction that holds only while the leader key keeps the leader's create revision",
             ),
             ParamSpec::int(
                 "request_ms",
@@ -172,6 +230,27 @@ impl Exercise for EtcdConsensus {
                     "stale_reads",
                     "minority: answered reads missing writes acknowledged before the read was sent",
                 ),
+                ObsSpec::number("leaders_elected", "election: campaigns won"),
+                ObsSpec::number(
+                    "terms_in_store",
+                    "election: leader terms (create revisions) among the stored work items",
+                ),
+                ObsSpec::number(
+                    "writes_by_deposed",
+                    "election: work items etcd stored from a term after a newer term's first item",
+                ),
+                ObsSpec::number(
+                    "late_writes_accepted",
+                    "election: the frozen leader's late items etcd stored",
+                ),
+                ObsSpec::number(
+                    "late_writes_refused",
+                    "election: the frozen leader's late items the fence refused",
+                ),
+                ObsSpec::number(
+                    "failover_ms",
+                    "election: the freeze's start to the next campaign won (absent: nobody else won)",
+                ),
             ]
         }
     }
@@ -181,12 +260,23 @@ impl Exercise for EtcdConsensus {
             &[
                 Milestone::new("leader-placed", "leadership is on the `leader` member"),
                 Milestone::new("writing", "writes_before writes are acknowledged"),
+                Milestone::new(
+                    "leader-frozen",
+                    "election: the leader stops renewing and working",
+                ),
+                Milestone::new(
+                    "leader-thawed",
+                    "election: the frozen leader goes on, unaware",
+                ),
             ]
         }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
         let cluster = Cluster::connect(ctx)?;
+        if ctx.text("mode") == "election" {
+            return election::run(ctx, &cluster).await;
+        }
         let mut obs = Observations::new();
         let start = cluster.survey().await;
         obs.insert("members".into(), Value::from(start.len()));
@@ -518,12 +608,20 @@ async fn first_fault(ctx: &Ctx, clock: Instant, until: Instant) -> Option<Durati
 }
 
 fn acked_after(writes: &Mutex<Vec<Write>>, fault: Duration) -> usize {
-    writes
-        .lock()
-        .expect("writes")
+    count_after(&writes.lock().expect("writes"), fault)
+}
+
+/// Acknowledged writes sent after the fault *hit the writer*: after its
+/// first failed write that followed the fault, or after the fault when no
+/// write failed. The fault is recorded just before the engine applies it,
+/// so a write sent in that instant may still be acknowledged by the member
+/// about to die; the writer's own failure is the event that says it died.
+fn count_after(writes: &[Write], fault: Duration) -> usize {
+    let hit = writes
         .iter()
-        .filter(|w| w.ok && w.sent >= fault)
-        .count()
+        .find(|w| !w.ok && w.sent >= fault)
+        .map_or(fault, |w| w.sent);
+    writes.iter().filter(|w| w.ok && w.sent > hit).count()
 }
 
 fn record_writes(obs: &mut Observations, writes: &[Write], fault: Option<Duration>) {
@@ -534,8 +632,10 @@ fn record_writes(obs: &mut Observations, writes: &[Write], fault: Option<Duratio
         Value::from(writes.len() - acked.len()),
     );
     if let Some(fault) = fault {
-        let after = acked.iter().filter(|w| w.sent >= fault).count();
-        obs.insert("acked_after_fault".into(), Value::from(after));
+        obs.insert(
+            "acked_after_fault".into(),
+            Value::from(count_after(writes, fault)),
+        );
     }
     let gaps = acked
         .windows(2)
