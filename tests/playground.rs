@@ -35,13 +35,13 @@ fn playground_passes_with_a_round_trip_per_kind_and_leaves_nothing() {
     for s in scenarios {
         assert_eq!(s["verdict"], "pass", "{s}");
         let obs = &s["observations"];
-        for kind in ["redis", "postgres", "rabbitmq", "kafka", "mqtt", "http"] {
+        for kind in ["redis", "postgres", "rabbitmq", "kafka", "mqtt", "etcd", "http"] {
             assert_eq!(obs[format!("{kind}_ok")], true, "{kind} in {s}");
             let ms = obs[format!("{kind}_ms")].as_f64().expect("a time");
             assert!(ms > 0.0 && ms < 30_000.0, "{kind}_ms = {ms}");
         }
-        assert_eq!(obs["services_checked"], 6, "{s}");
-        assert_eq!(obs["services_ok"], 6, "{s}");
+        assert_eq!(obs["services_checked"], 7, "{s}");
+        assert_eq!(obs["services_ok"], 7, "{s}");
         // Through Nginx, answered by the agent behind it.
         assert_eq!(obs["http_instance"], "agent", "{s}");
     }
@@ -64,7 +64,7 @@ fn playground_passes_with_other_parameters() {
     assert_eq!(code, Some(0), "{text}");
     for s in report["labs"][0]["scenarios"].as_array().unwrap() {
         assert_eq!(s["verdict"], "pass", "{s}");
-        assert_eq!(s["observations"]["services_ok"], 6, "{s}");
+        assert_eq!(s["observations"]["services_ok"], 7, "{s}");
     }
     assert_nothing_left(&lab.name);
 }
@@ -102,7 +102,7 @@ fn a_wrong_postgres_password_fails_with_postgres_own_words() {
     );
     // The other kinds were still measured.
     assert_eq!(obs["redis_ok"], true, "{s}");
-    assert_eq!(obs["services_ok"], 5, "{s}");
+    assert_eq!(obs["services_ok"], 6, "{s}");
     assert_nothing_left(&lab.name);
 }
 
