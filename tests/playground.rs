@@ -35,7 +35,9 @@ fn playground_passes_with_a_round_trip_per_kind_and_leaves_nothing() {
     for s in scenarios {
         assert_eq!(s["verdict"], "pass", "{s}");
         let obs = &s["observations"];
-        for kind in ["redis", "postgres", "rabbitmq", "kafka", "mqtt", "etcd", "http"] {
+        for kind in [
+            "redis", "postgres", "rabbitmq", "kafka", "mqtt", "etcd", "http",
+        ] {
             assert_eq!(obs[format!("{kind}_ok")], true, "{kind} in {s}");
             let ms = obs[format!("{kind}_ms")].as_f64().expect("a time");
             assert!(ms > 0.0 && ms < 30_000.0, "{kind}_ms = {ms}");

@@ -303,14 +303,7 @@ impl Exercise for EtcdConsensus {
         let polls = Arc::new(Mutex::new(Vec::<Poll>::new()));
         let monitor = tokio::spawn(monitor_loop(cluster.clone(), clock, polls.clone(), stopped));
 
-        let acked = || {
-            writes
-                .lock()
-                .expect("writes")
-                .iter()
-                .filter(|w| w.ok)
-                .count()
-        };
+        let acked = || acked_count(&writes);
         let until = Instant::now() + deadline(ctx);
         wait(until, || acked() >= ctx.int("writes_before") as usize).await;
         ctx.mark("writing");
@@ -607,6 +600,15 @@ async fn first_fault(ctx: &Ctx, clock: Instant, until: Instant) -> Option<Durati
     None
 }
 
+fn acked_count(writes: &Mutex<Vec<Write>>) -> usize {
+    writes
+        .lock()
+        .expect("writes")
+        .iter()
+        .filter(|w| w.ok)
+        .count()
+}
+
 fn acked_after(writes: &Mutex<Vec<Write>>, fault: Duration) -> usize {
     count_after(&writes.lock().expect("writes"), fault)
 }
@@ -734,14 +736,7 @@ async fn probe_reads(
         stale: 0,
     };
     let request = Duration::from_millis(ctx.int("request_ms") as u64);
-    let acked = || {
-        writes
-            .lock()
-            .expect("writes")
-            .iter()
-            .filter(|w| w.ok)
-            .count()
-    };
+    let acked = || acked_count(writes);
     for _ in 0..ctx.int("probes") {
         // Each round after the next acknowledged write, when the rest of the
         // cluster still takes writes (at most one request deadline), so a
