@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const LAB: &str = "global-coordination/consensus-leader-election.yaml";
 
@@ -80,21 +80,29 @@ fn consensus_lab_holds_with_changed_parameters() {
     assert_nothing_left(&lab.name);
 }
 
+/// Runs one scenario of a lab copy whose `edits` break its implementation,
+/// which must exit 1 and leave nothing; returns the JSON report.
+fn run_broken(suffix: &str, edits: &[(&str, &str, serde_json::Value)], name: &str) -> Value {
+    let lab = temp_lab(LAB, suffix, scenario_params(edits));
+    let (code, report, text) = run_json(&lab, &["--scenario", name]);
+    assert_eq!(code, Some(1), "{text}");
+    assert_nothing_left(&lab.name);
+    report
+}
+
 /// The broken implementation: a client that knows only the member that
 /// dies. The cluster elects a new leader all the same; this client never
 /// writes again.
 #[test]
 fn a_client_pinned_to_the_dead_leader_fails_the_failover() {
-    let lab = temp_lab(
-        LAB,
+    let report = run_broken(
         "pinned",
-        scenario_params(&[
+        &[
             ("leader-killed", "client", json!("one-member")),
             ("leader-killed", "deadline_ms", json!(6000)),
-        ]),
+        ],
+        "leader-killed",
     );
-    let (code, report, text) = run_json(&lab, &["--scenario", "leader-killed"]);
-    assert_eq!(code, Some(1), "{text}");
     assert_eq!(
         check_verdict(&report, "leader-killed", "acked_after_fault"),
         "fail"
@@ -103,7 +111,6 @@ fn a_client_pinned_to_the_dead_leader_fails_the_failover() {
         check_verdict(&report, "leader-killed", "leader_changes"),
         "pass"
     );
-    assert_nothing_left(&lab.name);
 }
 
 /// The broken implementation of the application's election: work items
@@ -111,13 +118,11 @@ fn a_client_pinned_to_the_dead_leader_fails_the_failover() {
 /// leader's first ones.
 #[test]
 fn a_leader_without_the_fence_writes_beside_its_successor() {
-    let lab = temp_lab(
-        LAB,
+    let report = run_broken(
         "unfenced",
-        scenario_params(&[("app-leader-lease", "fencing", json!(false))]),
+        &[("app-leader-lease", "fencing", json!(false))],
+        "app-leader-lease",
     );
-    let (code, report, text) = run_json(&lab, &["--scenario", "app-leader-lease"]);
-    assert_eq!(code, Some(1), "{text}");
     assert_eq!(
         check_verdict(&report, "app-leader-lease", "writes_by_deposed"),
         "fail"
@@ -130,5 +135,4 @@ fn a_leader_without_the_fence_writes_beside_its_successor() {
         check_verdict(&report, "app-leader-lease", "leaders_elected"),
         "pass"
     );
-    assert_nothing_left(&lab.name);
 }

@@ -53,8 +53,6 @@ pub struct Status {
     pub leader: u64,
     /// The Raft term it is in.
     pub term: u64,
-    /// Its Raft log index.
-    pub index: u64,
 }
 
 /// One key as a range returns it.
@@ -77,15 +75,6 @@ pub enum Read {
     Linearizable,
     /// Whatever this member has applied locally: answers without a quorum, may be stale.
     Serializable,
-}
-
-/// A member of the cluster, by id and name.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Member {
-    /// Member id.
-    pub id: u64,
-    /// `--name` (the lab's instance name).
-    pub name: String,
 }
 
 /// A client for one member.
@@ -114,21 +103,9 @@ impl Etcd {
             .json(&body)
             .send()
             .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    EtcdError::Timeout
-                } else {
-                    EtcdError::Unreachable(error_chain(&e))
-                }
-            })?;
+            .map_err(transport)?;
         let status = response.status();
-        let value: Value = response.json().await.map_err(|e| {
-            if e.is_timeout() {
-                EtcdError::Timeout
-            } else {
-                EtcdError::Unreachable(error_chain(&e))
-            }
-        })?;
+        let value: Value = response.json().await.map_err(transport)?;
         if let Some(error) = value.get("error").or_else(|| value.get("message")) {
             let why = error.as_str().unwrap_or("error").to_string();
             return Err(EtcdError::Refused(why));
@@ -146,32 +123,12 @@ impl Etcd {
             member: uint(&v["header"]["member_id"]),
             leader: uint(&v["leader"]),
             term: uint(&v["raftTerm"]),
-            index: uint(&v["raftIndex"]),
         })
     }
 
-    /// Every member, by id and name.
-    pub async fn members(&self) -> Result<Vec<Member>, EtcdError> {
-        let v = self.call("/v3/cluster/member/list", json!({})).await?;
-        Ok(v["members"]
-            .as_array()
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| Member {
-                        id: uint(&m["ID"]),
-                        name: m["name"].as_str().unwrap_or_default().to_string(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-
-    /// Writes `key` (optionally on a lease); returns the revision it made.
-    pub async fn put(&self, key: &str, value: &str, lease: i64) -> Result<i64, EtcdError> {
-        let mut body = json!({ "key": B64.encode(key), "value": B64.encode(value) });
-        if lease != 0 {
-            body["lease"] = json!(lease.to_string());
-        }
+    /// Writes `key`; returns the revision it made.
+    pub async fn put(&self, key: &str, value: &str) -> Result<i64, EtcdError> {
+        let body = json!({ "key": B64.encode(key), "value": B64.encode(value) });
         let v = self.call("/v3/kv/put", body).await?;
         Ok(int(&v["header"]["revision"]))
     }
@@ -266,6 +223,15 @@ impl Etcd {
     }
 }
 
+/// A request that got no answer: too slow, or nobody there.
+fn transport(e: reqwest::Error) -> EtcdError {
+    if e.is_timeout() {
+        EtcdError::Timeout
+    } else {
+        EtcdError::Unreachable(error_chain(&e))
+    }
+}
+
 /// The key just past every key that starts with `prefix` (a range's end).
 fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
@@ -340,7 +306,7 @@ async fn round_trip(mut input: TripInput) -> Result<Trip, String> {
     let value = input.token();
     input.gate.wait().await;
     let started = Instant::now();
-    etcd.put(&key, &value, 0)
+    etcd.put(&key, &value)
         .await
         .map_err(|e| format!("put: {e}"))?;
     let read = etcd

@@ -121,20 +121,15 @@ impl Stack {
         .await?;
         let images: HashMap<_, _> = resolved.into_iter().collect();
 
+        let labels = labels_for(run_id, &lab.name, opts.keep);
         let network = format!("infralab-{run_id}");
-        engine
-            .docker
-            .create_network(NetworkCreateRequest {
-                name: network.clone(),
-                driver: Some("bridge".into()),
-                labels: Some(labels_for(run_id, &lab.name, opts.keep)),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| EnvError::new(format!("cannot create network {network}: {e}")))?;
-
+        create_network(engine, &network, &labels, None).await?;
         let access = if needs_access_network(lab) {
-            Some(create_access_network(engine, run_id, &lab.name, opts.keep).await?)
+            // Ports published here, no traffic between containers.
+            let access = format!("infralab-{run_id}-access");
+            let no_icc = ("com.docker.network.bridge.enable_icc", "false");
+            create_network(engine, &access, &labels, Some(no_icc)).await?;
+            Some(access)
         } else {
             None
         };
@@ -196,29 +191,25 @@ fn needs_access_network(lab: &Lab) -> bool {
         .any(|f| f.action == FaultAction::Disconnect)
 }
 
-/// The access network: ports published here, no traffic between containers.
-async fn create_access_network(
+/// One labelled bridge network of the run, with a driver option if any.
+async fn create_network(
     engine: &Engine,
-    run_id: &str,
-    lab: &str,
-    keep: bool,
-) -> Result<String, EnvError> {
-    let name = format!("infralab-{run_id}-access");
+    name: &str,
+    labels: &HashMap<String, String>,
+    option: Option<(&str, &str)>,
+) -> Result<(), EnvError> {
     engine
         .docker
         .create_network(NetworkCreateRequest {
-            name: name.clone(),
+            name: name.to_string(),
             driver: Some("bridge".into()),
-            labels: Some(labels_for(run_id, lab, keep)),
-            options: Some(HashMap::from([(
-                "com.docker.network.bridge.enable_icc".to_string(),
-                "false".to_string(),
-            )])),
+            labels: Some(labels.clone()),
+            options: option.map(|(k, v)| HashMap::from([(k.to_string(), v.to_string())])),
             ..Default::default()
         })
         .await
-        .map_err(|e| EnvError::new(format!("cannot create network {name}: {e}")))?;
-    Ok(name)
+        .map(|_| ())
+        .map_err(|e| EnvError::new(format!("cannot create network {name}: {e}")))
 }
 
 /// The networks a container joins.

@@ -8,24 +8,27 @@
 //! item every `work_ms`, each with `fencing: true` in a transaction that
 //! holds only while the leader key still has that create revision.
 //!
-//! After `work_before` items the leader freezes for `freeze_ms` (no renewals,
-//! no work), as a process does in a long GC pause or when its VM is
-//! suspended. It does not know it was frozen: it then sends `late_writes`
-//! more items as if it still led. If the freeze outlasted its lease, etcd
-//! deleted its key, another candidate won, and those late items are either
-//! refused by the fence or land among the new leader's (`fencing: false`).
+//! After `work_before` items the leader freezes (no renewals, no work), as a
+//! process does in a long GC pause or when its VM is suspended: until
+//! another candidate has won (`freeze: past-lease`, at least `freeze_ms`)
+//! or for `freeze_ms` exactly (`freeze: fixed`). It does not know it was
+//! frozen: it then sends `late_writes` more items as if it still led. If the
+//! freeze outlasted its lease, etcd deleted its key, another candidate won,
+//! and those late items are either refused by the fence or land among the
+//! new leader's (`fencing: false`).
 //!
 //! What counts is what etcd stored: the work items in revision order, each
 //! naming its writer and term.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{Cluster, wait};
+use super::{Cluster, deadline, wait};
 use crate::client::etcd::{Etcd, Read};
 use crate::exercise::{Ctx, ExerciseError, Observations};
 use crate::stats::round2;
@@ -33,8 +36,8 @@ use crate::stats::round2;
 /// What one candidate did, as its own log.
 #[derive(Default)]
 struct Log {
-    /// (candidate, term, when) of every campaign won.
-    wins: Vec<(usize, i64, Duration)>,
+    /// When each campaign was won.
+    wins: Vec<Duration>,
     /// When the frozen leader's freeze began.
     frozen_at: Option<Duration>,
     /// Late items the frozen leader sent: accepted / refused by the fence.
@@ -46,14 +49,12 @@ struct Log {
 /// Runs the election and returns its observations.
 pub(super) async fn run(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, ExerciseError> {
     let clients: Vec<Etcd> = cluster.members.values().cloned().collect();
-    let key = format!("{}/leader", ctx.namespace);
-    let work = format!("{}/work/", ctx.namespace);
     let clock = Instant::now();
     let log = Arc::new(Mutex::new(Log::default()));
     let (stop, stopped) = watch::channel(false);
     let setup = Setup {
-        key: key.clone(),
-        work: work.clone(),
+        key: format!("{}/leader", ctx.namespace),
+        work: format!("{}/work/", ctx.namespace),
         ttl_s: ctx.int("ttl_s"),
         work_every: Duration::from_millis(ctx.int("work_ms") as u64),
         work_before: ctx.int("work_before") as usize,
@@ -62,7 +63,7 @@ pub(super) async fn run(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, Ex
         fencing: ctx.flag("fencing"),
         past_lease: ctx.text("freeze") == "past-lease",
     };
-    let frozen = Arc::new(Mutex::new(false));
+    let frozen = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for id in 0..ctx.int("candidates") as usize {
         let etcd = clients[id % clients.len()].clone();
@@ -81,7 +82,7 @@ pub(super) async fn run(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, Ex
     // The end is an event: the frozen leader has sent its late items and a
     // later leader has written `work_before` items of its own (or the freeze
     // did not cost the lease and the first leader wrote them itself).
-    let until = Instant::now() + Duration::from_millis(ctx.int("deadline_ms") as u64);
+    let until = Instant::now() + deadline(ctx);
     let done = || {
         let log = log.lock().expect("log");
         log.late_accepted + log.late_refused + log.late_unanswered >= setup.late_writes
@@ -91,7 +92,9 @@ pub(super) async fn run(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, Ex
     let reader = clients[0].clone();
     let mut items = Vec::new();
     while Instant::now() < until {
-        items = items_in_order(&reader, &work).await.unwrap_or_default();
+        items = items_in_order(&reader, &setup.work)
+            .await
+            .unwrap_or_default();
         let after_freeze = items.iter().rev().take_while(|i| !i.late).count();
         if after_freeze >= wanted {
             break;
@@ -102,7 +105,7 @@ pub(super) async fn run(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, Ex
     for t in tasks {
         let _ = t.await;
     }
-    let items = items_in_order(&reader, &work).await.unwrap_or(items);
+    let items = items_in_order(&reader, &setup.work).await.unwrap_or(items);
     Ok(observe(ctx, &log.lock().expect("log"), &items))
 }
 
@@ -134,7 +137,7 @@ async fn candidate(
     s: Setup,
     clock: Instant,
     log: Arc<Mutex<Log>>,
-    frozen: Arc<Mutex<bool>>,
+    frozen: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
     timeline: crate::exercise::Timeline,
 ) {
@@ -162,10 +165,7 @@ async fn candidate(
                 _ = stop.changed() => return,
             }
         };
-        log.lock()
-            .expect("log")
-            .wins
-            .push((id, term, clock.elapsed()));
+        log.lock().expect("log").wins.push(clock.elapsed());
         // Context in the timeline, not a milestone a fault could wait for.
         timeline.record("election", format!("elected candidate-{id}"));
 
@@ -177,15 +177,8 @@ async fn candidate(
             if *stop.borrow() {
                 return;
             }
-            let first_freeze = {
-                let mut f = frozen.lock().expect("frozen");
-                let now = written == s.work_before && !*f;
-                if now {
-                    *f = true;
-                }
-                now
-            };
-            if first_freeze {
+            // Only the first leader to get this far freezes, once.
+            if written == s.work_before && !frozen.swap(true, Ordering::SeqCst) {
                 log.lock().expect("log").frozen_at = Some(clock.elapsed());
                 timeline.record("exercise", "leader-frozen");
                 tokio::time::sleep(s.freeze).await;
@@ -255,7 +248,7 @@ async fn write_item(
         let answer = if s.fencing {
             etcd.put_if_created_at(&s.key, term, &key, &value).await
         } else {
-            etcd.put(&key, &value, 0).await.map(|_| true)
+            etcd.put(&key, &value).await.map(|_| true)
         };
         if let Ok(stored) = answer {
             return Some(stored);
@@ -311,7 +304,7 @@ fn observe(ctx: &Ctx, log: &Log, items: &[Item]) -> Observations {
     );
     obs.insert("late_writes_refused".into(), Value::from(log.late_refused));
     if let Some(frozen) = log.frozen_at
-        && let Some((_, _, at)) = log.wins.iter().find(|(_, _, at)| *at > frozen)
+        && let Some(at) = log.wins.iter().find(|at| **at > frozen)
     {
         let ms = at.saturating_sub(frozen).as_secs_f64() * 1000.0;
         obs.insert("failover_ms".into(), Value::from(round2(ms)));
