@@ -2,9 +2,7 @@
 //! a copy with other parameters, and broken implementations that must FAIL
 //! a named expectation.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[test]

@@ -3,9 +3,7 @@
 //! parameters, a broken implementation of each scenario fails the named
 //! expectations with exit 1, and nothing is left behind.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn obs_i64(report: &Value, scenario_name: &str, obs: &str) -> i64 {

@@ -4,9 +4,7 @@
 //! serves stale serializable reads. The broken variant is a client, not a
 //! number: a writer that knows only the dead leader gets nothing done.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const LAB: &str = "global-coordination/consensus-leader-election.yaml";

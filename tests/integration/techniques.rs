@@ -1,9 +1,7 @@
 //! The techniques labs (rate limiting, consistent hashing), end to end on the
 //! real Docker engine.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const RATE: &str = "techniques/rate-limiting.yaml";

@@ -1,12 +1,10 @@
 //! Nothing leaks: after SIGINT, after a killed process (gc), after a service
 //! that dies during start, and around `up`/`down`.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Waits until a container of the lab exists (the run is mid-way).
 fn wait_for_containers(lab: &str) {

@@ -2,9 +2,7 @@
 //! it passes, passes with changed parameters, a broken implementation of each
 //! scenario fails its named expectations with exit 1, and nothing is left.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const LAB: &str = "protocols/mqtt-telemetry.yaml";

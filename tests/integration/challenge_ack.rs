@@ -3,9 +3,7 @@
 //! one instance is killed or restarted mid-work, and the harness's verdicts
 //! hold for the shipped solutions.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const LAB: &str = "messaging/ack-redelivery.yaml";
 

@@ -1,9 +1,7 @@
 //! Malformed lab files: exit code 2, file:line:column and what was expected,
 //! and nothing starts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const GOOD: &str = "\
 name: bad-input-lab

@@ -1,9 +1,7 @@
 //! Environment problems exit with code 3, say what happened and name the fix,
 //! and leave nothing behind.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const LAB: &str = "global-coordination/distributed-locking.yaml";
 

@@ -34,6 +34,14 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// This process's id and a counter: unique among concurrent test processes
+/// and among the tests of this one (they share the process).
+pub fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
 /// A temporary folder holding one lab file; the lab's name is made unique so
 /// concurrent tests can find their own containers by the lab label.
 pub struct TempLab {
@@ -52,7 +60,7 @@ pub fn temp_lab(catalog_file: &str, suffix: &str, edit: impl Fn(String) -> Strin
         .expect("lab has a name")
         .trim()
         .to_string();
-    let name = format!("{old_name}-{suffix}-{}", std::process::id());
+    let name = format!("{old_name}-{suffix}-{}", unique_suffix());
     let text = edit(text.replacen(&format!("name: {old_name}"), &format!("name: {name}"), 1));
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join(format!("{name}.yaml"));

@@ -4,9 +4,7 @@
 //! itself (a verdict that changes) is unit-tested in `src/repeat.rs` and in
 //! the renderers.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// The locking lab cut down to two fast scenarios: one that always passes

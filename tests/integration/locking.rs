@@ -1,8 +1,6 @@
 //! The distributed-locking lab, end to end on the real Docker engine.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const LAB: &str = "global-coordination/distributed-locking.yaml";

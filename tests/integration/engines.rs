@@ -4,8 +4,6 @@
 //! the Docker socket, as a remote `tcp://` engine is reached). Each asserts the
 //! verdicts and that nothing labelled is left on that engine.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -14,13 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{infralab, json_report, scenario, text};
+use crate::common::{infralab, json_report, scenario, text};
 
 /// A Redis round trip, plain and while the engine pauses a second Redis the
 /// exercise does not use (pausing the one it uses would only measure how long
 /// the pause lasts), then the heal that unpauses it before the next scenario.
 fn lab(name: &str) -> (tempfile::TempDir, PathBuf) {
-    common::write_lab(&format!(
+    crate::common::write_lab(&format!(
         r#"name: {name}
 title: A Redis round trip on another engine
 section: getting-started

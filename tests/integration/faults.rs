@@ -2,9 +2,7 @@
 //! its inverse that long after the fault action returned, and both show in
 //! the scenario timeline.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// The locking lab, whose freezes are relative heals: the lock server is
 /// paused on the `holding` milestone `for: 1500ms`.

@@ -4,11 +4,9 @@
 //! PostgreSQL's own words; an Nginx that cannot reach the agent FAILs with
 //! the status it answered.
 
-mod common;
-
 use std::sync::Mutex;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const LAB: &str = "getting-started/playground.yaml";

@@ -2,9 +2,7 @@
 //! runs as host processes beside the lab's services, faults reach it, and
 //! the harness's verdicts hold for the shipped solutions.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const LAB: &str = "global-coordination/distributed-locking.yaml";
 

@@ -2,9 +2,7 @@
 //! load balancing with failover through Nginx, and ACID money transfers in
 //! PostgreSQL.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn int(s: &Value, observation: &str) -> i64 {

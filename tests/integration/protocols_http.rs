@@ -3,9 +3,7 @@
 //! the agent. Broken variants break the server's config or the client, not the
 //! numbers, and each must FAIL on the expectation it breaks.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const HTTPS: &str = "protocols/http-https.yaml";

@@ -2,13 +2,11 @@
 //! load it without console errors and show every scenario with its verdict.
 //! The page and a screenshot stay in the test's target folder for a look.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const INSTALL: &str = "apt-get install -y chromium";
 

@@ -1,8 +1,6 @@
 //! `run --jobs N`: labs run at once, each isolated, reports in the given order.
 
-mod common;
-
-use common::{assert_nothing_left, json_report, run, text};
+use crate::common::{assert_nothing_left, json_report, run, text};
 
 /// A one-scenario lab: one Redis and a smoke round trip.
 fn tiny_lab(dir: &std::path::Path, name: &str) -> std::path::PathBuf {

@@ -3,9 +3,7 @@
 //! parameters, and a broken variant of each scenario fails on the
 //! expectation it is there to check.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// The observations of a scenario in a JSON report.
