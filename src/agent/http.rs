@@ -2,6 +2,8 @@
 //!
 //! - `GET /health`: `200 ok`, for readiness probes and the healthcheck.
 //! - `GET /delay/MS`: waits MS milliseconds, then answers like any request.
+//! - `GET /cpu/MS`: spends MS milliseconds of CPU time, then answers like any
+//!   request; `GET /cpu-stat`: the container's CPU accounting ([`super::cpu`]).
 //! - `/ledger/NAME…`: the ledger of challenges ([`super::ledger`]).
 //! - `/tickets/NAME…`: the offered load of rate-limiting challenges ([`super::tickets`]).
 //! - `/sink/NAME…`: the sink of challenges ([`super::sink`]).
@@ -105,6 +107,8 @@ fn router(instance: String) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/delay/{ms}", get(delay_path))
+        .route("/cpu/{ms}", get(cpu_path))
+        .merge(super::cpu::routes())
         .merge(super::ledger::routes())
         .merge(super::tickets::routes())
         .merge(super::sink::routes())
@@ -120,6 +124,23 @@ async fn delay_path(State(agent): State<Arc<Agent>>, Path(ms): Path<String>, uri
     match parse_delay(&ms) {
         Ok(ms) => answer(&agent, uri.path(), ms).await,
         Err(why) => (StatusCode::BAD_REQUEST, why).into_response(),
+    }
+}
+
+async fn cpu_path(State(agent): State<Arc<Agent>>, Path(ms): Path<String>, uri: Uri) -> Response {
+    match ms.parse::<u64>() {
+        Ok(ms) if ms <= super::cpu::MAX_CPU_MS => {
+            super::cpu::burn(Duration::from_millis(ms));
+            answer(&agent, uri.path(), 0).await
+        }
+        _ => (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "CPU time `{ms}` is not a number of milliseconds up to {}\n",
+                super::cpu::MAX_CPU_MS
+            ),
+        )
+            .into_response(),
     }
 }
 

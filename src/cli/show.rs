@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{CliError, Format};
 use crate::exercise::{Exercise, ParamKind, ParamSpec};
-use crate::lab::{Challenge, Lab, When};
+use crate::lab::{Challenge, Lab, Limits, When};
 use crate::report::words::{aligned, format_value};
 use crate::{catalog, challenge, exit, sections};
 
@@ -54,8 +54,11 @@ fn text(lab: &Lab) -> String {
             String::new()
         };
         out += &format!(
-            "  {}{replicas}: {} ({image}), {}\n",
-            s.name, s.kind, spec.summary
+            "  {}{replicas}: {} ({image}){}, {}\n",
+            s.name,
+            s.kind,
+            limits_text(s.limits),
+            spec.summary
         );
     }
     let ex = lab.exercise;
@@ -268,6 +271,7 @@ fn json(lab: &Lab) -> Value {
         "answer": lab.answer,
         "services": lab.services.iter().map(|s| json!({
             "name": s.name, "kind": s.kind, "replicas": s.replicas,
+            "cpus": s.limits.cpus, "memory_bytes": s.limits.memory,
             "image": s.image.clone().unwrap_or_else(|| catalog::spec(&s.kind).image.clone()),
         })).collect::<Vec<_>>(),
         "exercise": {
@@ -308,6 +312,21 @@ fn json(lab: &Lab) -> Value {
             })).collect::<Vec<_>>(),
         })),
     })
+}
+
+/// ` with 0.25 CPU, 64 MiB` when a service has limits.
+fn limits_text(limits: Limits) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = limits.cpus {
+        parts.push(format!("{c} CPU"));
+    }
+    if let Some(m) = limits.memory {
+        parts.push(format!("{} MiB", m >> 20));
+    }
+    match parts.is_empty() {
+        true => String::new(),
+        false => format!(" with {}", parts.join(", ")),
+    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,56 @@ pub fn instance(headers: &hyper::HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
+/// How long a proxy may take to hand requests to every instance again.
+const ROTATION_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Returns once GETs of `url` (through a proxy in front of replicas) have been
+/// answered 200 by `instances` distinct agent instances: a replica a proxy
+/// marked failed comes back into its rotation only after a while.
+pub async fn until_every_instance(
+    client: &reqwest::Client,
+    url: &str,
+    instances: usize,
+) -> Result<(), ExerciseError> {
+    let deadline = Instant::now() + ROTATION_DEADLINE;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < instances {
+        if Instant::now() > deadline {
+            return Err(ExerciseError(format!(
+                "{url}: requests reached {} of {instances} instances within {} s ({seen:?})",
+                seen.len(),
+                ROTATION_DEADLINE.as_secs()
+            )));
+        }
+        let answered = client.get(url).send().await;
+        if let Ok(response) = answered
+            && response.status() == reqwest::StatusCode::OK
+            && let Some(instance) = instance(response.headers())
+        {
+            seen.insert(instance);
+        }
+    }
+    Ok(())
+}
+
+/// Polls `health` (an instance's own URL, fresh connections) until it fails
+/// to answer twice in a row: once could be a slow moment on a busy machine.
+pub async fn until_down(health: &str) -> Result<(), ExerciseError> {
+    let client = builder(Duration::from_secs(1))
+        .pool_max_idle_per_host(0)
+        .build()
+        .doing("building the HTTP client")?;
+    let mut failures = 0;
+    while failures < 2 {
+        let ok = matches!(client.get(health).send().await, Ok(r) if r.status().is_success());
+        failures = if ok { 0 } else { failures + 1 };
+        if ok {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Readiness probe: one GET with a short timeout, on a fresh client. Any HTTP
 /// status counts as an answer (a lab's own config may answer 404 or 301 on `/`);
 /// only a failure to get a parsed answer is an error. Returns the status.

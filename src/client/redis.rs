@@ -41,7 +41,9 @@ async fn open(
 }
 
 /// The readiness probe: a PING answered with PONG, with the client's short
-/// default timeouts (the engine retries with backoff until its deadline).
+/// default timeouts (the engine retries with backoff until its deadline);
+/// a replica must also be in sync with its primary (link up, no sync in
+/// progress), or the first reads of a lab would find it empty.
 pub async fn ping(endpoint: &Endpoint) -> Result<(), String> {
     let client = redis::Client::open(endpoint.url.as_str()).map_err(|e| e.to_string())?;
     let mut conn = client
@@ -52,10 +54,75 @@ pub async fn ping(endpoint: &Endpoint) -> Result<(), String> {
         .query_async(&mut conn)
         .await
         .map_err(|e| e.to_string())?;
-    if pong == "PONG" {
-        Ok(())
+    if pong != "PONG" {
+        return Err(format!("PING answered {pong:?}"));
+    }
+    let info = replication(&mut conn).await.map_err(|e| e.0)?;
+    match info.role.as_str() {
+        "slave" if !info.link_up => Err(format!(
+            "replica not in sync with its primary yet (master_link_status:{})",
+            info.link_status
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What `INFO replication` says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Replication {
+    /// `master` or `slave`.
+    pub role: String,
+    /// A replica's link to its primary: `up`, `down`.
+    pub link_status: String,
+    /// Link up and no full synchronisation in progress.
+    pub link_up: bool,
+    /// Bytes of the replication stream this server has produced (a primary)
+    /// or processed (a replica).
+    pub offset: u64,
+    /// A primary's replicas: the offset each has acknowledged, in order.
+    pub replica_offsets: Vec<u64>,
+}
+
+/// `INFO replication`, parsed.
+pub async fn replication(conn: &mut MultiplexedConnection) -> Result<Replication, ExerciseError> {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await
+        .doing("INFO replication")?;
+    Ok(parse_replication(&info))
+}
+
+fn parse_replication(info: &str) -> Replication {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let role = field("role").unwrap_or_default().to_string();
+    let link_status = field("master_link_status").unwrap_or_default().to_string();
+    let offset_field = if role == "slave" {
+        "slave_repl_offset"
     } else {
-        Err(format!("PING answered {pong:?}"))
+        "master_repl_offset"
+    };
+    let replica_offsets = info
+        .lines()
+        .filter(|l| l.starts_with("slave") && l.contains(":ip="))
+        .filter_map(|l| {
+            l.split(',')
+                .find_map(|kv| kv.strip_prefix("offset="))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    Replication {
+        link_up: link_status == "up" && field("master_sync_in_progress") == Some("0"),
+        role,
+        link_status,
+        offset: field(offset_field)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
+        replica_offsets,
     }
 }
 
@@ -176,4 +243,24 @@ pub async fn delete_namespace(
             .doing("deleting the scenario's keys")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_primarys_replicas_and_a_replicas_link() {
+        let primary = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\nslave0:ip=172.18.0.3,port=6379,state=online,offset=1400,lag=0\r\nslave1:ip=172.18.0.4,port=6379,state=online,offset=1350,lag=1\r\nmaster_failover_state:no-failover\r\nmaster_repl_offset:1400\r\n";
+        let p = parse_replication(primary);
+        assert_eq!(p.role, "master");
+        assert_eq!(p.offset, 1400);
+        assert_eq!(p.replica_offsets, vec![1400, 1350]);
+        let replica = "role:slave\r\nmaster_host:primary\r\nmaster_link_status:up\r\nmaster_sync_in_progress:0\r\nslave_repl_offset:1350\r\n";
+        let r = parse_replication(replica);
+        assert!(r.link_up);
+        assert_eq!(r.offset, 1350);
+        let syncing = replica.replace("master_sync_in_progress:0", "master_sync_in_progress:1");
+        assert!(!parse_replication(&syncing).link_up);
+    }
 }

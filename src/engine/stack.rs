@@ -327,6 +327,11 @@ async fn start_one(
             init: Some(true),
             privileged: Some(false),
             ulimits: engine.ulimits(),
+            nano_cpus: plan.limits.cpus.map(|c| (c * 1e9) as i64),
+            memory: plan.limits.memory.map(|b| b as i64),
+            // The same as `memory`: no swap beyond the limit (Docker's default
+            // would add as much swap again, hiding the limit).
+            memory_swap: plan.limits.memory.map(|b| b as i64),
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {

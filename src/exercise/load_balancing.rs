@@ -189,8 +189,12 @@ impl Exercise for LoadBalancing {
             requests: ctx.int("requests") as usize,
             kill: target.killed.is_some(),
         };
+        // A replica an earlier scenario killed (or an earlier round of
+        // `--repeat`) stays out of the rotation for `fail_timeout` after its
+        // last failure, which would skew the count. Not for ip-hash, where one
+        // client reaches one replica by design.
         if ctx.text("strategy") != "ip-hash" {
-            in_rotation(&target, replicas.len()).await?;
+            http::until_every_instance(&target.client, &target.url, replicas.len()).await?;
         }
         let traffic = Arc::new(Traffic::default());
         let watcher = target
@@ -349,53 +353,12 @@ async fn one(target: &Target) -> Option<String> {
     instance
 }
 
-/// How long Nginx may take to hand requests to every replica again.
-const ROTATION_DEADLINE: Duration = Duration::from_secs(15);
-
-/// Returns once Nginx has handed a GET to every replica. A replica an earlier
-/// scenario killed (or an earlier round of `--repeat`) stays out of the
-/// rotation for `fail_timeout` after its last failure, which would skew the
-/// next count. Not for ip-hash, where one client reaches one replica by design.
-async fn in_rotation(target: &Target, replicas: usize) -> Result<(), ExerciseError> {
-    let deadline = Instant::now() + ROTATION_DEADLINE;
-    let mut seen = BTreeSet::new();
-    while seen.len() < replicas {
-        if Instant::now() > deadline {
-            return Err(ExerciseError(format!(
-                "Nginx handed requests to {} of {replicas} replicas within {} s ({seen:?})",
-                seen.len(),
-                ROTATION_DEADLINE.as_secs()
-            )));
-        }
-        let answered = target.client.get(&target.url).send().await;
-        if let Ok(response) = answered
-            && response.status() == reqwest::StatusCode::OK
-            && let Some(instance) = http::instance(response.headers())
-        {
-            seen.insert(instance);
-        }
-    }
-    Ok(())
-}
-
-/// After `half-served`, polls the replica's own port (fresh connections) until
-/// it fails to answer twice in a row (once could be a slow moment on a busy
-/// machine), then says so.
+/// After `half-served`, waits until the replica's own port stops answering,
+/// then says so.
 async fn watch_down(timeline: Timeline, health: String, traffic: Arc<Traffic>) {
     timeline.wait_for(HALF_SERVED).await;
-    let Ok(client) = http::builder(Duration::from_secs(1))
-        .pool_max_idle_per_host(0)
-        .build()
-    else {
+    if http::until_down(&health).await.is_err() {
         return;
-    };
-    let mut failures = 0;
-    while failures < 2 {
-        let ok = matches!(client.get(&health).send().await, Ok(r) if r.status().is_success());
-        failures = if ok { 0 } else { failures + 1 };
-        if ok {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
     traffic.down.store(true, Ordering::SeqCst);
     timeline.record("exercise", REPLICA_DOWN);

@@ -9,6 +9,7 @@ pub mod ack_redelivery;
 pub mod agent_record;
 pub mod cache_eviction;
 pub mod cache_patterns;
+pub mod capacity;
 pub mod consistent_hashing;
 pub mod etcd_consensus;
 pub mod event_pipeline;
@@ -20,6 +21,7 @@ pub mod mqtt_telemetry;
 pub mod queue_vs_pubsub;
 pub mod rate_limit;
 pub mod redis_lock;
+pub mod replica_reads;
 pub mod smoke;
 pub mod sql_transfers;
 
@@ -454,6 +456,29 @@ impl Ctx {
             .ok_or_else(|| ExerciseError(format!("the lab has no `{kind}` service")))
     }
 
+    /// The instances of the lab's service `name` of kind `kind`: the service
+    /// itself, or its replicas `NAME-1` … in order. Errors name `param`, the
+    /// parameter that chose the service.
+    pub fn instances(
+        &self,
+        name: &str,
+        kind: &str,
+        param: &str,
+    ) -> Result<Vec<&Endpoint>, ExerciseError> {
+        let found: Vec<&Endpoint> = self
+            .services
+            .iter()
+            .filter(|(instance, e)| e.kind == kind && is_instance_of(instance, name))
+            .map(|(_, e)| e)
+            .collect();
+        if found.is_empty() {
+            return Err(ExerciseError(format!(
+                "`{param}`: the lab has no {kind} service `{name}`"
+            )));
+        }
+        Ok(found)
+    }
+
     /// Records a milestone; faults declared `after: NAME` fire on it.
     pub fn mark(&self, what: impl Into<String>) {
         self.timeline.record("exercise", what);
@@ -515,6 +540,16 @@ pub trait Exercise: Send + Sync {
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError>;
 }
 
+/// Whether `instance` is the service `name` itself or one of its replicas
+/// (`NAME-3`).
+fn is_instance_of(instance: &str, name: &str) -> bool {
+    instance == name
+        || instance
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+}
+
 /// The only list of exercises.
 pub static EXERCISES: &[&dyn Exercise] = &[
     &redis_lock::RedisLock,
@@ -528,6 +563,8 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &rate_limit::RateLimit,
     &consistent_hashing::ConsistentHashing,
     &load_balancing::LoadBalancing,
+    &capacity::Capacity,
+    &replica_reads::ReplicaReads,
     &sql_transfers::SqlTransfers,
     &etcd_consensus::EtcdConsensus,
     &cache_patterns::CachePatterns,
@@ -579,6 +616,15 @@ pub fn tidy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_belong_to_their_service_only() {
+        assert!(is_instance_of("small", "small"));
+        assert!(is_instance_of("small-3", "small"));
+        assert!(!is_instance_of("small-x", "small"));
+        assert!(!is_instance_of("smaller-1", "small"));
+        assert!(!is_instance_of("big", "small"));
+    }
 
     #[test]
     fn no_number_observation_shares_a_name_with_a_number_parameter() {

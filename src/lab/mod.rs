@@ -9,6 +9,7 @@ pub mod challenge;
 pub mod diag;
 pub mod duration;
 pub mod raw;
+pub mod size;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -69,6 +70,18 @@ pub struct ServicePlan {
     pub ready_timeout: Duration,
     /// Lab files mounted read-only: container path → host file (next to the lab).
     pub files: BTreeMap<String, PathBuf>,
+    /// CPU and memory limits of each container.
+    pub limits: Limits,
+}
+
+/// Resource limits of a service's containers (`cpus:`, `memory:`), set by the
+/// engine as the container's cgroup limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// CPUs of quota per scheduling period (`0.5`: half of one CPU).
+    pub cpus: Option<f64>,
+    /// Memory in bytes, swap included (none beyond it).
+    pub memory: Option<u64>,
 }
 
 impl ServicePlan {

@@ -78,6 +78,10 @@ pub struct RawService {
     pub ready_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub files: IndexMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub cpus: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub memory: Option<Spanned<String>>,
 }
 
 /// One entry under `scenarios:`.

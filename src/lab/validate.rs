@@ -9,8 +9,8 @@ use serde_saphyr::{Location, Spanned};
 
 use super::raw::{RawFault, RawLab, RawScenario, RawService};
 use super::{
-    Challenge, Fault, FaultAction, Lab, LabError, LabErrors, Scenario, ServicePlan, When,
-    challenge, duration,
+    Challenge, Fault, FaultAction, Lab, LabError, LabErrors, Limits, Scenario, ServicePlan, When,
+    challenge, duration, size,
 };
 use crate::check::Predicate;
 use crate::exercise::{self, Exercise, ObsKind};
@@ -215,6 +215,8 @@ fn validate_services(v: &mut Validator, raw: &RawLab) -> Vec<ServicePlan> {
             replicas,
             ready_timeout,
             files,
+            cpus,
+            memory,
         } = &service.value;
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             v.error(
@@ -255,6 +257,7 @@ fn validate_services(v: &mut Validator, raw: &RawLab) -> Vec<ServicePlan> {
         {
             v.error(image.referenced, "image must not be empty");
         }
+        let limits = limits(v, cpus.as_ref(), memory.as_ref());
         let mut mounts = BTreeMap::new();
         for (target, source) in files {
             let rel = Path::new(&source.value);
@@ -288,9 +291,44 @@ fn validate_services(v: &mut Validator, raw: &RawLab) -> Vec<ServicePlan> {
             replicas: replicas_n,
             ready_timeout: timeout,
             files: mounts,
+            limits,
         });
     }
     plans
+}
+
+/// A service's `cpus:` (more than 0, at most 64) and `memory:` (at least
+/// 6 MiB, Docker's minimum).
+fn limits(
+    v: &mut Validator,
+    cpus: Option<&Spanned<f64>>,
+    memory: Option<&Spanned<String>>,
+) -> Limits {
+    let cpus = cpus.and_then(|c| {
+        let ok = c.value > 0.0 && c.value <= 64.0;
+        if !ok {
+            v.error(
+                c.referenced,
+                format!("cpus must be more than 0 and at most 64, found {}", c.value),
+            );
+        }
+        ok.then_some(c.value)
+    });
+    let memory = memory.and_then(|m| match size::parse(&m.value) {
+        Ok(bytes) if bytes >= 6 << 20 => Some(bytes),
+        Ok(_) => {
+            v.error(
+                m.referenced,
+                format!("memory `{}` is below Docker's minimum of 6m", m.value),
+            );
+            None
+        }
+        Err(e) => {
+            v.error(m.referenced, e);
+            None
+        }
+    });
+    Limits { cpus, memory }
 }
 
 fn check_params(

@@ -5,7 +5,7 @@
 //! number: a writer that knows only the dead leader gets nothing done.
 
 use crate::common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const LAB: &str = "global-coordination/consensus-leader-election.yaml";
 
@@ -78,22 +78,13 @@ fn consensus_lab_holds_with_changed_parameters() {
     assert_nothing_left(&lab.name);
 }
 
-/// Runs one scenario of a lab copy whose `edits` break its implementation,
-/// which must exit 1 and leave nothing; returns the JSON report.
-fn run_broken(suffix: &str, edits: &[(&str, &str, serde_json::Value)], name: &str) -> Value {
-    let lab = temp_lab(LAB, suffix, scenario_params(edits));
-    let (code, report, text) = run_json(&lab, &["--scenario", name]);
-    assert_eq!(code, Some(1), "{text}");
-    assert_nothing_left(&lab.name);
-    report
-}
-
 /// The broken implementation: a client that knows only the member that
 /// dies. The cluster elects a new leader all the same; this client never
 /// writes again.
 #[test]
 fn a_client_pinned_to_the_dead_leader_fails_the_failover() {
     let report = run_broken(
+        LAB,
         "pinned",
         &[
             ("leader-killed", "client", json!("one-member")),
@@ -117,6 +108,7 @@ fn a_client_pinned_to_the_dead_leader_fails_the_failover() {
 #[test]
 fn a_leader_without_the_fence_writes_beside_its_successor() {
     let report = run_broken(
+        LAB,
         "unfenced",
         &[("app-leader-lease", "fencing", json!(false))],
         "app-leader-lease",

@@ -24,6 +24,8 @@ mod playground;
 mod protocols_http;
 mod protocols_mqtt;
 mod repeat;
+mod replication;
+mod scaling_capacity;
 mod scaling_databases;
 mod teardown;
 mod techniques;

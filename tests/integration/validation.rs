@@ -84,6 +84,27 @@ const MISTAKES: &[(&str, &str, &str, &str, &str)] = &[
         "error",
     ),
     (
+        "CPU limit out of range",
+        "kind: redis }",
+        "kind: redis, cpus: 0 }",
+        "6:31",
+        "cpus must be more than 0",
+    ),
+    (
+        "memory limit that is no size",
+        "kind: redis }",
+        "kind: redis, memory: 64mb2 }",
+        "6:33",
+        "not a memory size",
+    ),
+    (
+        "memory limit below Docker's minimum",
+        "kind: redis }",
+        "kind: redis, memory: 4m }",
+        "6:33",
+        "below Docker's minimum",
+    ),
+    (
         "bad section",
         "section: global-coordination",
         "section: misc",

@@ -299,3 +299,19 @@ pub fn validate_solutions(lab: &TempLab, solutions: &[&str]) -> Vec<serde_json::
     }
     rows
 }
+
+/// Runs one scenario of a copy of `catalog_file` (with the files beside it)
+/// whose `edits` (scenario, parameter, value) break its implementation; it
+/// must exit 1 and leave nothing. Returns the JSON report.
+pub fn run_broken(
+    catalog_file: &str,
+    suffix: &str,
+    edits: &[(&str, &str, serde_json::Value)],
+    scenario_name: &str,
+) -> serde_json::Value {
+    let lab = temp_lab_with_files(catalog_file, suffix, scenario_params(edits));
+    let (code, report, text) = run_json(&lab, &["--scenario", scenario_name]);
+    assert_eq!(code, Some(1), "{text}");
+    assert_nothing_left(&lab.name);
+    report
+}

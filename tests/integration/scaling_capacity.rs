@@ -1,0 +1,95 @@
+//! The horizontal-vs-vertical lab, end to end on the real Docker engine: one
+//! agent with a whole CPU against four with a quarter each, the CPU limits
+//! seen from inside the containers' cgroups. The broken variants are
+//! balancers, not numbers: one that sends every request to one instance, and
+//! one that does not retry on a surviving instance.
+
+use crate::common::*;
+use serde_json::json;
+
+const LAB: &str = "scaling/horizontal-vs-vertical.yaml";
+
+#[test]
+fn capacity_lab_passes_with_the_limits_in_the_cgroups() {
+    let lab = temp_lab_with_files(LAB, "pass", |t| t);
+    let (code, report, text) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    all_pass(&report);
+
+    // `cpus:` reached the containers: each instance reports its own quota.
+    assert_eq!(obs(&report, "same-total-cpu", "a_cpus"), 1.0);
+    assert_eq!(obs(&report, "same-total-cpu", "b_cpus"), 1.0);
+    assert_eq!(obs(&report, "same-total-cpu", "b_instances"), 4.0);
+    // The big instance is never throttled below its ceiling of one CPU.
+    let curve = &scenario(&report, "same-total-cpu")["observations"];
+    assert_eq!(curve["levels"], json!([1, 2, 4, 8]), "{curve}");
+
+    assert_eq!(
+        obs(&report, "instance-killed", "b_instances_after_kill"),
+        3.0
+    );
+    assert_nothing_left(&lab.name);
+}
+
+#[test]
+fn capacity_lab_holds_with_changed_parameters() {
+    let lab = temp_lab_with_files(
+        LAB,
+        "params",
+        changed_params(&[
+            ("work_ms", json!(60)),
+            ("max_concurrency", json!(12)),
+            ("step_ms", json!(2500)),
+            ("concurrency", json!(6)),
+            ("after_ms", json!(1500)),
+        ]),
+    );
+    let (code, report, text) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let curve = &scenario(&report, "same-total-cpu")["observations"];
+    assert_eq!(curve["levels"], json!([1, 2, 4, 8, 12]), "{curve}");
+    assert!(obs(&report, "same-total-cpu", "a_cpu_ms_per_request") >= 60.0);
+    assert_nothing_left(&lab.name);
+}
+
+/// The broken balancer: one hash key for every request, so one small
+/// instance takes them all and the pool's ceiling is a quarter CPU's.
+#[test]
+fn a_balancer_that_pins_every_request_loses_the_pools_capacity() {
+    let report = run_broken(
+        LAB,
+        "hash-one",
+        &[
+            ("same-total-cpu", "balancer", json!("hash-one")),
+            ("same-total-cpu", "step_ms", json!(2000)),
+        ],
+        "same-total-cpu",
+    );
+    let seen = &scenario(&report, "same-total-cpu")["observations"];
+    let verdict = |o| check_verdict(&report, "same-total-cpu", o);
+    assert_eq!(verdict("ceiling_ratio"), "fail", "{seen}");
+    assert_eq!(verdict("a_p50_top_ms"), "pass", "{seen}");
+    // The pinned instance alone was throttled all along.
+    assert_eq!(verdict("b_throttled_periods"), "pass", "{seen}");
+    assert_eq!(seen["b_instances"], 1, "{seen}");
+}
+
+/// The broken failover: Nginx without retries. The pool keeps serving,
+/// but its clients see the dead instance's failures.
+#[test]
+fn a_balancer_without_retries_shows_the_dead_instance_to_clients() {
+    let report = run_broken(
+        LAB,
+        "no-retry",
+        &[("instance-killed", "balancer", json!("no-retry"))],
+        "instance-killed",
+    );
+    assert_eq!(
+        check_verdict(&report, "instance-killed", "b_errors_after_kill"),
+        "fail"
+    );
+    assert_eq!(
+        check_verdict(&report, "instance-killed", "b_served_after_kill"),
+        "pass"
+    );
+}
