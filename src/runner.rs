@@ -13,13 +13,13 @@ use futures_util::future::join_all;
 
 use crate::challenge::{self, Solution};
 use crate::check::{self, Verdict};
-use crate::engine::stack::{self, StackOptions};
+use crate::engine::stack::{self, StackOptions, Started};
 use crate::engine::{Engine, EnvError, Stack, faults};
 use crate::event::{Event, LabReport, Reporter, RunReport, ScenarioReport, ServiceReport};
 use crate::exercise::{self, Ctx, Timeline};
 use crate::images::Source;
 use crate::lab::challenge::Target;
-use crate::lab::{Fault, Lab, Scenario, When};
+use crate::lab::{Fault, FaultAction, Lab, Scenario, When};
 use crate::repeat;
 
 /// How labs are run.
@@ -395,6 +395,10 @@ async fn fault_step(
         }
         return;
     }
+    if fault.action.network_wide() {
+        network_fault(stack, fault, timeline, &failed).await;
+        return;
+    }
     let mut heals = Vec::new();
     for target in stack.targets(&fault.service) {
         timeline.record(
@@ -416,6 +420,39 @@ async fn fault_step(
         if let Err(e) = faults::apply(stack, target, inverse).await {
             failed(e);
         }
+    }
+}
+
+/// `partition` (and its `heal` after `for:`), or `heal`: the lab network
+/// split into groups, or made whole again.
+async fn network_fault(
+    stack: &Stack,
+    fault: &Fault,
+    timeline: &Timeline,
+    failed: &impl Fn(EnvError),
+) {
+    if fault.action == FaultAction::Partition {
+        let groups: Vec<Vec<&Started>> = fault
+            .groups
+            .iter()
+            .map(|g| g.iter().flat_map(|name| stack.targets(name)).collect())
+            .collect();
+        let sides: Vec<String> = fault
+            .groups
+            .iter()
+            .map(|g| format!("[{}]", g.join(", ")))
+            .collect();
+        timeline.record("fault", format!("partition {}", sides.join(" | ")));
+        if let Err(e) = faults::partition(stack, &groups).await {
+            failed(e);
+            return;
+        }
+        let Some(lasts) = fault.lasts else { return };
+        tokio::time::sleep(lasts).await;
+    }
+    timeline.record("fault", "heal");
+    if let Err(e) = faults::heal_partition(stack).await {
+        failed(e);
     }
 }
 

@@ -379,7 +379,10 @@ impl Solution {
                     self.wait_instance_ended(i, GRACE).await;
                     self.restart(i).await?;
                 }
-                FaultAction::Disconnect | FaultAction::Connect => {
+                FaultAction::Disconnect
+                | FaultAction::Connect
+                | FaultAction::Partition
+                | FaultAction::Heal => {
                     return Err(format!("{} does not apply to the program", action.name()));
                 }
             }

@@ -1,7 +1,7 @@
 //! [`Stack`]: the running services of one lab run: one bridge network, one
 //! container per service replica, each published on loopback and probed ready.
 //!
-//! A lab that cuts services off the network (`disconnect`) gets a second
+//! A lab that cuts services off the network (`disconnect`, `partition`) gets a second
 //! network per run, the *access* network, on which the ports are published
 //! and over which containers cannot talk to each other (Docker's
 //! `enable_icc=false`): a container disconnected from the lab network is
@@ -68,6 +68,9 @@ pub struct Stack {
     pub run_id: String,
     /// The run's network.
     pub network: String,
+    /// The labels every resource of the run carries (for networks a
+    /// partition creates later).
+    pub labels: HashMap<String, String>,
     /// Started containers, in lab order.
     pub services: Vec<Started>,
 }
@@ -161,6 +164,7 @@ impl Stack {
             engine: engine.clone(),
             run_id: run_id.to_string(),
             network,
+            labels,
             services,
         })
     }
@@ -182,17 +186,18 @@ impl Stack {
     }
 }
 
-/// Whether the lab cuts a service off the network, so its ports must live
-/// on a network of their own (see the module's doc).
+/// Whether the lab cuts services off the lab network (`disconnect`,
+/// `partition`), so their ports must live on a network of their own (see the
+/// module's doc).
 fn needs_access_network(lab: &Lab) -> bool {
     lab.scenarios
         .iter()
         .flat_map(|s| &s.faults)
-        .any(|f| f.action == FaultAction::Disconnect)
+        .any(|f| matches!(f.action, FaultAction::Disconnect | FaultAction::Partition))
 }
 
 /// One labelled bridge network of the run, with a driver option if any.
-async fn create_network(
+pub(super) async fn create_network(
     engine: &Engine,
     name: &str,
     labels: &HashMap<String, String>,
@@ -313,9 +318,18 @@ async fn start_one(
     } else {
         lab_endpoint.clone()
     };
+    // Docker makes a hostname that differs from the container name an alias
+    // on every network the container joins, the access network included,
+    // where it would resolve to an address that carries no traffic: a peer
+    // moved by a partition would find its group there. On the access network
+    // the container name is the hostname, so there is no such alias.
+    let hostname = match networks.access {
+        Some(_) => container.clone(),
+        None => instance.clone(),
+    };
     let body = ContainerCreateBody {
         image: Some(cplan.image.clone()),
-        hostname: Some(instance.clone()),
+        hostname: Some(hostname),
         env: Some(cplan.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         cmd: cplan.cmd.clone(),
         labels: Some(labels),

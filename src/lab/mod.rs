@@ -126,6 +126,9 @@ pub struct Fault {
     /// Which service (all its replicas, or one replica as `NAME-2`), or the
     /// learner's program (`solution`, one instance as `solution-2`).
     pub service: String,
+    /// `partition`: groups of services (or instances) that keep reaching
+    /// each other and nobody else; empty for every other action.
+    pub groups: Vec<Vec<String>>,
     /// `for: DURATION`: how long after the action returned its inverse
     /// fires. Timed from the return, so a slow `docker pause` cannot shorten
     /// the window nor leave a service frozen for the rest of the lab.
@@ -160,6 +163,10 @@ pub enum FaultAction {
     Disconnect,
     /// Reconnect it, with its aliases.
     Connect,
+    /// Split the lab network into groups that reach only each other.
+    Partition,
+    /// Undo a partition: every service on the lab network again.
+    Heal,
 }
 
 impl FaultAction {
@@ -173,27 +180,43 @@ impl FaultAction {
         ("unpause", FaultAction::Unpause),
         ("disconnect", FaultAction::Disconnect),
         ("connect", FaultAction::Connect),
+        ("partition", FaultAction::Partition),
+        ("heal", FaultAction::Heal),
     ];
 
     /// The action that undoes this one, for `for: DURATION`: pause →
-    /// unpause, disconnect → connect, stop and kill → start. None for the
+    /// unpause, disconnect → connect, partition → heal, stop and kill → start. None for the
     /// actions that are themselves a heal, and for restart (nothing to undo).
     pub fn inverse(self) -> Option<FaultAction> {
         match self {
             FaultAction::Pause => Some(FaultAction::Unpause),
             FaultAction::Disconnect => Some(FaultAction::Connect),
+            FaultAction::Partition => Some(FaultAction::Heal),
             FaultAction::Stop | FaultAction::Kill => Some(FaultAction::Start),
             FaultAction::Start
             | FaultAction::Restart
             | FaultAction::Unpause
-            | FaultAction::Connect => None,
+            | FaultAction::Connect
+            | FaultAction::Heal => None,
         }
     }
 
     /// Whether the action can be done to the learner's processes (signals
     /// to the process group): everything but the network actions.
     pub fn reaches_processes(self) -> bool {
-        !matches!(self, FaultAction::Disconnect | FaultAction::Connect)
+        !matches!(
+            self,
+            FaultAction::Disconnect
+                | FaultAction::Connect
+                | FaultAction::Partition
+                | FaultAction::Heal
+        )
+    }
+
+    /// Whether the action concerns the whole lab network rather than one
+    /// service (`partition`, `heal`): it names no `service:`.
+    pub fn network_wide(self) -> bool {
+        matches!(self, FaultAction::Partition | FaultAction::Heal)
     }
 
     /// The action's name.

@@ -111,7 +111,12 @@ pub struct RawFault {
     #[serde(default)]
     pub after: Option<Spanned<String>>,
     pub action: Spanned<String>,
-    pub service: Spanned<String>,
+    /// The target; none for `partition` and `heal`.
+    #[serde(default)]
+    pub service: Option<Spanned<String>>,
+    /// `partition` only: the groups of services that keep reaching each other.
+    #[serde(default)]
+    pub groups: Option<Spanned<Vec<Vec<String>>>>,
     /// `for: DURATION`: the inverse action fires this long after the action
     /// returned (pause → unpause, disconnect → connect, stop/kill → start).
     #[serde(default, rename = "for")]

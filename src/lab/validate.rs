@@ -510,6 +510,7 @@ fn validate_fault(
         after,
         action,
         service,
+        groups,
         lasts,
     } = &fault.value;
     let action_parsed = FaultAction::ALL
@@ -527,6 +528,35 @@ fn validate_fault(
             ),
         );
     }
+    let network_wide = action_parsed.is_some_and(FaultAction::network_wide);
+    let groups = validate_groups(
+        v,
+        fault.referenced,
+        action_parsed,
+        groups.as_ref(),
+        services,
+    );
+    let service = match (service, network_wide) {
+        (Some(s), false) => s.clone(),
+        (None, false) => {
+            v.error(
+                fault.referenced,
+                "a fault needs `service: NAME` (only `partition` and `heal` name none)",
+            );
+            return None;
+        }
+        (Some(s), true) => {
+            v.error(
+                s.referenced,
+                format!(
+                    "`{}` concerns the whole lab network and names no `service:`",
+                    action.value
+                ),
+            );
+            return None;
+        }
+        (None, true) => Spanned::new(String::new(), fault.referenced, fault.referenced),
+    };
     let solution_target = challenge::parse_target(&service.value);
     if let Some(target) = solution_target {
         if !is_challenge {
@@ -566,7 +596,7 @@ fn validate_fault(
                 ),
             );
         }
-    } else if !services.contains(&service.value) {
+    } else if !network_wide && !services.contains(&service.value) {
         v.error(
             service.referenced,
             format!(
@@ -651,8 +681,63 @@ fn validate_fault(
         when: when?,
         action: action_parsed?,
         service: service.value.clone(),
+        groups: groups?,
         lasts: lasts?,
     })
+}
+
+/// `groups:` of a partition: at least two groups, none empty, of services
+/// or instances the lab defines, no name twice; refused on other actions.
+fn validate_groups(
+    v: &mut Validator,
+    fault: Location,
+    action: Option<FaultAction>,
+    groups: Option<&Spanned<Vec<Vec<String>>>>,
+    services: &BTreeSet<String>,
+) -> Option<Vec<Vec<String>>> {
+    let groups = match (action, groups) {
+        (Some(FaultAction::Partition), Some(g)) => g,
+        (Some(FaultAction::Partition), None) => {
+            v.error(
+                fault,
+                "`action: partition` needs `groups: [[a, b], [c]]`: the services that keep reaching each other",
+            );
+            return None;
+        }
+        (_, Some(g)) => {
+            v.error(g.referenced, "`groups:` belongs to `action: partition`");
+            return None;
+        }
+        (_, None) => return Some(Vec::new()),
+    };
+    if groups.value.len() < 2 || groups.value.iter().any(Vec::is_empty) {
+        v.error(
+            groups.referenced,
+            "a partition needs at least two groups, none of them empty",
+        );
+        return None;
+    }
+    let mut seen = BTreeSet::new();
+    for name in groups.value.iter().flatten() {
+        if !services.contains(name) {
+            v.error(
+                groups.referenced,
+                format!(
+                    "partition names `{name}`, which the lab does not define; services: {}",
+                    services.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+            return None;
+        }
+        if !seen.insert(name) {
+            v.error(
+                groups.referenced,
+                format!("partition names `{name}` twice: a service is in one group"),
+            );
+            return None;
+        }
+    }
+    Some(groups.value.clone())
 }
 
 /// `for: DURATION`: a positive duration, on an action that has an inverse.
@@ -739,7 +824,7 @@ scenarios:
 
     #[test]
     fn every_fault_with_an_inverse_accepts_for() {
-        for (name, action) in FaultAction::ALL {
+        for (name, action) in FaultAction::ALL.iter().filter(|(_, a)| !a.network_wide()) {
             let r = fault(&format!(
                 "{{ at: 1s, action: {name}, service: redis, for: 2s }}"
             ));
@@ -751,6 +836,67 @@ scenarios:
             FaultAction::Disconnect.inverse(),
             Some(FaultAction::Connect)
         );
+    }
+
+    /// A partition over the test lab's Redis as two replicas.
+    fn partition(text: &str) -> Result<Fault, Vec<LabError>> {
+        let lab = lab(text).replace(
+            "redis: { kind: redis }",
+            "redis: { kind: redis, replicas: 2 }",
+        );
+        validate(Path::new("lab.yaml"), &lab)
+            .map(|l| l.scenarios[0].faults[0].clone())
+            .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn a_partition_names_groups_and_heals() {
+        let f = partition("{ at: 1s, action: partition, groups: [[redis-1], [redis-2]], for: 2s }")
+            .unwrap();
+        assert_eq!(
+            f.groups,
+            vec![vec!["redis-1".to_string()], vec!["redis-2".to_string()]]
+        );
+        assert_eq!(f.action.inverse(), Some(FaultAction::Heal));
+        assert_eq!(f.lasts, Some(Duration::from_secs(2)));
+        let f = partition("{ at: 3s, action: heal }").unwrap();
+        assert_eq!((f.action, f.service.as_str()), (FaultAction::Heal, ""));
+    }
+
+    #[test]
+    fn a_bad_partition_is_located() {
+        for (text, words) in [
+            ("{ at: 1s, action: partition }", "needs `groups:"),
+            (
+                "{ at: 1s, action: partition, groups: [[redis-1, redis-2]] }",
+                "at least two groups",
+            ),
+            (
+                "{ at: 1s, action: partition, groups: [[redis-1], []] }",
+                "none of them empty",
+            ),
+            (
+                "{ at: 1s, action: partition, groups: [[redis-1], [redis-9]] }",
+                "`redis-9`",
+            ),
+            (
+                "{ at: 1s, action: partition, groups: [[redis-1], [redis-1]] }",
+                "twice",
+            ),
+            (
+                "{ at: 1s, action: partition, service: redis, groups: [[redis-1], [redis-2]] }",
+                "names no `service:`",
+            ),
+            (
+                "{ at: 1s, action: kill, service: redis, groups: [[redis-1], [redis-2]] }",
+                "belongs to `action: partition`",
+            ),
+            ("{ at: 1s, action: kill }", "needs `service: NAME`"),
+        ] {
+            let e = partition(text).unwrap_err();
+            assert_eq!(e[0].line, 12, "{text}: {}", e[0]);
+            assert!(e[0].message.contains(words), "{text}: {}", e[0]);
+        }
     }
 
     #[test]

@@ -60,3 +60,45 @@ fn a_relative_heal_unpauses_after_its_duration() {
     assert_eq!(code, Some(0), "{all}");
     assert_nothing_left(&lab.name);
 }
+
+/// A partition of the etcd lab: the majority stays on the lab network, the
+/// leader moves to a network of its own. The cut-off leader behaves as when
+/// it is disconnected, the timeline names both sides, and the heal after the
+/// scenario makes the cluster whole for the next one (three members agreeing
+/// on a leader); the group network is gone with the run.
+#[test]
+fn a_partition_splits_the_lab_network_and_heals() {
+    let lab = temp_lab(
+        "global-coordination/consensus-leader-election.yaml",
+        "partition",
+        |t| {
+            replaced(
+                t,
+                "{ after: writing, action: disconnect, service: etcd-1 }",
+                "{ after: writing, action: partition, groups: [[etcd-2, etcd-3], [etcd-1]] }",
+            )
+        },
+    );
+    // Round 2's steady runs after round 1's partition and its heal.
+    let (code, report, all) = run_json(
+        &lab,
+        &[
+            "--scenario",
+            "steady",
+            "--scenario",
+            "leader-cut-off",
+            "--repeat",
+            "2",
+        ],
+    );
+    assert_eq!(code, Some(0), "{all}");
+    let cut = scenario(&report, "leader-cut-off");
+    assert_eq!(cut["observations"]["linearizable_answered"], 0, "{cut}");
+    assert!(obs(&report, "leader-cut-off", "stale_reads") > 0.0);
+    fault_at(cut, "partition [etcd-2, etcd-3] | [etcd-1]");
+    let steady = &scenario(&report, "steady")["repeats"];
+    assert_eq!(steady["passed"], 2, "{steady}");
+    assert_eq!(steady["observations"]["members"][1], 3, "{steady}");
+    assert_eq!(steady["observations"]["leaders_agree"][1], true, "{steady}");
+    assert_nothing_left(&lab.name);
+}
