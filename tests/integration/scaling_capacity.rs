@@ -20,12 +20,11 @@ fn capacity_lab_passes_with_the_limits_in_the_cgroups() {
     assert_eq!(obs(&report, "same-total-cpu", "a_cpus"), 1.0);
     assert_eq!(obs(&report, "same-total-cpu", "b_cpus"), 1.0);
     assert_eq!(obs(&report, "same-total-cpu", "b_instances"), 4.0);
-    // The big instance is never throttled below its ceiling of one CPU.
     let curve = &scenario(&report, "same-total-cpu")["observations"];
     assert_eq!(curve["levels"], json!([1, 2, 4, 8]), "{curve}");
 
     assert_eq!(
-        obs(&report, "instance-killed", "b_instances_after_kill"),
+        obs(&report, "small-instance-killed", "b_instances_after_kill"),
         3.0
     );
     assert_nothing_left(&lab.name);
@@ -81,15 +80,15 @@ fn a_balancer_without_retries_shows_the_dead_instance_to_clients() {
     let report = run_broken(
         LAB,
         "no-retry",
-        &[("instance-killed", "balancer", json!("no-retry"))],
-        "instance-killed",
+        &[("small-instance-killed", "balancer", json!("no-retry"))],
+        "small-instance-killed",
     );
     assert_eq!(
-        check_verdict(&report, "instance-killed", "b_errors_after_kill"),
+        check_verdict(&report, "small-instance-killed", "b_errors_after_kill"),
         "fail"
     );
     assert_eq!(
-        check_verdict(&report, "instance-killed", "b_served_after_kill"),
+        check_verdict(&report, "small-instance-killed", "b_served_after_kill"),
         "pass"
     );
 }
