@@ -125,7 +125,8 @@ pub async fn partition(stack: &Stack, groups: &[Vec<&Started>]) -> Result<(), En
     };
     for (k, group) in groups.iter().enumerate().skip(1) {
         let network = group_network(stack, k);
-        super::stack::create_network(&stack.engine, &network, &stack.labels, None).await?;
+        // Internal, as the lab network is: never a container's gateway.
+        super::stack::create_network(&stack.engine, &network, &stack.labels, None, true).await?;
         for target in group {
             connect_to(stack, &network, target)
                 .await

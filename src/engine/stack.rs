@@ -126,12 +126,18 @@ impl Stack {
 
         let labels = labels_for(run_id, &lab.name, opts.keep);
         let network = format!("infralab-{run_id}");
-        create_network(engine, &network, &labels, None).await?;
-        let access = if needs_access_network(lab) {
+        // With an access network the lab network is internal: Docker never
+        // makes an internal network a container's gateway, and the gateway's
+        // network is where published ports live; so they stay on the access
+        // network when a fault takes the lab network away (were they moved,
+        // every open connection from the host would break).
+        let access_needed = needs_access_network(lab);
+        create_network(engine, &network, &labels, None, access_needed).await?;
+        let access = if access_needed {
             // Ports published here, no traffic between containers.
             let access = format!("infralab-{run_id}-access");
             let no_icc = ("com.docker.network.bridge.enable_icc", "false");
-            create_network(engine, &access, &labels, Some(no_icc)).await?;
+            create_network(engine, &access, &labels, Some(no_icc), false).await?;
             Some(access)
         } else {
             None
@@ -202,6 +208,7 @@ pub(super) async fn create_network(
     name: &str,
     labels: &HashMap<String, String>,
     option: Option<(&str, &str)>,
+    internal: bool,
 ) -> Result<(), EnvError> {
     engine
         .docker
@@ -210,6 +217,7 @@ pub(super) async fn create_network(
             driver: Some("bridge".into()),
             labels: Some(labels.clone()),
             options: option.map(|(k, v)| HashMap::from([(k.to_string(), v.to_string())])),
+            internal: Some(internal),
             ..Default::default()
         })
         .await

@@ -9,6 +9,7 @@ pub mod ack_redelivery;
 pub mod agent_record;
 pub mod cache_eviction;
 pub mod cache_patterns;
+pub mod cap_partition;
 pub mod capacity;
 pub mod consistent_hashing;
 pub mod etcd_consensus;
@@ -565,6 +566,7 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &load_balancing::LoadBalancing,
     &capacity::Capacity,
     &replica_reads::ReplicaReads,
+    &cap_partition::CapPartition,
     &sql_transfers::SqlTransfers,
     &etcd_consensus::EtcdConsensus,
     &cache_patterns::CachePatterns,
