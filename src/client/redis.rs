@@ -83,6 +83,41 @@ pub struct Replication {
     pub replica_offsets: Vec<u64>,
 }
 
+/// `REPLICAOF NO ONE` (`None`: become a primary) or `REPLICAOF host 6379`.
+pub async fn replicaof(
+    conn: &mut MultiplexedConnection,
+    primary: Option<&str>,
+) -> Result<(), ExerciseError> {
+    let (host, port) = primary.map_or(("NO", "ONE"), |h| (h, "6379"));
+    let _: () = redis::cmd("REPLICAOF")
+        .arg(host)
+        .arg(port)
+        .query_async(conn)
+        .await
+        .doing("REPLICAOF")?;
+    Ok(())
+}
+
+/// Waits until the replica on `conn` is in sync with its primary (link up,
+/// no sync running); `what` names it in the error after `within`.
+pub async fn until_in_sync(
+    conn: &mut MultiplexedConnection,
+    within: Duration,
+    what: &str,
+) -> Result<(), ExerciseError> {
+    let deadline = Instant::now() + within;
+    while !replication(conn).await?.link_up {
+        if Instant::now() > deadline {
+            return Err(ExerciseError(format!(
+                "{what} did not sync with its primary within {} s",
+                within.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// `INFO replication`, parsed.
 pub async fn replication(conn: &mut MultiplexedConnection) -> Result<Replication, ExerciseError> {
     let info: String = redis::cmd("INFO")

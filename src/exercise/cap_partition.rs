@@ -29,14 +29,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 
 use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
 use crate::catalog::Endpoint;
 use crate::client::etcd::{Etcd, Read};
 use crate::client::redis as client;
-use crate::stats::{ratio, round2};
+use crate::stats::{ratio, round2, round4};
 
 /// Recorded once the Redis topology is in place; the lab partitions after it.
 pub const WRITING: &str = "writing";
@@ -204,7 +203,7 @@ impl Exercise for CapPartition {
         let shown = marked.elapsed();
         if ctx.flag("promote") {
             let mut replica = client::connect(sides.replica).await?;
-            replicaof(&mut replica, None).await?;
+            client::replicaof(&mut replica, None).await?;
         }
         let measured = sides.measure(ctx).await?;
         ctx.mark(MEASURED);
@@ -269,7 +268,7 @@ impl<'a> Sides<'a> {
     /// the replica in sync with it.
     async fn redis_topology(&self, max_lag_s: i64) -> Result<(), ExerciseError> {
         let mut primary = client::connect(self.primary).await?;
-        replicaof(&mut primary, None).await?;
+        client::replicaof(&mut primary, None).await?;
         let (to_write, lag) = if max_lag_s > 0 {
             (1, max_lag_s)
         } else {
@@ -289,20 +288,10 @@ impl<'a> Sides<'a> {
         // repl-timeout, 60 s).
         let mut replica = client::connect(self.replica).await?;
         let host = self.primary.service.as_str();
-        replicaof(&mut replica, None).await?;
-        replicaof(&mut replica, Some(host)).await?;
-        let deadline = Instant::now() + SHOW_DEADLINE;
-        while !client::replication(&mut replica).await?.link_up {
-            if Instant::now() > deadline {
-                return Err(ExerciseError(format!(
-                    "`{}` did not sync with `{host}` within {} s",
-                    self.replica.service,
-                    SHOW_DEADLINE.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+        client::replicaof(&mut replica, None).await?;
+        client::replicaof(&mut replica, Some(host)).await?;
+        let what = format!("`{}`", self.replica.service);
+        client::until_in_sync(&mut replica, SHOW_DEADLINE, &what).await
     }
 
     /// Waits until the minority member refuses a linearizable read
@@ -473,16 +462,8 @@ impl<'a> Sides<'a> {
     async fn after_heal(&self, ctx: &Ctx, m: &Measured) -> Result<Lost, ExerciseError> {
         let leader = if ctx.flag("promote") {
             let mut old = client::connect(self.primary).await?;
-            replicaof(&mut old, Some(self.replica.service.as_str())).await?;
-            let deadline = Instant::now() + SHOW_DEADLINE;
-            while !client::replication(&mut old).await?.link_up {
-                if Instant::now() > deadline {
-                    return Err(ExerciseError(
-                        "the old primary did not sync with the promoted replica".into(),
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            client::replicaof(&mut old, Some(self.replica.service.as_str())).await?;
+            client::until_in_sync(&mut old, SHOW_DEADLINE, "the old primary").await?;
             self.replica
         } else {
             self.primary
@@ -506,21 +487,6 @@ impl<'a> Sides<'a> {
             etcd: etcd_lost,
         })
     }
-}
-
-/// `REPLICAOF NO ONE` (`None`) or `REPLICAOF host 6379`.
-async fn replicaof(
-    conn: &mut MultiplexedConnection,
-    of: Option<&str>,
-) -> Result<(), ExerciseError> {
-    let (host, port) = of.map_or(("NO", "ONE"), |h| (h, "6379"));
-    let _: () = redis::cmd("REPLICAOF")
-        .arg(host)
-        .arg(port)
-        .query_async(conn)
-        .await
-        .doing("REPLICAOF")?;
-    Ok(())
 }
 
 /// `fut` within `limit`; `None` when it took longer.
@@ -551,8 +517,7 @@ struct Measured {
 
 impl Measured {
     fn observe(&self) -> Observations {
-        let share =
-            |t: &Tally| ratio(t.answered as f64, t.sent as f64).map(|r| (r * 1e4).round() / 1e4);
+        let share = |t: &Tally| ratio(t.answered as f64, t.sent as f64).map(round4);
         Observations::from([
             (
                 "redis_minority_writes".into(),

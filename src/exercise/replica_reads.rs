@@ -12,7 +12,7 @@
 //! replica measures how long until all of them have the whole stream.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
 use crate::client::redis as client;
-use crate::stats::{percentile_ms, ratio, round2};
+use crate::stats::{percentile_ms, ratio, round2, round4};
 
 /// Recorded after the probe's first acknowledged write.
 pub const WRITING: &str = "writing";
@@ -197,9 +197,7 @@ impl Probe {
             ("stale_reads".into(), Value::from(stale)),
             (
                 "stale_rate".into(),
-                Value::from(
-                    ratio(stale as f64, self.reads as f64).map(|r| (r * 1e4).round() / 1e4),
-                ),
+                Value::from(ratio(stale as f64, self.reads as f64).map(round4)),
             ),
             (
                 "stale_for_p50_ms".into(),
@@ -311,16 +309,17 @@ async fn spawn_background(
         let mut conn = client::connect(primary).await?;
         let (stop, value) = (stop.clone(), value.clone());
         let prefix = format!("{}:bg:{w}", ctx.namespace);
-        let count = Arc::new(AtomicU64::new(0));
         handles.push(tokio::spawn(async move {
+            let mut written = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                let n = count.fetch_add(1, Ordering::Relaxed);
+                let key = format!("{prefix}:{}", written % BACKGROUND_KEYS);
                 let _: () = conn
-                    .set(format!("{prefix}:{}", n % BACKGROUND_KEYS), value.as_str())
+                    .set(key, value.as_str())
                     .await
                     .doing("background SET")?;
+                written += 1;
             }
-            Ok(count.load(Ordering::Relaxed))
+            Ok(written)
         }));
     }
     Ok(Background(handles))
