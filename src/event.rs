@@ -216,6 +216,20 @@ pub enum Event {
         url: String,
         ms: u64,
     },
+    /// A service's instances are all ready and a step makes them one
+    /// cluster (Redis Cluster).
+    Bootstrapping {
+        lab: String,
+        service: String,
+        what: String,
+    },
+    /// That step is done.
+    Bootstrapped {
+        lab: String,
+        service: String,
+        what: String,
+        ms: u64,
+    },
     /// One round of `--repeat N` begins: every selected scenario runs once more.
     RoundStarted {
         lab: String,

@@ -14,6 +14,8 @@ pub mod nginx;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
+pub mod redis_cluster;
+pub mod sentinel;
 pub mod spec;
 
 use std::collections::BTreeMap;
@@ -78,6 +80,28 @@ pub trait ServiceKind: Send + Sync {
     /// Last changes to the container before it is created (environment,
     /// command), e.g. the advertised listener of a broker.
     fn prepare(&self, _plan: &mut ContainerPlan) {}
+
+    /// What [`ServiceKind::bootstrap`] does, for progress (`None`: nothing;
+    /// the kind's instances work on their own).
+    fn bootstrap_step(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// One step once every instance of a service is ready, for kinds whose
+    /// instances form one cluster only when told (Redis Cluster). `Err`
+    /// says what failed, in the server's words.
+    async fn bootstrap(&self, _members: &[Member]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// One instance of a service, as a bootstrap step sees it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// How the host reaches it.
+    pub endpoint: Endpoint,
+    /// Its IP address on the lab network, where its peers reach it.
+    pub address: String,
 }
 
 /// The container the engine is about to create, open to [`ServiceKind::prepare`].
@@ -110,6 +134,8 @@ pub static KINDS: &[&dyn ServiceKind] = &[
     &nginx::Nginx,
     &agent::Agent,
     &etcd::Etcd,
+    &sentinel::Sentinel,
+    &redis_cluster::RedisCluster,
 ];
 
 /// Looks a kind up by name.
@@ -163,7 +189,12 @@ mod tests {
     /// Kinds that have no smoke round trip, on purpose. A new kind declares
     /// one ([`ServiceKind::round_trip`]) or is named here, so none is left
     /// out of `smoke` by oversight.
-    const WITHOUT_ROUND_TRIP: &[&str] = &[];
+    ///
+    /// A Sentinel stores nothing: what it answers (where the primary is) is
+    /// its readiness probe.
+    /// A cluster node serves only its own slots: the sharding exercise
+    /// is its client.
+    const WITHOUT_ROUND_TRIP: &[&str] = &["redis-sentinel", "redis-cluster"];
 
     #[test]
     fn every_kind_has_a_round_trip_or_is_listed_without_one() {

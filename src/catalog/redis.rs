@@ -4,6 +4,11 @@
 //! makes its containers replicas of that service: [`Redis::prepare`] adds
 //! `--replicaof HOST PORT` to the command, the one way to say it that both
 //! the official image and the local one take.
+//!
+//! Every Redis announces its instance name as a replica
+//! (`--replica-announce-ip`), so `INFO replication` and Sentinel name
+//! replicas as the lab does, not by addresses that change when a container
+//! moves between networks.
 
 use async_trait::async_trait;
 
@@ -41,9 +46,10 @@ impl ServiceKind for Redis {
             cmd.extend(["--repl-diskless-sync-delay".into(), "0".into()]);
             plan.cmd = Some(cmd);
         }
+        let cmd = plan.cmd.get_or_insert_with(Vec::new);
+        cmd.extend(["--replica-announce-ip".into(), plan.instance.clone()]);
         if let Some(primary) = plan.env.get(REPLICA_OF) {
             let (host, port) = primary.split_once(':').unwrap_or((primary, "6379"));
-            let cmd = plan.cmd.get_or_insert_with(Vec::new);
             cmd.extend(["--replicaof".into(), host.into(), port.into()]);
         }
     }
@@ -91,6 +97,8 @@ mod tests {
                 "redis-server",
                 "--repl-diskless-sync-delay",
                 "0",
+                "--replica-announce-ip",
+                "replica-1",
                 "--replicaof",
                 "primary",
                 "6379"
@@ -105,7 +113,16 @@ mod tests {
         Redis.prepare(&mut own);
         assert_eq!(
             own.cmd.unwrap(),
-            ["redis-server", "--save", "", "--replicaof", "p", "6380"]
+            [
+                "redis-server",
+                "--save",
+                "",
+                "--replica-announce-ip",
+                "replica-1",
+                "--replicaof",
+                "p",
+                "6380"
+            ]
         );
     }
 
@@ -119,6 +136,11 @@ mod tests {
             "{cmd:?}"
         );
         assert!(cmd.contains(&"--protected-mode".to_string()), "{cmd:?}");
-        assert!(cmd.ends_with(&["--repl-diskless-sync-delay".into(), "0".into()]));
+        assert!(cmd.ends_with(&[
+            "--repl-diskless-sync-delay".into(),
+            "0".into(),
+            "--replica-announce-ip".into(),
+            "replica-1".into()
+        ]));
     }
 }

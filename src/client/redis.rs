@@ -3,6 +3,9 @@
 //! their keys and arguments, and the server-side counters exercises read back
 //! (INFO stats, DBSIZE, TIME).
 
+pub mod cluster;
+pub mod sentinel;
+
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
@@ -229,18 +232,32 @@ pub async fn dbsize(conn: &mut MultiplexedConnection) -> Result<i64, ExerciseErr
 pub async fn keyspace_hits_misses(
     conn: &mut MultiplexedConnection,
 ) -> Result<(u64, u64), ExerciseError> {
-    let info: String = redis::cmd("INFO")
+    let info = info_stats(conn).await?;
+    Ok((
+        stats_field(&info, "keyspace_hits")?,
+        stats_field(&info, "keyspace_misses")?,
+    ))
+}
+
+/// Commands the server has processed since it started (`INFO stats`:
+/// total_commands_processed).
+pub async fn commands_processed(conn: &mut MultiplexedConnection) -> Result<u64, ExerciseError> {
+    stats_field(&info_stats(conn).await?, "total_commands_processed")
+}
+
+async fn info_stats(conn: &mut MultiplexedConnection) -> Result<String, ExerciseError> {
+    redis::cmd("INFO")
         .arg("stats")
         .query_async(conn)
         .await
-        .doing("INFO stats")?;
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| ExerciseError(format!("INFO stats has no {name}")))
-    };
-    Ok((field("keyspace_hits")?, field("keyspace_misses")?))
+        .doing("INFO stats")
+}
+
+fn stats_field(info: &str, name: &str) -> Result<u64, ExerciseError> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| ExerciseError(format!("INFO stats has no {name}")))
 }
 
 /// The server's clock in ms (TIME), with the local instant it corresponds

@@ -166,6 +166,7 @@ impl Stack {
             }
         }
         let services = try_join_all(jobs).await?;
+        bootstrap(engine, lab, &network, &services, reporter).await?;
         Ok(Stack {
             engine: engine.clone(),
             run_id: run_id.to_string(),
@@ -190,6 +191,74 @@ impl Stack {
             .filter(|s| s.service == name || s.instance == name)
             .collect()
     }
+}
+
+/// Runs the bootstrap step of every service whose kind has one (Redis
+/// Cluster), once all its instances are ready, within its readiness
+/// deadline.
+async fn bootstrap(
+    engine: &Engine,
+    lab: &Lab,
+    network: &str,
+    services: &[Started],
+    reporter: &dyn Reporter,
+) -> Result<(), EnvError> {
+    for plan in &lab.services {
+        let kind = catalog::kind(&plan.kind).expect("validated kind");
+        let Some(what) = kind.bootstrap_step() else {
+            continue;
+        };
+        reporter.event(&Event::Bootstrapping {
+            lab: lab.name.clone(),
+            service: plan.name.clone(),
+            what: what.to_string(),
+        });
+        let started_at = Instant::now();
+        let mut members = Vec::new();
+        for s in services.iter().filter(|s| s.service == plan.name) {
+            members.push(catalog::Member {
+                endpoint: s.endpoint.clone(),
+                address: address_on(engine, &s.container, network).await?,
+            });
+        }
+        let failed = |why: String| {
+            EnvError::new(format!("`{}`: {what} failed: {why}", plan.name))
+        };
+        tokio::time::timeout(plan.ready_timeout, kind.bootstrap(&members))
+            .await
+            .map_err(|_| {
+                failed(format!(
+                    "not done after {:.1} s",
+                    plan.ready_timeout.as_secs_f64()
+                ))
+            })?
+            .map_err(failed)?;
+        reporter.event(&Event::Bootstrapped {
+            lab: lab.name.clone(),
+            service: plan.name.clone(),
+            what: what.to_string(),
+            ms: started_at.elapsed().as_millis() as u64,
+        });
+    }
+    Ok(())
+}
+
+/// A container's IP address on `network`.
+async fn address_on(engine: &Engine, container: &str, network: &str) -> Result<String, EnvError> {
+    let info = engine
+        .docker
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(|e| EnvError::new(format!("cannot inspect {container}: {e}")))?;
+    info.network_settings
+        .and_then(|n| n.networks)
+        .and_then(|mut n| n.remove(network))
+        .and_then(|e| e.ip_address)
+        .filter(|ip| !ip.is_empty())
+        .ok_or_else(|| EnvError::new(format!("{container} has no address on {network}")))
 }
 
 /// Whether the lab cuts services off the lab network (`disconnect`,

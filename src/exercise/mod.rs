@@ -23,6 +23,7 @@ pub mod queue_vs_pubsub;
 pub mod rate_limit;
 pub mod redis_lock;
 pub mod replica_reads;
+pub mod sentinel_failover;
 pub mod smoke;
 pub mod sql_transfers;
 
@@ -567,6 +568,7 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &capacity::Capacity,
     &replica_reads::ReplicaReads,
     &cap_partition::CapPartition,
+    &sentinel_failover::SentinelFailover,
     &sql_transfers::SqlTransfers,
     &etcd_consensus::EtcdConsensus,
     &cache_patterns::CachePatterns,

@@ -568,6 +568,23 @@ impl Progress {
                     format_ms(*ms)
                 ),
             },
+            Event::Bootstrapping { lab, service, what } => Action::Spin {
+                key: format!("bootstrap:{lab}/{service}"),
+                msg: format!("{service}: {what}"),
+            },
+            Event::Bootstrapped {
+                lab,
+                service,
+                what,
+                ms,
+            } => Action::Done {
+                key: format!("bootstrap:{lab}/{service}"),
+                line: format!(
+                    "{} {service}: {what} in {}",
+                    self.mark(Verdict::Pass),
+                    format_ms(*ms)
+                ),
+            },
             Event::RoundStarted { lab, round, rounds } => {
                 Action::Line(st.bold(&format!("round {round}/{rounds} of {lab}")))
             }
@@ -741,6 +758,8 @@ fn event_lab(event: &Event) -> Option<&str> {
         Event::LabStarted { lab, .. }
         | Event::ServiceStarting { lab, .. }
         | Event::ServiceReady { lab, .. }
+        | Event::Bootstrapping { lab, .. }
+        | Event::Bootstrapped { lab, .. }
         | Event::RoundStarted { lab, .. }
         | Event::ScenarioStarted { lab, .. }
         | Event::ScenarioFinished { lab, .. }
