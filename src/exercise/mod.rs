@@ -11,6 +11,7 @@ pub mod cache_eviction;
 pub mod cache_patterns;
 pub mod cap_partition;
 pub mod capacity;
+pub mod cluster_sharding;
 pub mod consistent_hashing;
 pub mod etcd_consensus;
 pub mod event_pipeline;
@@ -569,6 +570,7 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &replica_reads::ReplicaReads,
     &cap_partition::CapPartition,
     &sentinel_failover::SentinelFailover,
+    &cluster_sharding::ClusterSharding,
     &sql_transfers::SqlTransfers,
     &etcd_consensus::EtcdConsensus,
     &cache_patterns::CachePatterns,

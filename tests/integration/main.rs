@@ -27,6 +27,7 @@ mod repeat;
 mod replication;
 mod scaling_capacity;
 mod scaling_databases;
+mod sharding;
 mod teardown;
 mod techniques;
 mod validation;
