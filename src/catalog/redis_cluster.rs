@@ -34,10 +34,7 @@ impl ServiceKind for RedisCluster {
 
     fn prepare(&self, plan: &mut ContainerPlan) {
         let cmd = plan.cmd.get_or_insert_with(Vec::new);
-        cmd.extend([
-            "--cluster-announce-hostname".into(),
-            plan.instance.clone(),
-        ]);
+        cmd.extend(["--cluster-announce-hostname".into(), plan.instance.clone()]);
     }
 
     fn bootstrap_step(&self) -> Option<&'static str> {

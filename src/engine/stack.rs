@@ -221,9 +221,7 @@ async fn bootstrap(
                 address: address_on(engine, &s.container, network).await?,
             });
         }
-        let failed = |why: String| {
-            EnvError::new(format!("`{}`: {what} failed: {why}", plan.name))
-        };
+        let failed = |why: String| EnvError::new(format!("`{}`: {what} failed: {why}", plan.name));
         tokio::time::timeout(plan.ready_timeout, kind.bootstrap(&members))
             .await
             .map_err(|_| {

@@ -84,20 +84,8 @@ impl Exercise for ClusterSharding {
                 3_000,
                 "keys written (spread) or increments (hot-key), over all clients",
             ),
-            ParamSpec::int(
-                "slot_keys",
-                10,
-                100_000,
-                2_000,
-                "keys in the migrated slot",
-            ),
-            ParamSpec::int(
-                "migrate_batch",
-                1,
-                10_000,
-                20,
-                "keys per MIGRATE",
-            ),
+            ParamSpec::int("slot_keys", 10, 100_000, 2_000, "keys in the migrated slot"),
+            ParamSpec::int("migrate_batch", 1, 10_000, 20, "keys per MIGRATE"),
         ]
     }
 
@@ -383,8 +371,8 @@ async fn migrate(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, ExerciseE
             .map_err(|e| ExerciseError(format!("writing the slot's keys: {e}")))?;
         written.push(key);
     }
-    let map = SlotMap::read(&mut client::connect(cluster.node(&cluster.primaries[0])?).await?)
-        .await?;
+    let map =
+        SlotMap::read(&mut client::connect(cluster.node(&cluster.primaries[0])?).await?).await?;
     let source = map
         .owner(the_slot)
         .ok_or_else(|| ExerciseError(format!("no primary serves slot {the_slot}")))?
@@ -509,7 +497,13 @@ async fn move_slot(
         .iter()
         .filter(|p| *p != source && *p != target)
     {
-        setslot(&mut client::connect(cluster.node(p)?).await?, slot, "NODE", &to_id).await?;
+        setslot(
+            &mut client::connect(cluster.node(p)?).await?,
+            slot,
+            "NODE",
+            &to_id,
+        )
+        .await?;
     }
     Ok(())
 }

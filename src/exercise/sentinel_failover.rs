@@ -61,7 +61,11 @@ impl Exercise for SentinelFailover {
 
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::text("primary", "primary", "the Redis primary the Sentinels watch"),
+            ParamSpec::text(
+                "primary",
+                "primary",
+                "the Redis primary the Sentinels watch",
+            ),
             ParamSpec::text(
                 "replica",
                 "replica",
@@ -102,13 +106,7 @@ impl Exercise for SentinelFailover {
                 100,
                 "writes a new primary must acknowledge before the writer stops",
             ),
-            ParamSpec::int(
-                "interval_ms",
-                0,
-                1_000,
-                5,
-                "pause between writes",
-            ),
+            ParamSpec::int("interval_ms", 0, 1_000, 5, "pause between writes"),
             ParamSpec::int(
                 "request_timeout_ms",
                 100,
@@ -162,7 +160,10 @@ impl Exercise for SentinelFailover {
                     "down_after_ms",
                     "the Sentinels' down-after-milliseconds, as they report it",
                 ),
-                ObsSpec::text("promoted", "the instance Sentinel names as primary at the end"),
+                ObsSpec::text(
+                    "promoted",
+                    "the instance Sentinel names as primary at the end",
+                ),
             ]
         }
     }
@@ -192,7 +193,7 @@ impl Exercise for SentinelFailover {
         ctx.mark(FAILED_OVER);
         let switch_ms = switches.first_after(written.marked_at);
         let promoted = lab.primary_now().await?;
-        let lost = lab.lost(&promoted, &written.acked).await?;
+        let lost = lab.lost(promoted, &written.acked).await?;
         let mut obs = written.observe();
         obs.insert("acked_lost".into(), Value::from(lost));
         obs.insert("down_after_ms".into(), Value::from(down_after_ms));
@@ -272,7 +273,10 @@ impl<'a> Topology<'a> {
             let source = s.service.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some((_, host)) = switches.next().await {
-                    first.lock().expect("switch").get_or_insert_with(Instant::now);
+                    first
+                        .lock()
+                        .expect("switch")
+                        .get_or_insert_with(Instant::now);
                     timeline.record(&source, format!("+switch-master {host}"));
                     latest.send_replace(host);
                 }
@@ -332,7 +336,9 @@ impl SwitchLog {
     fn first_after(&self, from: Option<Instant>) -> Option<f64> {
         let first = (*self.first.lock().expect("switch"))?;
         let from = from?;
-        Some(round2(first.saturating_duration_since(from).as_secs_f64() * 1000.0))
+        Some(round2(
+            first.saturating_duration_since(from).as_secs_f64() * 1000.0,
+        ))
     }
 }
 
@@ -498,7 +504,9 @@ impl Written {
     fn observe(&self) -> Observations {
         let ms_since = |t: Option<Instant>| {
             let (from, to) = (self.marked_at?, t?);
-            Some(round2(to.saturating_duration_since(from).as_secs_f64() * 1000.0))
+            Some(round2(
+                to.saturating_duration_since(from).as_secs_f64() * 1000.0,
+            ))
         };
         Observations::from([
             ("writes_acked".into(), Value::from(self.acked.len())),

@@ -258,6 +258,17 @@ fn validate_services(v: &mut Validator, raw: &RawLab) -> Vec<ServicePlan> {
             v.error(image.referenced, "image must not be empty");
         }
         let limits = limits(v, cpus.as_ref(), memory.as_ref());
+        let nodes_at = replicas
+            .as_ref()
+            .map_or(service.referenced, |r| r.referenced);
+        topology(
+            v,
+            raw,
+            &kind.value,
+            env,
+            (replicas_n, nodes_at),
+            service.referenced,
+        );
         let mut mounts = BTreeMap::new();
         for (target, source) in files {
             let rel = Path::new(&source.value);
@@ -295,6 +306,66 @@ fn validate_services(v: &mut Validator, raw: &RawLab) -> Vec<ServicePlan> {
         });
     }
     plans
+}
+
+/// The environment that ties Redis services together or shapes a cluster:
+/// `REDIS_REPLICA_OF` and a Sentinel's `SENTINEL_MONITOR` name a redis
+/// service of the lab; a Redis Cluster's nodes split into primaries with
+/// `CLUSTER_REPLICAS` replicas each.
+fn topology(
+    v: &mut Validator,
+    raw: &RawLab,
+    kind: &str,
+    env: &indexmap::IndexMap<String, String>,
+    (nodes, nodes_at): (u32, Location),
+    at: Location,
+) {
+    let is_redis = |name: &str| {
+        raw.services
+            .value
+            .get(name)
+            .is_some_and(|s| s.value.kind.value == "redis")
+    };
+    let named = match kind {
+        "redis" => env.get(catalog::redis::REPLICA_OF).map(|p| {
+            let host = p.split_once(':').map_or(p.as_str(), |(h, _)| h);
+            (catalog::redis::REPLICA_OF, host.to_string())
+        }),
+        "redis-sentinel" => Some((
+            catalog::sentinel::MONITOR,
+            env.get(catalog::sentinel::MONITOR)
+                .or_else(|| catalog::spec(kind).env.get(catalog::sentinel::MONITOR))
+                .cloned()
+                .unwrap_or_default(),
+        )),
+        _ => None,
+    };
+    if let Some((var, target)) = named
+        && !is_redis(&target)
+    {
+        v.error(
+            at,
+            format!("{var} names `{target}`, which is no redis service of the lab"),
+        );
+    }
+    if kind == "redis-cluster" {
+        let var = catalog::redis_cluster::REPLICAS;
+        let per_primary = env
+            .get(var)
+            .or_else(|| catalog::spec(kind).env.get(var))
+            .map(|r| r.trim().parse::<u32>());
+        match per_primary {
+            Some(Ok(r)) if nodes.is_multiple_of(r + 1) => {}
+            Some(Ok(r)) => v.error(
+                nodes_at,
+                format!(
+                    "{nodes} redis-cluster nodes do not split into primaries with {r} replica(s) each: use a multiple of {} (`replicas:`)",
+                    r + 1
+                ),
+            ),
+            _ => v.error(at, format!("{var} must be a number of replicas per primary")),
+        }
+    }
 }
 
 /// A service's `cpus:` (more than 0, at most 64) and `memory:` (at least

@@ -98,6 +98,20 @@ const MISTAKES: &[(&str, &str, &str, &str, &str)] = &[
         "not a memory size",
     ),
     (
+        "a replica of no redis service",
+        "kind: redis }",
+        "kind: redis, env: { REDIS_REPLICA_OF: nowhere } }",
+        "6:10",
+        "REDIS_REPLICA_OF names `nowhere`, which is no redis service of the lab",
+    ),
+    (
+        "Redis Cluster nodes that split into no primaries",
+        "kind: redis }",
+        "kind: redis-cluster, replicas: 3 }",
+        "6:43",
+        "3 redis-cluster nodes do not split into primaries with 1 replica(s) each",
+    ),
+    (
         "memory limit below Docker's minimum",
         "kind: redis }",
         "kind: redis, memory: 4m }",

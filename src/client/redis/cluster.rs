@@ -47,7 +47,7 @@ pub fn slot(key: &str) -> u16 {
 pub async fn create(members: &[Member], per_primary: usize) -> Result<(), String> {
     let n = members.len();
     let primaries = n / (per_primary + 1);
-    if primaries == 0 || n % (per_primary + 1) != 0 {
+    if primaries == 0 || !n.is_multiple_of(per_primary + 1) {
         return Err(format!(
             "{n} nodes do not split into primaries with {per_primary} replica(s) each: use a multiple of {}",
             per_primary + 1
@@ -78,7 +78,11 @@ pub async fn create(members: &[Member], per_primary: usize) -> Result<(), String
     // Distinct epochs before the nodes meet, or they would have to resolve
     // the collision among themselves first.
     for (i, conn) in conns.iter_mut().enumerate() {
-        query::<()>(conn, redis::cmd("CLUSTER").arg("SET-CONFIG-EPOCH").arg(i + 1)).await?;
+        query::<()>(
+            conn,
+            redis::cmd("CLUSTER").arg("SET-CONFIG-EPOCH").arg(i + 1),
+        )
+        .await?;
     }
     for conn in conns.iter_mut().skip(1) {
         query::<()>(
@@ -169,10 +173,7 @@ async fn until(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "waited {} s for {what}",
-                AGREE_DEADLINE.as_secs()
-            ));
+            return Err(format!("waited {} s for {what}", AGREE_DEADLINE.as_secs()));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -330,7 +331,9 @@ impl Router {
     async fn conn(&mut self, node: &str) -> Result<&mut MultiplexedConnection, ExerciseError> {
         if !self.conns.contains_key(node) {
             let endpoint = self.nodes.get(node).ok_or_else(|| {
-                ExerciseError(format!("a redirect named `{node}`, which is no node of the lab"))
+                ExerciseError(format!(
+                    "a redirect named `{node}`, which is no node of the lab"
+                ))
             })?;
             let conn = connect(endpoint).await?;
             self.conns.insert(node.to_string(), conn);

@@ -37,12 +37,16 @@ pub async fn probe(endpoint: &Endpoint) -> Result<(), String> {
 
 /// The name of the primary a Sentinel watches (its `SENTINEL_MONITOR`).
 pub fn watched(endpoint: &Endpoint) -> Result<&str, ExerciseError> {
-    endpoint.env.get(MONITOR).map(String::as_str).ok_or_else(|| {
-        ExerciseError(format!(
-            "`{}` has no {MONITOR} in its environment",
-            endpoint.service
-        ))
-    })
+    endpoint
+        .env
+        .get(MONITOR)
+        .map(String::as_str)
+        .ok_or_else(|| {
+            ExerciseError(format!(
+                "`{}` has no {MONITOR} in its environment",
+                endpoint.service
+            ))
+        })
 }
 
 /// `SENTINEL get-master-addr-by-name`: the host the Sentinel currently
@@ -133,10 +137,7 @@ pub struct Watch<'a> {
 
 impl Watch<'_> {
     /// The settings a Sentinel was started with (its environment).
-    pub fn from_env<'a>(
-        endpoint: &'a Endpoint,
-        host: &'a str,
-    ) -> Result<Watch<'a>, ExerciseError> {
+    pub fn from_env<'a>(endpoint: &'a Endpoint, host: &'a str) -> Result<Watch<'a>, ExerciseError> {
         let number = |var: &str| -> Result<u64, ExerciseError> {
             endpoint
                 .env
@@ -163,9 +164,7 @@ impl Watch<'_> {
             .query_async(conn)
             .await;
         match done {
-            Err(e) if !e.to_string().contains("No such master") => {
-                Err(e).doing("SENTINEL REMOVE")
-            }
+            Err(e) if !e.to_string().contains("No such master") => Err(e).doing("SENTINEL REMOVE"),
             _ => Ok(()),
         }
     }
