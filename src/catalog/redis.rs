@@ -47,6 +47,11 @@ impl ServiceKind for Redis {
             plan.cmd = Some(cmd);
         }
         let cmd = plan.cmd.get_or_insert_with(Vec::new);
+        // Flags go to Redis only: a lab's own command may be another
+        // program altogether (a service that never answers, in a test).
+        if !cmd.first().is_some_and(|p| p.ends_with("redis-server")) {
+            return;
+        }
         cmd.extend(["--replica-announce-ip".into(), plan.instance.clone()]);
         if let Some(primary) = plan.env.get(REPLICA_OF) {
             let (host, port) = primary.split_once(':').unwrap_or((primary, "6379"));
@@ -124,6 +129,13 @@ mod tests {
                 "6380"
             ]
         );
+    }
+
+    #[test]
+    fn another_program_gets_no_redis_flags() {
+        let mut other = plan(Some(&["sleep", "60"]), true, &[(REPLICA_OF, "p")]);
+        Redis.prepare(&mut other);
+        assert_eq!(other.cmd.unwrap(), ["sleep", "60"]);
     }
 
     #[test]

@@ -303,8 +303,64 @@ struct Networks<'a> {
     dns: Option<&'a str>,
 }
 
+/// Attempts at starting one container when its reserved host port was
+/// taken before Docker bound it.
+const PORT_ATTEMPTS: u32 = 3;
+
+/// Starts one instance; when another process took a reserved host port in
+/// the moment between reserving and binding it (concurrent runs pick
+/// ephemeral ports too), removes the container and tries with new ports.
 #[allow(clippy::too_many_arguments)]
 async fn start_one(
+    engine: &Engine,
+    run_id: &str,
+    lab: &str,
+    networks: Networks<'_>,
+    plan: &ServicePlan,
+    instance: String,
+    image: &str,
+    opts: StackOptions,
+    reporter: &dyn Reporter,
+) -> Result<Started, EnvError> {
+    let mut attempt = 1;
+    loop {
+        let started = start_attempt(
+            engine,
+            run_id,
+            lab,
+            networks,
+            plan,
+            instance.clone(),
+            image,
+            opts,
+            reporter,
+        )
+        .await;
+        match started {
+            Err(e) if e.message.contains(PORT_BUSY) && attempt < PORT_ATTEMPTS => {
+                tracing::info!(%instance, attempt, "host port taken meanwhile; new ports");
+                let container = format!("infralab-{run_id}-{instance}");
+                let force = RemoveContainerOptionsBuilder::default().force(true).build();
+                if let Err(e) = engine
+                    .docker
+                    .remove_container(&container, Some(force))
+                    .await
+                    && !already_done(&e)
+                {
+                    return Err(EnvError::new(format!("cannot remove {container}: {e}")));
+                }
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What a start that lost its host port says.
+const PORT_BUSY: &str = "a host port is busy";
+
+#[allow(clippy::too_many_arguments)]
+async fn start_attempt(
     engine: &Engine,
     run_id: &str,
     lab: &str,
@@ -475,7 +531,7 @@ async fn start_one(
             let text = e.to_string();
             if text.contains("already allocated") || text.contains("address already in use") {
                 EnvError::hint(
-                    format!("cannot start `{instance}`: a host port is busy ({text})"),
+                    format!("cannot start `{instance}`: {PORT_BUSY} ({text})"),
                     "free the port or run again (infralab picks new ephemeral ports each run)",
                 )
             } else {
