@@ -13,15 +13,22 @@
 //!   slot to another primary, as `redis-cli --cluster reshard` does
 //!   (`CLUSTER SETSLOT … IMPORTING/MIGRATING`, `MIGRATE` in batches of
 //!   `migrate_batch`, `CLUSTER SETSLOT … NODE`); afterwards every key the
-//!   slot should hold is looked up.
+//!   slot should hold is looked up;
+//! - `primary-down`: distinct keys written while the lab kills a primary,
+//!   until its slots take writes again (its replica promoted), each write
+//!   counted by the primary that owned its slot at the start.
+//!
+//! The primaries the cluster was made with are made primaries again first,
+//! where an earlier scenario's kill left them replicas.
 //!
 //! Every workload also counts the commands each primary processed during it
 //! (`INFO stats`), so the busiest primary's share of the load is measured
 //! where the load landed.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
@@ -32,10 +39,16 @@ use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observati
 use crate::catalog::Endpoint;
 use crate::client::redis as client;
 use crate::client::redis::cluster::{Redirects, Router, RouterCounts, SlotMap, slot};
-use crate::stats::{ratio, round4};
+use crate::stats::{ratio, round2, round4};
 
 /// Recorded when the clients start.
 pub const WORKING: &str = "working";
+
+/// Recorded once the clients' writes go through (`primary-down`).
+pub const WRITING: &str = "writing";
+
+/// How long a node that was a primary may take to be one again.
+const RESTORE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Recorded when a migrated slot is served by its new primary.
 pub const MIGRATED: &str = "migrated";
@@ -72,9 +85,9 @@ impl Exercise for ClusterSharding {
             ),
             ParamSpec::choice(
                 "workload",
-                &["spread", "hot-key", "migrate"],
+                &["spread", "hot-key", "migrate", "primary-down"],
                 "spread",
-                "distinct keys, one key, or one slot's keys while that slot moves",
+                "distinct keys, one key, one slot's keys while that slot moves, or distinct keys while the lab kills a primary",
             ),
             ParamSpec::int("clients", 1, 64, 4, "clients at once"),
             ParamSpec::int(
@@ -85,6 +98,20 @@ impl Exercise for ClusterSharding {
                 "keys written (spread) or increments (hot-key), over all clients",
             ),
             ParamSpec::int("slot_keys", 10, 100_000, 2_000, "keys in the migrated slot"),
+            ParamSpec::int(
+                "after_writes",
+                1,
+                100_000,
+                100,
+                "writes a killed primary's slots must take again before the clients stop (primary-down)",
+            ),
+            ParamSpec::int(
+                "give_up_ms",
+                1_000,
+                300_000,
+                30_000,
+                "how long after `writing` the clients wait for that (primary-down)",
+            ),
             ParamSpec::int("migrate_batch", 1, 10_000, 20, "keys per MIGRATE"),
         ]
     }
@@ -113,6 +140,30 @@ impl Exercise for ClusterSharding {
                     "keys_lost",
                     "keys acknowledged to a client (or written before a migration) that a lookup does not find",
                 ),
+                ObsSpec::text(
+                    "down_primary",
+                    "the primary whose slots failed (primary-down)",
+                ),
+                ObsSpec::number(
+                    "down_errors",
+                    "writes to its slots that failed (primary-down)",
+                ),
+                ObsSpec::number(
+                    "down_writes_after",
+                    "writes to its slots that succeeded after the first failure (primary-down)",
+                ),
+                ObsSpec::number(
+                    "other_errors",
+                    "writes to the other primaries' slots that failed (primary-down)",
+                ),
+                ObsSpec::number(
+                    "slots_back_ms",
+                    "from the first failed write to its slots until the first that succeeded again (primary-down)",
+                ),
+                ObsSpec::number(
+                    "node_timeout_ms",
+                    "the nodes' cluster-node-timeout (primary-down)",
+                ),
                 ObsSpec::flag(
                     "slot_moved",
                     "the migrated slot is served by its new primary (migrate)",
@@ -125,6 +176,10 @@ impl Exercise for ClusterSharding {
         const {
             &[
                 Milestone::new(WORKING, "the clients start"),
+                Milestone::new(
+                    WRITING,
+                    "the clients' writes go through; the lab kills a primary after it (primary-down)",
+                ),
                 Milestone::new(MIGRATED, "the slot is served by its new primary (migrate)"),
             ]
         }
@@ -132,17 +187,19 @@ impl Exercise for ClusterSharding {
 
     async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
         let cluster = Cluster::from_ctx(ctx).await?;
-        let before = cluster.commands().await?;
+        let before = cluster.commands().await;
         let mut obs = match ctx.text("workload") {
             "hot-key" => hot_key(ctx, &cluster).await?,
             "migrate" => migrate(ctx, &cluster).await?,
+            "primary-down" => primary_down(ctx, &cluster).await?,
             _ => spread(ctx, &cluster).await?,
         };
-        let after = cluster.commands().await?;
+        // A primary the lab killed answers neither count: it is left out.
+        let after = cluster.commands().await;
         let load: Vec<f64> = after
             .iter()
             .zip(&before)
-            .map(|(a, b)| a.saturating_sub(*b) as f64)
+            .filter_map(|(a, b)| Some(a.as_ref()?.saturating_sub(*b.as_ref()?) as f64))
             .collect();
         let busiest = load.iter().copied().fold(0.0, f64::max);
         obs.insert(
@@ -164,13 +221,21 @@ struct Cluster {
 
 impl Cluster {
     async fn from_ctx(ctx: &Ctx) -> Result<Cluster, ExerciseError> {
-        let nodes: BTreeMap<String, Endpoint> = ctx
-            .instances(ctx.text("cluster"), "redis-cluster", "cluster")?
+        let mut instances = ctx.instances(ctx.text("cluster"), "redis-cluster", "cluster")?;
+        instances.sort_by_key(|e| number(&e.service));
+        let first = instances[0];
+        let map = SlotMap::read(&mut client::connect(first).await?).await?;
+        // The cluster was made with the first instances as primaries; a
+        // primary an earlier scenario killed came back as a replica.
+        let primaries = map.primaries().len();
+        for node in instances.iter().take(primaries) {
+            restore_primary(node).await?;
+        }
+        let map = SlotMap::read(&mut client::connect(first).await?).await?;
+        let nodes: BTreeMap<String, Endpoint> = instances
             .into_iter()
             .map(|e| (e.service.clone(), e.clone()))
             .collect();
-        let first = nodes.values().next().expect("instances are never empty");
-        let map = SlotMap::read(&mut client::connect(first).await?).await?;
         let mode = match ctx.text("client") {
             "naive" => Redirects::Naive,
             "moved-only" => Redirects::MovedOnly,
@@ -200,14 +265,21 @@ impl Cluster {
         Router::new(self.nodes.clone(), Redirects::Follow).await
     }
 
-    /// Commands each primary has processed since it started.
-    async fn commands(&self) -> Result<Vec<u64>, ExerciseError> {
+    /// Commands each primary has processed since it started (`None`: it
+    /// does not answer).
+    async fn commands(&self) -> Vec<Option<u64>> {
         let mut all = Vec::new();
         for p in &self.primaries {
-            let mut conn = client::connect(self.node(p)?).await?;
-            all.push(client::commands_processed(&mut conn).await?);
+            let count = match self.node(p) {
+                Ok(endpoint) => match client::connect(endpoint).await {
+                    Ok(mut conn) => client::commands_processed(&mut conn).await.ok(),
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            };
+            all.push(count);
         }
-        Ok(all)
+        all
     }
 
     /// Keys of this scenario on each primary, counted there.
@@ -218,6 +290,47 @@ impl Cluster {
             all.push(count_keys(&mut conn, &format!("{}:*", self.namespace)).await?);
         }
         Ok(all)
+    }
+}
+
+/// The number after an instance's last dash (`shard-10` → 10), for order.
+fn number(instance: &str) -> u32 {
+    instance
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Makes `node` a primary again if it is a replica, with a manual failover
+/// (`CLUSTER FAILOVER`: its primary stops taking writes until the replica
+/// has caught up, so nothing is lost), once it is in sync.
+async fn restore_primary(node: &Endpoint) -> Result<(), ExerciseError> {
+    let mut conn = client::connect(node).await?;
+    if client::replication(&mut conn).await?.role != "slave" {
+        return Ok(());
+    }
+    let what = format!("`{}`", node.service);
+    client::until_in_sync(&mut conn, RESTORE_DEADLINE, &what).await?;
+    let deadline = Instant::now() + RESTORE_DEADLINE;
+    loop {
+        // Retried: a manual failover gives up after 5 s without catching up.
+        let _: Result<(), _> = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query_async(&mut conn)
+            .await;
+        let until = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < until {
+            if client::replication(&mut conn).await?.role == "master" {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if Instant::now() > deadline {
+            return Err(ExerciseError(format!(
+                "{what} did not become a primary again within {} s",
+                RESTORE_DEADLINE.as_secs()
+            )));
+        }
     }
 }
 
@@ -356,6 +469,158 @@ async fn hot_key(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, ExerciseE
     Ok(tally.observe())
 }
 
+/// What the clients saw of one primary's slots (by the owner when the
+/// workload started).
+#[derive(Default, Clone, Copy)]
+struct Shard {
+    errors: u64,
+    first_error: Option<Instant>,
+    back_at: Option<Instant>,
+    writes_after: u64,
+}
+
+/// Distinct keys written by every client while the lab kills a primary,
+/// until one primary's slots failed and then took `after_writes` writes
+/// again, or `give_up_ms` after `writing`.
+async fn primary_down(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, ExerciseError> {
+    let first = cluster.node(&cluster.primaries[0])?;
+    let start_map = SlotMap::read(&mut client::connect(first).await?).await?;
+    let node_timeout_ms = node_timeout(first).await?;
+    let after = ctx.int("after_writes") as u64;
+    let give_up = Duration::from_millis(ctx.int("give_up_ms") as u64);
+    let shards: Arc<Mutex<BTreeMap<String, Shard>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let (ns, map_ref) = (&cluster.namespace, &start_map);
+    let work = clients(ctx, cluster, |c, mut router| {
+        let (done, ops, shards) = (done.clone(), ops.clone(), shards.clone());
+        async move {
+            let mut t = Tally::default();
+            let mut i = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let key = format!("{ns}:d:{c}:{i}");
+                let owner = map_ref.owner(slot(&key)).unwrap_or("?").to_string();
+                t.requests += 1;
+                let sent = Instant::now();
+                let ok = router
+                    .query::<()>(&key, redis::cmd("SET").arg(&key).arg(i))
+                    .await
+                    .is_ok();
+                let failed = record(&shards, owner, ok, sent);
+                if ok {
+                    t.acked.push(key);
+                }
+                if failed {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                ops.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            t.counts = router.counts;
+            t
+        }
+    });
+    let watch = async {
+        while ops.load(Ordering::Relaxed) < BEFORE_MIGRATION {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        ctx.mark(WRITING);
+        let marked = Instant::now();
+        while marked.elapsed() < give_up {
+            let recovered = shards
+                .lock()
+                .expect("shards")
+                .values()
+                .any(|s| s.writes_after >= after);
+            if recovered {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        done.store(true, Ordering::Relaxed);
+    };
+    let (tally, ()) = tokio::join!(work, watch);
+    let tally = tally?;
+    let shards = std::mem::take(&mut *shards.lock().expect("shards"));
+    let lost = missing(cluster, &tally.acked).await?;
+    Ok(down_observations(&tally, &shards, node_timeout_ms, lost))
+}
+
+/// Counts one write, sent at `sent`, against the shard that owned its slot
+/// at the start; `true` when it failed. A success counts as the shard being
+/// back only when it was sent after the shard's first failure was seen
+/// (another client's answer may arrive just after that failure).
+fn record(shards: &Mutex<BTreeMap<String, Shard>>, owner: String, ok: bool, sent: Instant) -> bool {
+    let now = Instant::now();
+    let mut all = shards.lock().expect("shards");
+    let shard = all.entry(owner).or_default();
+    if ok {
+        if shard.first_error.is_some_and(|first| sent > first) {
+            shard.back_at.get_or_insert(now);
+            shard.writes_after += 1;
+        }
+    } else {
+        shard.errors += 1;
+        shard.first_error.get_or_insert(now);
+    }
+    !ok
+}
+
+/// The observations of `primary-down`: the shard with the most errors is
+/// the one that went down.
+fn down_observations(
+    tally: &Tally,
+    shards: &BTreeMap<String, Shard>,
+    node_timeout_ms: u64,
+    lost: u64,
+) -> Observations {
+    let victim = shards
+        .iter()
+        .filter(|(_, s)| s.errors > 0)
+        .max_by_key(|(_, s)| s.errors)
+        .map(|(name, s)| (name.clone(), *s));
+    let others: u64 = shards
+        .iter()
+        .filter(|(name, _)| victim.as_ref().is_none_or(|(v, _)| v != *name))
+        .map(|(_, s)| s.errors)
+        .sum();
+    let back_ms = victim.as_ref().and_then(|(_, s)| {
+        let gap = s.back_at?.saturating_duration_since(s.first_error?);
+        Some(round2(gap.as_secs_f64() * 1000.0))
+    });
+    let mut obs = tally.observe();
+    obs.insert("keys_lost".into(), Value::from(lost));
+    obs.insert("node_timeout_ms".into(), Value::from(node_timeout_ms));
+    obs.insert(
+        "down_primary".into(),
+        Value::from(victim.as_ref().map(|(name, _)| name.clone())),
+    );
+    obs.insert(
+        "down_errors".into(),
+        Value::from(victim.as_ref().map_or(0, |(_, s)| s.errors)),
+    );
+    obs.insert(
+        "down_writes_after".into(),
+        Value::from(victim.as_ref().map_or(0, |(_, s)| s.writes_after)),
+    );
+    obs.insert("other_errors".into(), Value::from(others));
+    obs.insert("slots_back_ms".into(), Value::from(back_ms));
+    obs
+}
+
+/// A node's `cluster-node-timeout`.
+async fn node_timeout(node: &Endpoint) -> Result<u64, ExerciseError> {
+    let (_, value): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("cluster-node-timeout")
+        .query_async(&mut client::connect(node).await?)
+        .await
+        .doing("CONFIG GET cluster-node-timeout")?;
+    value
+        .parse()
+        .map_err(|_| ExerciseError(format!("cluster-node-timeout is {value:?}")))
+}
+
 /// One slot's keys read and added to while the slot moves.
 async fn migrate(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, ExerciseError> {
     let tag = format!("{{{}}}", cluster.namespace);
@@ -416,7 +681,7 @@ async fn migrate(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, ExerciseE
     });
     let mover = async {
         while ops.load(Ordering::Relaxed) < BEFORE_MIGRATION {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let moved = move_slot(ctx, cluster, the_slot, &source, &target).await;
         if moved.is_ok() {
@@ -425,7 +690,7 @@ async fn migrate(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, ExerciseE
         // A little traffic after the move, to follow MOVED too.
         let after = ops.load(Ordering::Relaxed) + BEFORE_MIGRATION;
         while ops.load(Ordering::Relaxed) < after {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         done.store(true, Ordering::Relaxed);
         moved

@@ -291,16 +291,21 @@ pub struct Router {
     conns: HashMap<String, MultiplexedConnection>,
     owners: Vec<String>,
     mode: Redirects,
+    last_refresh: Option<Instant>,
     /// What it has seen so far.
     pub counts: RouterCounts,
 }
+
+/// How often a router may reload its slot map while a node is unreachable.
+const REFRESH_EVERY: Duration = Duration::from_millis(100);
 
 /// Redirects one command may follow before it is an error.
 const MAX_REDIRECTS: usize = 5;
 
 impl Router {
     /// A router over `nodes` (instance name → endpoint), with the slot map
-    /// of the first node (a naive one sends everything there).
+    /// of the first node that answers (a naive one sends everything to the
+    /// first node).
     pub async fn new(
         nodes: BTreeMap<String, Endpoint>,
         mode: Redirects,
@@ -315,17 +320,60 @@ impl Router {
             conns: HashMap::new(),
             owners: vec![first.clone(); usize::from(SLOTS)],
             mode,
+            last_refresh: None,
             counts: RouterCounts::default(),
         };
         if mode != Redirects::Naive {
-            let map = SlotMap::read(router.conn(&first).await?).await?;
-            for slot in 0..SLOTS {
-                if let Some(owner) = map.owner(slot) {
-                    router.owners[usize::from(slot)] = owner.to_string();
+            router.refresh(None).await?;
+        }
+        Ok(router)
+    }
+
+    /// Reloads the slot map from the first node that answers, but `except`.
+    async fn refresh(&mut self, except: Option<&str>) -> Result<(), ExerciseError> {
+        self.last_refresh = Some(Instant::now());
+        let names: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|n| Some(n.as_str()) != except)
+            .cloned()
+            .collect();
+        let mut why = ExerciseError("no cluster node answers".into());
+        for name in names {
+            let read = match self.conn(&name).await {
+                Ok(conn) => SlotMap::read(conn).await,
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(map) => {
+                    for slot in 0..SLOTS {
+                        if let Some(owner) = map.owner(slot) {
+                            self.owners[usize::from(slot)] = owner.to_string();
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.conns.remove(&name);
+                    why = e;
                 }
             }
         }
-        Ok(router)
+        Err(why)
+    }
+
+    /// A node did not answer: its connection is dropped and, as a
+    /// cluster-aware client does, the slot map is read again elsewhere (a
+    /// dead primary sends no MOVED; only the others' map shows who took
+    /// its slots).
+    async fn unreachable(&mut self, node: &str) {
+        self.conns.remove(node);
+        let due = self
+            .last_refresh
+            .is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+        if self.mode != Redirects::Naive && due {
+            let _ = self.refresh(Some(node)).await;
+        }
     }
 
     async fn conn(&mut self, node: &str) -> Result<&mut MultiplexedConnection, ExerciseError> {
@@ -364,7 +412,13 @@ impl Router {
         let mut node = self.owners[slot].clone();
         let mut asking = false;
         for _ in 0..=MAX_REDIRECTS {
-            let conn = self.conn(&node).await.map_err(|e| e.0)?;
+            let conn = match self.conn(&node).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    self.unreachable(&node).await;
+                    return Err(e.0);
+                }
+            };
             let reply = if asking {
                 redis::pipe()
                     .cmd("ASKING")
@@ -380,6 +434,14 @@ impl Router {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_timeout()
+            {
+                self.unreachable(&node).await;
+                return Err(e.to_string());
+            }
             let code = e.code().unwrap_or_default().to_string();
             let Some((to, _)) = e.redirect_node() else {
                 return Err(e.to_string());
