@@ -409,7 +409,9 @@ impl Cluster {
     }
 
     /// Moves leadership to `name` (when it is not there already) and waits
-    /// until that member says it leads; returns its member id.
+    /// until every member names it (the others learn of a transfer a
+    /// heartbeat later, and a poll of one still naming the old leader would
+    /// read as a leader change); returns its member id.
     async fn place_leader(&self, name: &str, within: Duration) -> Result<u64, ExerciseError> {
         let target = self.member(name)?;
         let until = Instant::now() + within;
@@ -418,6 +420,7 @@ impl Cluster {
             if let Ok(s) = &status
                 && s.leader == s.member
                 && s.member != 0
+                && self.all_name(s.member).await
             {
                 return Ok(s.member);
             }
@@ -438,6 +441,16 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether every member answers and names `leader`.
+    async fn all_name(&self, leader: u64) -> bool {
+        for c in self.members.values() {
+            if !matches!(c.status().await, Ok(s) if s.leader == leader) {
+                return false;
+            }
+        }
+        true
     }
 
     /// The members the writer tries, in order: `leader` first.
