@@ -132,11 +132,7 @@ pub async fn replication(conn: &mut MultiplexedConnection) -> Result<Replication
 }
 
 fn parse_replication(info: &str) -> Replication {
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
+    let field = |name: &str| info_field(info, name);
     let role = field("role").unwrap_or_default().to_string();
     let link_status = field("master_link_status").unwrap_or_default().to_string();
     let offset_field = if role == "slave" {
@@ -254,10 +250,16 @@ async fn info_stats(conn: &mut MultiplexedConnection) -> Result<String, Exercise
 }
 
 fn stats_field(info: &str, name: &str) -> Result<u64, ExerciseError> {
+    info_field(info, name)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ExerciseError(format!("INFO stats has no {name}")))
+}
+
+/// The value of `name:value` in an `INFO` (or `CLUSTER INFO`) answer.
+pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     info.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| ExerciseError(format!("INFO stats has no {name}")))
+        .map(str::trim)
 }
 
 /// The server's clock in ms (TIME), with the local instant it corresponds

@@ -53,9 +53,9 @@ const RESTORE_DEADLINE: Duration = Duration::from_secs(30);
 /// Recorded when a migrated slot is served by its new primary.
 pub const MIGRATED: &str = "migrated";
 
-/// Operations the clients do before the migration starts, so it happens
-/// under load.
-const BEFORE_MIGRATION: u64 = 200;
+/// Operations the clients do before the migration starts or the lab kills
+/// a primary (`writing`), so either happens under load.
+const WARMUP_OPS: u64 = 200;
 
 /// The `cluster-sharding` exercise.
 pub struct ClusterSharding;
@@ -521,7 +521,7 @@ async fn primary_down(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, Exer
         }
     });
     let watch = async {
-        while ops.load(Ordering::Relaxed) < BEFORE_MIGRATION {
+        while ops.load(Ordering::Relaxed) < WARMUP_OPS {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         ctx.mark(WRITING);
@@ -680,7 +680,7 @@ async fn migrate(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, ExerciseE
         }
     });
     let mover = async {
-        while ops.load(Ordering::Relaxed) < BEFORE_MIGRATION {
+        while ops.load(Ordering::Relaxed) < WARMUP_OPS {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let moved = move_slot(ctx, cluster, the_slot, &source, &target).await;
@@ -688,7 +688,7 @@ async fn migrate(ctx: &Ctx, cluster: &Cluster) -> Result<Observations, ExerciseE
             ctx.mark(MIGRATED);
         }
         // A little traffic after the move, to follow MOVED too.
-        let after = ops.load(Ordering::Relaxed) + BEFORE_MIGRATION;
+        let after = ops.load(Ordering::Relaxed) + WARMUP_OPS;
         while ops.load(Ordering::Relaxed) < after {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

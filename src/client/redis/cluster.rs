@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 
-use super::connect;
+use super::{connect, info_field as field};
 use crate::catalog::{Endpoint, Member};
 use crate::exercise::{Context, ExerciseError};
 
@@ -181,12 +181,6 @@ async fn until(
 
 async fn cluster_info(conn: &mut MultiplexedConnection) -> Result<String, String> {
     query(conn, redis::cmd("CLUSTER").arg("INFO")).await
-}
-
-fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
 }
 
 async fn query<T: redis::FromRedisValue>(
