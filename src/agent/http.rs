@@ -7,6 +7,7 @@
 //! - `/ledger/NAME…`: the ledger of challenges ([`super::ledger`]).
 //! - `/tickets/NAME…`: the offered load of rate-limiting challenges ([`super::tickets`]).
 //! - `/sink/NAME…`: the sink of challenges ([`super::sink`]).
+//! - `/chain…`: one service of a chain of microservices ([`super::chain`]).
 //! - any other request: answers at once, or after `?delay_ms=MS`.
 //!
 //! The answer is JSON (`instance`, `role`, `path`, `delay_ms`, `requests`) with an
@@ -112,6 +113,7 @@ fn router(instance: String) -> Router {
         .merge(super::ledger::routes())
         .merge(super::tickets::routes())
         .merge(super::sink::routes())
+        .merge(super::chain::routes())
         .fallback(any_request)
         .with_state(agent)
 }

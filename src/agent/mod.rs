@@ -5,6 +5,7 @@
 //! how slowly) and no official image offers that, so the infralab binary itself
 //! is the server. Each role is one small module; [`serve`] picks it.
 
+pub mod chain;
 pub mod cpu;
 mod http;
 pub mod ledger;

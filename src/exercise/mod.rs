@@ -25,6 +25,7 @@ pub mod rate_limit;
 pub mod redis_lock;
 pub mod replica_reads;
 pub mod sentinel_failover;
+pub mod service_chain;
 pub mod smoke;
 pub mod sql_transfers;
 
@@ -571,6 +572,7 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &cap_partition::CapPartition,
     &sentinel_failover::SentinelFailover,
     &cluster_sharding::ClusterSharding,
+    &service_chain::ServiceChain,
     &sql_transfers::SqlTransfers,
     &etcd_consensus::EtcdConsensus,
     &cache_patterns::CachePatterns,

@@ -20,6 +20,7 @@ mod locking;
 mod messaging_kafka;
 mod messaging_queues;
 mod parallel;
+mod patterns;
 mod playground;
 mod protocols_http;
 mod protocols_mqtt;
