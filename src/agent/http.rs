@@ -8,6 +8,7 @@
 //! - `/tickets/NAME…`: the offered load of rate-limiting challenges ([`super::tickets`]).
 //! - `/sink/NAME…`: the sink of challenges ([`super::sink`]).
 //! - `/chain…`: one service of a chain of microservices ([`super::chain`]).
+//! - `/session/…`: logins kept in memory or in Redis ([`super::sessions`]).
 //! - any other request: answers at once, or after `?delay_ms=MS`.
 //!
 //! The answer is JSON (`instance`, `role`, `path`, `delay_ms`, `requests`) with an
@@ -114,6 +115,7 @@ fn router(instance: String) -> Router {
         .merge(super::tickets::routes())
         .merge(super::sink::routes())
         .merge(super::chain::routes())
+        .merge(super::sessions::routes())
         .fallback(any_request)
         .with_state(agent)
 }

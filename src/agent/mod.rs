@@ -9,6 +9,7 @@ pub mod chain;
 pub mod cpu;
 mod http;
 pub mod ledger;
+pub mod sessions;
 pub mod sink;
 pub mod tickets;
 

@@ -26,6 +26,7 @@ pub mod redis_lock;
 pub mod replica_reads;
 pub mod sentinel_failover;
 pub mod service_chain;
+pub mod sessions;
 pub mod smoke;
 pub mod sql_transfers;
 
@@ -573,6 +574,7 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &sentinel_failover::SentinelFailover,
     &cluster_sharding::ClusterSharding,
     &service_chain::ServiceChain,
+    &sessions::SessionsExercise,
     &sql_transfers::SqlTransfers,
     &etcd_consensus::EtcdConsensus,
     &cache_patterns::CachePatterns,

@@ -29,6 +29,7 @@ mod replication;
 mod scaling_capacity;
 mod scaling_databases;
 mod sharding;
+mod stores;
 mod teardown;
 mod techniques;
 mod validation;
