@@ -9,6 +9,7 @@
 //! - `/sink/NAME…`: the sink of challenges ([`super::sink`]).
 //! - `/chain…`: one service of a chain of microservices ([`super::chain`]).
 //! - `/session/…`: logins kept in memory or in Redis ([`super::sessions`]).
+//! - `/events/…`: events from Redis pushed over WebSockets or polled ([`super::events`]).
 //! - any other request: answers at once, or after `?delay_ms=MS`.
 //!
 //! The answer is JSON (`instance`, `role`, `path`, `delay_ms`, `requests`) with an
@@ -116,6 +117,7 @@ fn router(instance: String) -> Router {
         .merge(super::sink::routes())
         .merge(super::chain::routes())
         .merge(super::sessions::routes())
+        .merge(super::events::routes())
         .fallback(any_request)
         .with_state(agent)
 }

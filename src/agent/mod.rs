@@ -7,9 +7,11 @@
 
 pub mod chain;
 pub mod cpu;
+pub mod events;
 mod http;
 pub mod ledger;
 pub mod sessions;
+mod shared_redis;
 pub mod sink;
 pub mod tickets;
 

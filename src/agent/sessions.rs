@@ -67,10 +67,7 @@ pub struct Whoami {
 
 enum Store {
     Memory(Mutex<HashMap<String, (String, Instant)>>),
-    Redis {
-        client: redis::Client,
-        conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
-    },
+    Redis(super::shared_redis::SharedRedis),
 }
 
 struct Sessions {
@@ -88,11 +85,8 @@ pub(super) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 fn routes_with<S: Clone + Send + Sync + 'static>(instance: String, store: &str) -> Router<S> {
     let store = match store.trim() {
         "" | "memory" => Store::Memory(Mutex::default()),
-        url => match redis::Client::open(url) {
-            Ok(client) => Store::Redis {
-                client,
-                conn: tokio::sync::Mutex::new(None),
-            },
+        url => match super::shared_redis::SharedRedis::open(url) {
+            Ok(redis) => Store::Redis(redis),
             Err(e) => {
                 // The container log says why; every request then fails.
                 eprintln!("infralab agent: {STORE_ENV}={url} is not a Redis URL: {e}");
@@ -198,10 +192,10 @@ impl Sessions {
                     .insert(sid.to_string(), (user.to_string(), expires));
                 Ok(())
             }
-            Store::Redis { .. } => {
+            Store::Redis(redis) => {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(redis_key(sid)).arg(user).arg("PX").arg(ttl);
-                self.redis::<()>(cmd).await
+                redis.query::<()>(&cmd).await
             }
         }
     }
@@ -227,7 +221,7 @@ impl Sessions {
                     None => Ok(None),
                 }
             }
-            Store::Redis { .. } => {
+            Store::Redis(redis) => {
                 let cmd = if config.sliding {
                     let mut c = redis::cmd("GETEX");
                     c.arg(redis_key(sid)).arg("PX").arg(config.ttl_ms);
@@ -237,35 +231,7 @@ impl Sessions {
                     c.arg(redis_key(sid));
                     c
                 };
-                self.redis::<Option<String>>(cmd).await
-            }
-        }
-    }
-
-    /// Runs `cmd` on the shared Redis connection, made on first use and
-    /// made again after an error (Redis may start after the agent).
-    async fn redis<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, String> {
-        let Store::Redis { client, conn } = &self.store else {
-            return Err("no Redis store".into());
-        };
-        let mut slot = conn.lock().await;
-        let mut c = match slot.as_ref() {
-            Some(c) => c.clone(),
-            None => {
-                let c = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                *slot = Some(c.clone());
-                c
-            }
-        };
-        drop(slot);
-        match cmd.query_async::<T>(&mut c).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                *conn.lock().await = None;
-                Err(e.to_string())
+                redis.query::<Option<String>>(&cmd).await
             }
         }
     }

@@ -15,6 +15,7 @@ pub mod cluster_sharding;
 pub mod consistent_hashing;
 pub mod etcd_consensus;
 pub mod event_pipeline;
+pub mod fanout;
 pub mod http2_multiplexing;
 pub mod https;
 pub mod kafka_groups;
@@ -575,6 +576,7 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &cluster_sharding::ClusterSharding,
     &service_chain::ServiceChain,
     &sessions::SessionsExercise,
+    &fanout::Fanout,
     &sql_transfers::SqlTransfers,
     &etcd_consensus::EtcdConsensus,
     &cache_patterns::CachePatterns,

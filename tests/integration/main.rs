@@ -24,6 +24,7 @@ mod patterns;
 mod playground;
 mod protocols_http;
 mod protocols_mqtt;
+mod protocols_ws;
 mod repeat;
 mod replication;
 mod scaling_capacity;

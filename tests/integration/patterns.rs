@@ -39,7 +39,7 @@ fn microservices_failure_holds_with_changed_parameters() {
     let lab = temp_lab(CHAIN, "params", move |t| {
         params(replaced(
             t,
-            "CHAIN_WORKERS: \"16\"",
+            "CHAIN_WORKERS: \"32\"",
             "CHAIN_WORKERS: \"20\"",
         ))
     });
