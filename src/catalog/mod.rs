@@ -7,6 +7,7 @@
 //! talks to Docker.
 
 pub mod agent;
+pub mod clickhouse;
 pub mod etcd;
 pub mod kafka;
 pub mod mosquitto;
@@ -134,6 +135,7 @@ pub static KINDS: &[&dyn ServiceKind] = &[
     &nginx::Nginx,
     &agent::Agent,
     &etcd::Etcd,
+    &clickhouse::ClickHouse,
     &sentinel::Sentinel,
     &redis_cluster::RedisCluster,
 ];

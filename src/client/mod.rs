@@ -4,6 +4,7 @@
 //! no exercise imports another exercise.
 
 pub mod amqp;
+pub mod clickhouse;
 pub mod etcd;
 pub mod http;
 pub mod kafka;

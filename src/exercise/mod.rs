@@ -12,6 +12,7 @@ pub mod cache_patterns;
 pub mod cap_partition;
 pub mod capacity;
 pub mod cluster_sharding;
+pub mod columnar;
 pub mod consistent_hashing;
 pub mod etcd_consensus;
 pub mod event_pipeline;
@@ -577,6 +578,7 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &service_chain::ServiceChain,
     &sessions::SessionsExercise,
     &fanout::Fanout,
+    &columnar::Columnar,
     &sql_transfers::SqlTransfers,
     &etcd_consensus::EtcdConsensus,
     &cache_patterns::CachePatterns,

@@ -1,6 +1,9 @@
 //! The data-store labs beyond the relational and replicated ones, end to
 //! end on the real Docker engine.
 //!
+//! columnar-vs-row: PostgreSQL and ClickHouse on one synthetic table; the
+//! broken variant stores each ClickHouse row as one JSON string.
+//!
 //! kv-sessions: six agent replicas behind Nginx, three keeping sessions in
 //! memory and three in Redis. The broken variants are deployments: sessions
 //! in process memory behind round-robin where Redis was meant, and a fixed
@@ -72,4 +75,47 @@ fn a_fixed_ttl_logs_an_active_user_out() {
         check_verdict(&report, "sliding-expiry", "active_logged_out"),
         "fail"
     );
+}
+
+const COLUMNAR: &str = "databases/columnar-vs-row.yaml";
+
+#[test]
+fn columnar_vs_row_passes_with_what_the_servers_read() {
+    let lab = temp_lab(COLUMNAR, "pass", |t| t);
+    let (code, report, text) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    all_pass(&report);
+    // ClickHouse read the one column: 8 bytes a row, from its own log.
+    assert_eq!(
+        obs(&report, "aggregate", "ch_bytes_read"),
+        2_000_000.0 * 8.0
+    );
+    assert_nothing_left(&lab.name);
+}
+
+/// A smaller table and fewer lookups: the verdicts hold.
+#[test]
+fn columnar_vs_row_holds_with_changed_parameters() {
+    let lab = temp_lab(
+        COLUMNAR,
+        "params",
+        changed_params(&[("rows", json!(500_000)), ("lookups", json!(50))]),
+    );
+    let (code, report, text) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(obs(&report, "aggregate", "ch_bytes_read"), 500_000.0 * 8.0);
+    assert_nothing_left(&lab.name);
+}
+
+/// The broken table: ClickHouse keeps each row as one JSON string, and the
+/// aggregate reads every byte of it.
+#[test]
+fn a_column_store_used_as_a_row_store_reads_everything() {
+    let report = run_broken(
+        COLUMNAR,
+        "blob",
+        &[("aggregate", "ch_layout", json!("blob"))],
+        "aggregate",
+    );
+    assert_eq!(check_verdict(&report, "aggregate", "ch_bytes_read"), "fail");
 }

@@ -1,0 +1,25 @@
+//! ClickHouse: probed over its HTTP interface with `SELECT 1`, which answers
+//! only once the server has loaded its tables ([`clickhouse::probe`]).
+
+use async_trait::async_trait;
+
+use super::{Endpoint, ServiceKind};
+use crate::client::clickhouse;
+
+/// The `clickhouse` kind.
+pub struct ClickHouse;
+
+#[async_trait]
+impl ServiceKind for ClickHouse {
+    fn name(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    fn compose(&self) -> &'static str {
+        include_str!("../../compose/clickhouse.yaml")
+    }
+
+    async fn probe(&self, endpoint: &Endpoint) -> Result<(), String> {
+        clickhouse::probe(endpoint).await
+    }
+}

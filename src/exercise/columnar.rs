@@ -1,0 +1,388 @@
+//! `columnar`: the same synthetic table of `rows` rows in PostgreSQL (rows
+//! in heap pages) and ClickHouse (a MergeTree: one compressed file per
+//! column, sorted by `id`), then an aggregate over one column, point lookups
+//! by key and the size on disk, each as the servers report them.
+//!
+//! Both tables are made by the servers themselves (`generate_series`,
+//! `numbers`) with the same values: `id`, `user_id`, `amount`, `category`,
+//! `note`. They are loaded once per lab run and size (the next scenario
+//! reuses them). `ch_layout: blob` stores each ClickHouse row as one JSON
+//! string instead of columns: a column store used as a row store.
+//!
+//! Bytes read: PostgreSQL's buffers touched by the query (`EXPLAIN (ANALYZE,
+//! BUFFERS)`, shared hit + read, times its block size), ClickHouse's
+//! `read_bytes` of the query in `system.query_log` (uncompressed).
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
+use crate::client::clickhouse::ClickHouse;
+use crate::client::postgres::{connect, why};
+use crate::stats::{percentile_ms, ratio};
+
+/// The `columnar` exercise.
+pub struct Columnar;
+
+/// How long one ClickHouse query (the load included) may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[async_trait]
+impl Exercise for Columnar {
+    fn name(&self) -> &'static str {
+        "columnar"
+    }
+
+    fn summary(&self) -> &'static str {
+        "one table in PostgreSQL and in ClickHouse: an aggregate over one column, point lookups by key, and the bytes each server reads and stores"
+    }
+
+    fn needs(&self) -> &'static [&'static str] {
+        &["postgres", "clickhouse"]
+    }
+
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::int("rows", 1_000, 100_000_000, 2_000_000, "rows in each table"),
+            ParamSpec::int(
+                "repeats",
+                1,
+                100,
+                5,
+                "times each aggregate runs (the median counts)",
+            ),
+            ParamSpec::int(
+                "lookups",
+                1,
+                100_000,
+                200,
+                "point lookups by id on each server",
+            ),
+            ParamSpec::choice(
+                "ch_layout",
+                &["columns", "blob"],
+                "columns",
+                "ClickHouse table: one column per field, or the whole row as one JSON string",
+            ),
+        ]
+    }
+
+    fn observations(&self) -> &'static [ObsSpec] {
+        const {
+            &[
+                ObsSpec::number(
+                    "pg_aggregate_ms",
+                    "median time of `SELECT avg(amount)` on PostgreSQL",
+                ),
+                ObsSpec::number("ch_aggregate_ms", "the same on ClickHouse"),
+                ObsSpec::number("aggregate_speedup", "pg_aggregate_ms ÷ ch_aggregate_ms"),
+                ObsSpec::number(
+                    "pg_bytes_read",
+                    "bytes of table pages the aggregate touched on PostgreSQL (EXPLAIN BUFFERS)",
+                ),
+                ObsSpec::number(
+                    "ch_bytes_read",
+                    "bytes the aggregate read on ClickHouse (query_log read_bytes, uncompressed)",
+                ),
+                ObsSpec::number(
+                    "pg_lookup_p50_ms",
+                    "median time of a point lookup by id on PostgreSQL",
+                ),
+                ObsSpec::number("ch_lookup_p50_ms", "the same on ClickHouse"),
+                ObsSpec::number(
+                    "pg_lookup_bytes_read",
+                    "bytes of index and table pages one lookup touched on PostgreSQL",
+                ),
+                ObsSpec::number(
+                    "ch_lookup_rows_read",
+                    "rows one lookup read on ClickHouse (a granule of the sparse index)",
+                ),
+                ObsSpec::number(
+                    "ch_lookup_bytes_read",
+                    "bytes one lookup read on ClickHouse",
+                ),
+                ObsSpec::number(
+                    "pg_table_bytes",
+                    "PostgreSQL's table on disk, without indexes",
+                ),
+                ObsSpec::number("pg_index_bytes", "its primary-key index"),
+                ObsSpec::number(
+                    "ch_compressed_bytes",
+                    "ClickHouse's table on disk (active parts, compressed)",
+                ),
+                ObsSpec::number("ch_uncompressed_bytes", "the same data uncompressed"),
+                ObsSpec::number("ch_compression_ratio", "uncompressed ÷ compressed"),
+            ]
+        }
+    }
+
+    async fn run(&self, ctx: &Ctx) -> Result<Observations, ExerciseError> {
+        let rows = ctx.int("rows") as u64;
+        let blob = ctx.text("ch_layout") == "blob";
+        let pg_url = &ctx.service("postgres")?.url;
+        let pg = connect(pg_url)
+            .await
+            .map_err(|e| ExerciseError(format!("connecting to PostgreSQL: {}", why(&e))))?;
+        let ch = ClickHouse::new(ctx.service("clickhouse")?, QUERY_TIMEOUT)?;
+        let table = format!("colrow_{rows}");
+        let ch_table = format!("{table}_{}", ctx.text("ch_layout"));
+        load_pg(&pg, &table, rows).await?;
+        load_ch(&ch, &ch_table, rows, blob).await?;
+        let repeats = ctx.int("repeats") as usize;
+        let mut obs = Observations::new();
+        let pg_agg = time_pg(&pg, &format!("SELECT avg(amount) FROM {table}"), repeats).await?;
+        let amount = match blob {
+            true => "JSONExtractFloat(doc, 'amount')",
+            false => "amount",
+        };
+        let ch_sql = format!("SELECT avg({amount}) FROM {ch_table}");
+        let ch_agg = time_ch(&ch, &ch_sql, repeats).await?;
+        obs.insert("pg_aggregate_ms".into(), json!(pg_agg));
+        obs.insert("ch_aggregate_ms".into(), json!(ch_agg));
+        obs.insert("aggregate_speedup".into(), json!(ratio(pg_agg, ch_agg)));
+        let pg_buffers = pg_bytes_touched(&pg, &format!("SELECT avg(amount) FROM {table}")).await?;
+        obs.insert("pg_bytes_read".into(), json!(pg_buffers));
+        let (_, ch_bytes) = ch_read(&ch, &ch_sql).await?;
+        obs.insert("ch_bytes_read".into(), json!(ch_bytes));
+        lookups(ctx, &pg, &ch, &table, &ch_table, &mut obs).await?;
+        sizes(&pg, &ch, &table, &ch_table, &mut obs).await?;
+        Ok(obs)
+    }
+}
+
+/// Makes PostgreSQL's table unless this run already has it.
+async fn load_pg(pg: &tokio_postgres::Client, table: &str, rows: u64) -> Result<(), ExerciseError> {
+    let fail = |e: tokio_postgres::Error| ExerciseError(format!("loading PostgreSQL: {}", why(&e)));
+    let exists: bool = pg
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(fail)?
+        .get(0);
+    if exists {
+        return Ok(());
+    }
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, user_id integer, amount double precision, category text, note text);
+         INSERT INTO {table} SELECT g, g % 100000, (g % 1000) / 10.0, 'cat' || (g % 20), 'note-' || g
+           FROM generate_series(0, {last}) AS g;",
+        last = rows - 1
+    ))
+    .await
+    .map_err(fail)?;
+    // On its own: VACUUM cannot run inside the batch's transaction. It sets
+    // the hint bits and visibility map a table loaded long ago would have.
+    pg.batch_execute(&format!("VACUUM ANALYZE {table}"))
+        .await
+        .map_err(fail)
+}
+
+/// Makes ClickHouse's table unless this run already has it.
+async fn load_ch(ch: &ClickHouse, table: &str, rows: u64, blob: bool) -> Result<(), ExerciseError> {
+    let exists = ch.execute(&format!("EXISTS TABLE {table}")).await?;
+    if exists.trim() == "1" {
+        return Ok(());
+    }
+    let (columns, select) = match blob {
+        false => (
+            "id UInt64, user_id UInt32, amount Float64, category String, note String",
+            "number, number % 100000, (number % 1000) / 10, concat('cat', toString(number % 20)), concat('note-', toString(number))",
+        ),
+        true => (
+            "id UInt64, doc String",
+            "number, concat('{\"user_id\":', toString(number % 100000), ',\"amount\":', toString((number % 1000) / 10), ',\"category\":\"cat', toString(number % 20), '\",\"note\":\"note-', toString(number), '\"}')",
+        ),
+    };
+    ch.execute(&format!(
+        "CREATE TABLE {table} ({columns}) ENGINE = MergeTree() ORDER BY id"
+    ))
+    .await?;
+    ch.execute(&format!(
+        "INSERT INTO {table} SELECT {select} FROM numbers({rows})"
+    ))
+    .await?;
+    // One part per table, as a table loaded long ago would be.
+    ch.execute(&format!("OPTIMIZE TABLE {table} FINAL")).await?;
+    Ok(())
+}
+
+/// Median wall time of `sql` on PostgreSQL, after one warm-up run.
+async fn time_pg(
+    pg: &tokio_postgres::Client,
+    sql: &str,
+    repeats: usize,
+) -> Result<f64, ExerciseError> {
+    let mut times = Vec::with_capacity(repeats);
+    for i in 0..=repeats {
+        let start = Instant::now();
+        pg.simple_query(sql)
+            .await
+            .map_err(|e| ExerciseError(format!("`{sql}` on PostgreSQL: {}", why(&e))))?;
+        if i > 0 {
+            times.push(start.elapsed());
+        }
+    }
+    Ok(percentile_ms(&mut times, 50.0).unwrap_or_default())
+}
+
+/// Median wall time of `sql` on ClickHouse, after one warm-up run.
+async fn time_ch(ch: &ClickHouse, sql: &str, repeats: usize) -> Result<f64, ExerciseError> {
+    let mut times = Vec::with_capacity(repeats);
+    for i in 0..=repeats {
+        let start = Instant::now();
+        ch.execute(sql).await?;
+        if i > 0 {
+            times.push(start.elapsed());
+        }
+    }
+    Ok(percentile_ms(&mut times, 50.0).unwrap_or_default())
+}
+
+/// Bytes of pages `sql` touched on PostgreSQL (shared hit + read blocks).
+async fn pg_bytes_touched(pg: &tokio_postgres::Client, sql: &str) -> Result<u64, ExerciseError> {
+    let fail =
+        |e: tokio_postgres::Error| ExerciseError(format!("EXPLAIN on PostgreSQL: {}", why(&e)));
+    let block: i64 = pg
+        .query_one("SELECT current_setting('block_size')::bigint", &[])
+        .await
+        .map_err(fail)?
+        .get(0);
+    // The simple protocol answers in text, whatever the column's type.
+    let text = pg
+        .simple_query(&format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}"))
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let plan: Value = serde_json::from_str(&text).doing("reading PostgreSQL's plan")?;
+    let top = &plan[0]["Plan"];
+    let blocks = ["Shared Hit Blocks", "Shared Read Blocks"]
+        .iter()
+        .map(|k| top[*k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    Ok(blocks * block as u64)
+}
+
+/// Runs `sql` once on ClickHouse under a query id of its own and reads back
+/// what the server logged for it: (rows read, bytes read).
+async fn ch_read(ch: &ClickHouse, sql: &str) -> Result<(u64, u64), ExerciseError> {
+    #[derive(Deserialize)]
+    struct Read {
+        read_rows: Value,
+        read_bytes: Value,
+    }
+    let id = format!("infralab-{:016x}", rand::random::<u64>());
+    ch.execute_as(sql, &id).await?;
+    ch.execute("SYSTEM FLUSH LOGS").await?;
+    let read: Vec<Read> = ch
+        .rows(&format!(
+            "SELECT read_rows, read_bytes FROM system.query_log WHERE query_id = '{id}' AND type = 2"
+        ))
+        .await?;
+    let number = |v: &Value| {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .unwrap_or(0)
+    };
+    read.first()
+        .map(|r| (number(&r.read_rows), number(&r.read_bytes)))
+        .ok_or_else(|| ExerciseError(format!("ClickHouse logged no finished query `{id}`")))
+}
+
+async fn lookups(
+    ctx: &Ctx,
+    pg: &tokio_postgres::Client,
+    ch: &ClickHouse,
+    table: &str,
+    ch_table: &str,
+    obs: &mut Observations,
+) -> Result<(), ExerciseError> {
+    let rows = ctx.int("rows") as u64;
+    let n = ctx.int("lookups") as usize;
+    let fail =
+        |e: tokio_postgres::Error| ExerciseError(format!("lookup on PostgreSQL: {}", why(&e)));
+    let stmt = pg
+        .prepare(&format!("SELECT * FROM {table} WHERE id = $1"))
+        .await
+        .map_err(fail)?;
+    let ids: Vec<u64> = (0..n).map(|_| rand::random::<u64>() % rows).collect();
+    let mut pg_times = Vec::with_capacity(n);
+    for id in &ids {
+        let start = Instant::now();
+        pg.query_one(&stmt, &[&(*id as i64)]).await.map_err(fail)?;
+        pg_times.push(start.elapsed());
+    }
+    let mut ch_times = Vec::with_capacity(n);
+    for id in &ids {
+        let start = Instant::now();
+        ch.execute(&format!("SELECT * FROM {ch_table} WHERE id = {id}"))
+            .await?;
+        ch_times.push(start.elapsed());
+    }
+    obs.insert(
+        "pg_lookup_p50_ms".into(),
+        json!(percentile_ms(&mut pg_times, 50.0)),
+    );
+    obs.insert(
+        "ch_lookup_p50_ms".into(),
+        json!(percentile_ms(&mut ch_times, 50.0)),
+    );
+    let probe = ids.first().copied().unwrap_or(0);
+    obs.insert(
+        "pg_lookup_bytes_read".into(),
+        json!(pg_bytes_touched(pg, &format!("SELECT * FROM {table} WHERE id = {probe}")).await?),
+    );
+    let (rows_read, bytes_read) =
+        ch_read(ch, &format!("SELECT * FROM {ch_table} WHERE id = {probe}")).await?;
+    obs.insert("ch_lookup_rows_read".into(), json!(rows_read));
+    obs.insert("ch_lookup_bytes_read".into(), json!(bytes_read));
+    Ok(())
+}
+
+async fn sizes(
+    pg: &tokio_postgres::Client,
+    ch: &ClickHouse,
+    table: &str,
+    ch_table: &str,
+    obs: &mut Observations,
+) -> Result<(), ExerciseError> {
+    let row = pg
+        .query_one(
+            &format!("SELECT pg_table_size('{table}'), pg_indexes_size('{table}')"),
+            &[],
+        )
+        .await
+        .map_err(|e| ExerciseError(format!("sizes on PostgreSQL: {}", why(&e))))?;
+    let (heap, index): (i64, i64) = (row.get(0), row.get(1));
+    obs.insert("pg_table_bytes".into(), json!(heap));
+    obs.insert("pg_index_bytes".into(), json!(index));
+    #[derive(Deserialize)]
+    struct Parts {
+        compressed: Value,
+        uncompressed: Value,
+    }
+    let parts: Vec<Parts> = ch
+        .rows(&format!(
+            "SELECT sum(data_compressed_bytes) AS compressed, sum(data_uncompressed_bytes) AS uncompressed \
+             FROM system.parts WHERE table = '{ch_table}' AND active"
+        ))
+        .await?;
+    let number = |v: &Value| {
+        v.as_f64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .unwrap_or(0.0)
+    };
+    if let Some(p) = parts.first() {
+        let (c, u) = (number(&p.compressed), number(&p.uncompressed));
+        obs.insert("ch_compressed_bytes".into(), json!(c));
+        obs.insert("ch_uncompressed_bytes".into(), json!(u));
+        obs.insert("ch_compression_ratio".into(), json!(ratio(u, c)));
+    }
+    Ok(())
+}
