@@ -40,6 +40,9 @@ const BLOCK_MS: u64 = 1000;
 /// Most entries one poll returns.
 const POLL_MAX: usize = 1000;
 
+/// Stream entries as Redis returns them: `(id, [(field, value)])`.
+type Entries = Vec<(String, Vec<(String, String)>)>;
+
 /// One event as clients get it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -155,17 +158,16 @@ async fn push_stream(
         None => newest_id(&mut conn, &key).await?,
     };
     loop {
-        let reply: Option<Vec<(String, Vec<(String, Vec<(String, String)>)>)>> =
-            redis::cmd("XREAD")
-                .arg("BLOCK")
-                .arg(BLOCK_MS)
-                .arg("COUNT")
-                .arg(POLL_MAX)
-                .arg("STREAMS")
-                .arg(&key)
-                .arg(&last)
-                .query_async(&mut conn)
-                .await?;
+        let reply: Option<Vec<(String, Entries)>> = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("COUNT")
+            .arg(POLL_MAX)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(&last)
+            .query_async(&mut conn)
+            .await?;
         let entries = reply.into_iter().flatten().flat_map(|(_, entries)| entries);
         let mut sent = 0;
         for (id, fields) in entries {
@@ -195,7 +197,7 @@ async fn newest_id(
     conn: &mut redis::aio::MultiplexedConnection,
     key: &str,
 ) -> redis::RedisResult<String> {
-    let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+    let newest: Entries = redis::cmd("XREVRANGE")
         .arg(key)
         .arg("+")
         .arg("-")
@@ -239,9 +241,7 @@ async fn poll(State(ev): State<Arc<Events>>, Query(q): Query<PollQuery>) -> Resp
         .arg("+")
         .arg("COUNT")
         .arg(POLL_MAX);
-    let result = redis
-        .query::<Vec<(String, Vec<(String, String)>)>>(&cmd)
-        .await;
+    let result = redis.query::<Entries>(&cmd).await;
     match result {
         Ok(entries) => Json(Polled {
             events: entries

@@ -67,7 +67,7 @@ pub struct Whoami {
 
 enum Store {
     Memory(Mutex<HashMap<String, (String, Instant)>>),
-    Redis(super::shared_redis::SharedRedis),
+    Redis(Box<super::shared_redis::SharedRedis>),
 }
 
 struct Sessions {
@@ -86,7 +86,7 @@ fn routes_with<S: Clone + Send + Sync + 'static>(instance: String, store: &str) 
     let store = match store.trim() {
         "" | "memory" => Store::Memory(Mutex::default()),
         url => match super::shared_redis::SharedRedis::open(url) {
-            Ok(redis) => Store::Redis(redis),
+            Ok(redis) => Store::Redis(Box::new(redis)),
             Err(e) => {
                 // The container log says why; every request then fails.
                 eprintln!("infralab agent: {STORE_ENV}={url} is not a Redis URL: {e}");
