@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{Endpoint, ServiceKind};
+use super::{Endpoint, RoundTrip, ServiceKind};
 use crate::client::clickhouse;
 
 /// The `clickhouse` kind.
@@ -21,5 +21,9 @@ impl ServiceKind for ClickHouse {
 
     async fn probe(&self, endpoint: &Endpoint) -> Result<(), String> {
         clickhouse::probe(endpoint).await
+    }
+
+    fn round_trip(&self) -> Option<&'static RoundTrip> {
+        Some(&clickhouse::ROUND_TRIP)
     }
 }

@@ -3,12 +3,13 @@
 //! interface is part of every ClickHouse release, the old one Debian ships
 //! included, so no native-protocol client is needed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::error_chain;
+use super::round_trip::{RoundTrip, Trip, TripInput};
 use crate::catalog::Endpoint;
 use crate::exercise::{Context, ExerciseError};
 
@@ -76,6 +77,14 @@ impl ClickHouse {
     }
 }
 
+/// A number from ClickHouse's JSON output, which quotes 64-bit integers
+/// (`output_format_json_quote_64bit_integers`); 0 when it is none.
+pub fn number(v: &Value) -> f64 {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0.0)
+}
+
 /// Readiness: `SELECT 1` answers `1`.
 pub async fn probe(endpoint: &Endpoint) -> Result<(), String> {
     let client = super::http::client(PROBE_ATTEMPT).map_err(|e| e.0)?;
@@ -92,4 +101,38 @@ pub async fn probe(endpoint: &Endpoint) -> Result<(), String> {
         (true, "1") => Ok(()),
         _ => Err(format!("SELECT 1 answered {status}: {}", text.trim())),
     }
+}
+
+/// The smoke round trip: a row inserted into a scenario's own table and
+/// selected back.
+pub static ROUND_TRIP: RoundTrip = RoundTrip {
+    prefix: "clickhouse",
+    ok: "INSERT then SELECT returned the row written",
+    ms: "INSERT + SELECT round trip",
+    error: "why the round trip failed (only when it did)",
+    extra: &[],
+    params: Vec::new,
+    start: |input| Box::pin(round_trip(input)),
+};
+
+async fn round_trip(mut input: TripInput) -> Result<Trip, String> {
+    let ch = ClickHouse::new(&input.endpoint, Duration::from_secs(5)).map_err(|e| e.0)?;
+    let table = crate::client::postgres::table_name("smoke", &input.namespace);
+    ch.execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {table} (v String) ENGINE = Memory"
+    ))
+    .await
+    .map_err(|e| e.0)?;
+    let value = input.token();
+    input.gate.wait().await;
+    let started = Instant::now();
+    ch.execute(&format!("INSERT INTO {table} VALUES ('{value}')"))
+        .await
+        .map_err(|e| format!("insert: {}", e.0))?;
+    let read = ch
+        .execute(&format!("SELECT v FROM {table} WHERE v = '{value}'"))
+        .await
+        .map_err(|e| format!("select: {}", e.0))?;
+    let elapsed = started.elapsed();
+    Trip::read_back(elapsed, &value, read.trim())
 }

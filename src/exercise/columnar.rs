@@ -20,12 +20,20 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
-use crate::client::clickhouse::ClickHouse;
+use crate::client::clickhouse::{ClickHouse, number};
 use crate::client::postgres::{connect, why};
 use crate::stats::{percentile_ms, ratio};
 
 /// The `columnar` exercise.
 pub struct Columnar;
+
+/// The two servers and the table on each.
+struct Tables<'a> {
+    pg: &'a tokio_postgres::Client,
+    ch: &'a ClickHouse,
+    table: &'a str,
+    ch_table: &'a str,
+}
 
 /// How long one ClickHouse query (the load included) may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -135,7 +143,7 @@ impl Exercise for Columnar {
         let mut obs = Observations::new();
         let pg_agg = time_pg(&pg, &format!("SELECT avg(amount) FROM {table}"), repeats).await?;
         let amount = match blob {
-            true => "JSONExtractFloat(doc, 'amount')",
+            true => "visitParamExtractFloat(doc, 'amount')",
             false => "amount",
         };
         let ch_sql = format!("SELECT avg({amount}) FROM {ch_table}");
@@ -147,8 +155,14 @@ impl Exercise for Columnar {
         obs.insert("pg_bytes_read".into(), json!(pg_buffers));
         let (_, ch_bytes) = ch_read(&ch, &ch_sql).await?;
         obs.insert("ch_bytes_read".into(), json!(ch_bytes));
-        lookups(ctx, &pg, &ch, &table, &ch_table, &mut obs).await?;
-        sizes(&pg, &ch, &table, &ch_table, &mut obs).await?;
+        let tables = Tables {
+            pg: &pg,
+            ch: &ch,
+            table: &table,
+            ch_table: &ch_table,
+        };
+        lookups(ctx, &tables, &mut obs).await?;
+        sizes(&tables, &mut obs).await?;
         Ok(obs)
     }
 }
@@ -285,24 +299,20 @@ async fn ch_read(ch: &ClickHouse, sql: &str) -> Result<(u64, u64), ExerciseError
             "SELECT read_rows, read_bytes FROM system.query_log WHERE query_id = '{id}' AND type = 2"
         ))
         .await?;
-    let number = |v: &Value| {
-        v.as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            .unwrap_or(0)
-    };
     read.first()
-        .map(|r| (number(&r.read_rows), number(&r.read_bytes)))
+        .map(|r| (number(&r.read_rows) as u64, number(&r.read_bytes) as u64))
         .ok_or_else(|| ExerciseError(format!("ClickHouse logged no finished query `{id}`")))
 }
 
-async fn lookups(
-    ctx: &Ctx,
-    pg: &tokio_postgres::Client,
-    ch: &ClickHouse,
-    table: &str,
-    ch_table: &str,
-    obs: &mut Observations,
-) -> Result<(), ExerciseError> {
+/// Point lookups by random id, one at a time on each server, then what one
+/// lookup read on each.
+async fn lookups(ctx: &Ctx, t: &Tables<'_>, obs: &mut Observations) -> Result<(), ExerciseError> {
+    let Tables {
+        pg,
+        ch,
+        table,
+        ch_table,
+    } = *t;
     let rows = ctx.int("rows") as u64;
     let n = ctx.int("lookups") as usize;
     let fail =
@@ -345,13 +355,14 @@ async fn lookups(
     Ok(())
 }
 
-async fn sizes(
-    pg: &tokio_postgres::Client,
-    ch: &ClickHouse,
-    table: &str,
-    ch_table: &str,
-    obs: &mut Observations,
-) -> Result<(), ExerciseError> {
+/// Each table's size on disk, as its server reports it.
+async fn sizes(t: &Tables<'_>, obs: &mut Observations) -> Result<(), ExerciseError> {
+    let Tables {
+        pg,
+        ch,
+        table,
+        ch_table,
+    } = *t;
     let row = pg
         .query_one(
             &format!("SELECT pg_table_size('{table}'), pg_indexes_size('{table}')"),
@@ -373,11 +384,6 @@ async fn sizes(
              FROM system.parts WHERE table = '{ch_table}' AND active"
         ))
         .await?;
-    let number = |v: &Value| {
-        v.as_f64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            .unwrap_or(0.0)
-    };
     if let Some(p) = parts.first() {
         let (c, u) = (number(&p.compressed), number(&p.uncompressed));
         obs.insert("ch_compressed_bytes".into(), json!(c));

@@ -25,22 +25,22 @@ fn microservices_failure_passes_with_what_the_services_counted() {
     assert_nothing_left(&lab.name);
 }
 
-/// A slower, longer fault, a lower rate, fewer gateway workers and a
-/// shorter breaker: the verdicts hold.
+/// A slower, longer fault, a lower rate, fewer gateway workers, a shorter
+/// timeout and a shorter breaker: the verdicts hold.
 #[test]
 fn microservices_failure_holds_with_changed_parameters() {
     let params = changed_params(&[
         ("rate", json!(40)),
         ("slow_ms", json!(2000)),
         ("fault_ms", json!(3000)),
-        ("timeout_ms", json!(150)),
-        ("breaker_open_ms", json!(1000)),
     ]);
     let lab = temp_lab(CHAIN, "params", move |t| {
+        let t = replaced(t, "CHAIN_WORKERS: \"32\"", "CHAIN_WORKERS: \"20\"");
+        let t = replaced(t, "timeout_ms: 250", "timeout_ms: 150");
         params(replaced(
             t,
-            "CHAIN_WORKERS: \"32\"",
-            "CHAIN_WORKERS: \"20\"",
+            "breaker_open_ms: 2000",
+            "breaker_open_ms: 1000",
         ))
     });
     let (code, report, text) = run_json(&lab, &[]);
