@@ -35,6 +35,9 @@ struct Tables<'a> {
     ch_table: &'a str,
 }
 
+/// How long ClickHouse may take to log a finished query.
+const LOG_WAIT: Duration = Duration::from_secs(20);
+
 /// How long one ClickHouse query (the load included) may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -293,15 +296,25 @@ async fn ch_read(ch: &ClickHouse, sql: &str) -> Result<(u64, u64), ExerciseError
     }
     let id = format!("infralab-{:016x}", rand::random::<u64>());
     ch.execute_as(sql, &id).await?;
-    ch.execute("SYSTEM FLUSH LOGS").await?;
-    let read: Vec<Read> = ch
-        .rows(&format!(
-            "SELECT read_rows, read_bytes FROM system.query_log WHERE query_id = '{id}' AND type = 2"
-        ))
-        .await?;
-    read.first()
-        .map(|r| (number(&r.read_rows) as u64, number(&r.read_bytes) as u64))
-        .ok_or_else(|| ExerciseError(format!("ClickHouse logged no finished query `{id}`")))
+    // The server logs a query when it has finished it, which may be after
+    // the answer reached the client: wait for the entry, flushing each time.
+    let start = Instant::now();
+    while start.elapsed() < LOG_WAIT {
+        ch.execute("SYSTEM FLUSH LOGS").await?;
+        let read: Vec<Read> = ch
+            .rows(&format!(
+                "SELECT read_rows, read_bytes FROM system.query_log WHERE query_id = '{id}' AND type = 2"
+            ))
+            .await?;
+        if let Some(r) = read.first() {
+            return Ok((number(&r.read_rows) as u64, number(&r.read_bytes) as u64));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(ExerciseError(format!(
+        "ClickHouse logged no finished query `{id}` within {} s",
+        LOG_WAIT.as_secs()
+    )))
 }
 
 /// Point lookups by random id, one at a time on each server, then what one
