@@ -144,17 +144,26 @@ impl Exercise for Columnar {
         load_ch(&ch, &ch_table, rows, blob).await?;
         let repeats = ctx.int("repeats") as usize;
         let mut obs = Observations::new();
-        let pg_agg = time_pg(&pg, &format!("SELECT avg(amount) FROM {table}"), repeats).await?;
+        let pg_sql = format!("SELECT avg(amount) FROM {table}");
+        let pg_agg = median_ms(repeats, || async {
+            pg.simple_query(&pg_sql)
+                .await
+                .map(drop)
+                .map_err(|e| ExerciseError(format!("`{pg_sql}` on PostgreSQL: {}", why(&e))))
+        })
+        .await?;
         let amount = match blob {
             true => "visitParamExtractFloat(doc, 'amount')",
             false => "amount",
         };
         let ch_sql = format!("SELECT avg({amount}) FROM {ch_table}");
-        let ch_agg = time_ch(&ch, &ch_sql, repeats).await?;
+        let ch_agg = median_ms(repeats, || async { ch.execute(&ch_sql).await.map(drop) }).await?;
         obs.insert("pg_aggregate_ms".into(), json!(pg_agg));
         obs.insert("ch_aggregate_ms".into(), json!(ch_agg));
-        obs.insert("aggregate_speedup".into(), json!(ratio(pg_agg, ch_agg)));
-        let pg_buffers = pg_bytes_touched(&pg, &format!("SELECT avg(amount) FROM {table}")).await?;
+        if let (Some(pg_ms), Some(ch_ms)) = (pg_agg, ch_agg) {
+            obs.insert("aggregate_speedup".into(), json!(ratio(pg_ms, ch_ms)));
+        }
+        let pg_buffers = pg_bytes_touched(&pg, &pg_sql).await?;
         obs.insert("pg_bytes_read".into(), json!(pg_buffers));
         let (_, ch_bytes) = ch_read(&ch, &ch_sql).await?;
         obs.insert("ch_bytes_read".into(), json!(ch_bytes));
@@ -164,8 +173,8 @@ impl Exercise for Columnar {
             table: &table,
             ch_table: &ch_table,
         };
-        lookups(ctx, &tables, &mut obs).await?;
-        sizes(&tables, &mut obs).await?;
+        tables.lookups(ctx, &mut obs).await?;
+        tables.sizes(&mut obs).await?;
         Ok(obs)
     }
 }
@@ -225,36 +234,21 @@ async fn load_ch(ch: &ClickHouse, table: &str, rows: u64, blob: bool) -> Result<
     Ok(())
 }
 
-/// Median wall time of `sql` on PostgreSQL, after one warm-up run.
-async fn time_pg(
-    pg: &tokio_postgres::Client,
-    sql: &str,
-    repeats: usize,
-) -> Result<f64, ExerciseError> {
+/// Median wall time of `run`, after one warm-up run; `None` without samples.
+async fn median_ms<F, Fut>(repeats: usize, mut run: F) -> Result<Option<f64>, ExerciseError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ExerciseError>>,
+{
     let mut times = Vec::with_capacity(repeats);
     for i in 0..=repeats {
         let start = Instant::now();
-        pg.simple_query(sql)
-            .await
-            .map_err(|e| ExerciseError(format!("`{sql}` on PostgreSQL: {}", why(&e))))?;
+        run().await?;
         if i > 0 {
             times.push(start.elapsed());
         }
     }
-    Ok(percentile_ms(&mut times, 50.0).unwrap_or_default())
-}
-
-/// Median wall time of `sql` on ClickHouse, after one warm-up run.
-async fn time_ch(ch: &ClickHouse, sql: &str, repeats: usize) -> Result<f64, ExerciseError> {
-    let mut times = Vec::with_capacity(repeats);
-    for i in 0..=repeats {
-        let start = Instant::now();
-        ch.execute(sql).await?;
-        if i > 0 {
-            times.push(start.elapsed());
-        }
-    }
-    Ok(percentile_ms(&mut times, 50.0).unwrap_or_default())
+    Ok(percentile_ms(&mut times, 50.0))
 }
 
 /// Bytes of pages `sql` touched on PostgreSQL (shared hit + read blocks).
@@ -317,91 +311,95 @@ async fn ch_read(ch: &ClickHouse, sql: &str) -> Result<(u64, u64), ExerciseError
     )))
 }
 
-/// Point lookups by random id, one at a time on each server, then what one
-/// lookup read on each.
-async fn lookups(ctx: &Ctx, t: &Tables<'_>, obs: &mut Observations) -> Result<(), ExerciseError> {
-    let Tables {
-        pg,
-        ch,
-        table,
-        ch_table,
-    } = *t;
-    let rows = ctx.int("rows") as u64;
-    let n = ctx.int("lookups") as usize;
-    let fail =
-        |e: tokio_postgres::Error| ExerciseError(format!("lookup on PostgreSQL: {}", why(&e)));
-    let stmt = pg
-        .prepare(&format!("SELECT * FROM {table} WHERE id = $1"))
-        .await
-        .map_err(fail)?;
-    let ids: Vec<u64> = (0..n).map(|_| rand::random::<u64>() % rows).collect();
-    let mut pg_times = Vec::with_capacity(n);
-    for id in &ids {
-        let start = Instant::now();
-        pg.query_one(&stmt, &[&(*id as i64)]).await.map_err(fail)?;
-        pg_times.push(start.elapsed());
+impl Tables<'_> {
+    /// Point lookups by random id, one at a time on each server, then what one
+    /// lookup read on each.
+    async fn lookups(&self, ctx: &Ctx, obs: &mut Observations) -> Result<(), ExerciseError> {
+        let Tables {
+            pg,
+            ch,
+            table,
+            ch_table,
+        } = *self;
+        let rows = ctx.int("rows") as u64;
+        let n = ctx.int("lookups") as usize;
+        let fail =
+            |e: tokio_postgres::Error| ExerciseError(format!("lookup on PostgreSQL: {}", why(&e)));
+        let stmt = pg
+            .prepare(&format!("SELECT * FROM {table} WHERE id = $1"))
+            .await
+            .map_err(fail)?;
+        let ids: Vec<u64> = (0..n).map(|_| rand::random::<u64>() % rows).collect();
+        let mut pg_times = Vec::with_capacity(n);
+        for id in &ids {
+            let start = Instant::now();
+            pg.query_one(&stmt, &[&(*id as i64)]).await.map_err(fail)?;
+            pg_times.push(start.elapsed());
+        }
+        let mut ch_times = Vec::with_capacity(n);
+        for id in &ids {
+            let start = Instant::now();
+            ch.execute(&format!("SELECT * FROM {ch_table} WHERE id = {id}"))
+                .await?;
+            ch_times.push(start.elapsed());
+        }
+        obs.insert(
+            "pg_lookup_p50_ms".into(),
+            json!(percentile_ms(&mut pg_times, 50.0)),
+        );
+        obs.insert(
+            "ch_lookup_p50_ms".into(),
+            json!(percentile_ms(&mut ch_times, 50.0)),
+        );
+        let probe = ids.first().copied().unwrap_or(0);
+        obs.insert(
+            "pg_lookup_bytes_read".into(),
+            json!(
+                pg_bytes_touched(pg, &format!("SELECT * FROM {table} WHERE id = {probe}")).await?
+            ),
+        );
+        let (rows_read, bytes_read) =
+            ch_read(ch, &format!("SELECT * FROM {ch_table} WHERE id = {probe}")).await?;
+        obs.insert("ch_lookup_rows_read".into(), json!(rows_read));
+        obs.insert("ch_lookup_bytes_read".into(), json!(bytes_read));
+        Ok(())
     }
-    let mut ch_times = Vec::with_capacity(n);
-    for id in &ids {
-        let start = Instant::now();
-        ch.execute(&format!("SELECT * FROM {ch_table} WHERE id = {id}"))
-            .await?;
-        ch_times.push(start.elapsed());
-    }
-    obs.insert(
-        "pg_lookup_p50_ms".into(),
-        json!(percentile_ms(&mut pg_times, 50.0)),
-    );
-    obs.insert(
-        "ch_lookup_p50_ms".into(),
-        json!(percentile_ms(&mut ch_times, 50.0)),
-    );
-    let probe = ids.first().copied().unwrap_or(0);
-    obs.insert(
-        "pg_lookup_bytes_read".into(),
-        json!(pg_bytes_touched(pg, &format!("SELECT * FROM {table} WHERE id = {probe}")).await?),
-    );
-    let (rows_read, bytes_read) =
-        ch_read(ch, &format!("SELECT * FROM {ch_table} WHERE id = {probe}")).await?;
-    obs.insert("ch_lookup_rows_read".into(), json!(rows_read));
-    obs.insert("ch_lookup_bytes_read".into(), json!(bytes_read));
-    Ok(())
-}
 
-/// Each table's size on disk, as its server reports it.
-async fn sizes(t: &Tables<'_>, obs: &mut Observations) -> Result<(), ExerciseError> {
-    let Tables {
-        pg,
-        ch,
-        table,
-        ch_table,
-    } = *t;
-    let row = pg
-        .query_one(
-            &format!("SELECT pg_table_size('{table}'), pg_indexes_size('{table}')"),
-            &[],
-        )
-        .await
-        .map_err(|e| ExerciseError(format!("sizes on PostgreSQL: {}", why(&e))))?;
-    let (heap, index): (i64, i64) = (row.get(0), row.get(1));
-    obs.insert("pg_table_bytes".into(), json!(heap));
-    obs.insert("pg_index_bytes".into(), json!(index));
-    #[derive(Deserialize)]
-    struct Parts {
-        compressed: Value,
-        uncompressed: Value,
-    }
-    let parts: Vec<Parts> = ch
+    /// Each table's size on disk, as its server reports it.
+    async fn sizes(&self, obs: &mut Observations) -> Result<(), ExerciseError> {
+        let Tables {
+            pg,
+            ch,
+            table,
+            ch_table,
+        } = *self;
+        let row = pg
+            .query_one(
+                &format!("SELECT pg_table_size('{table}'), pg_indexes_size('{table}')"),
+                &[],
+            )
+            .await
+            .map_err(|e| ExerciseError(format!("sizes on PostgreSQL: {}", why(&e))))?;
+        let (heap, index): (i64, i64) = (row.get(0), row.get(1));
+        obs.insert("pg_table_bytes".into(), json!(heap));
+        obs.insert("pg_index_bytes".into(), json!(index));
+        #[derive(Deserialize)]
+        struct Parts {
+            compressed: Value,
+            uncompressed: Value,
+        }
+        let parts: Vec<Parts> = ch
         .rows(&format!(
             "SELECT sum(data_compressed_bytes) AS compressed, sum(data_uncompressed_bytes) AS uncompressed \
              FROM system.parts WHERE table = '{ch_table}' AND active"
         ))
         .await?;
-    if let Some(p) = parts.first() {
-        let (c, u) = (number(&p.compressed), number(&p.uncompressed));
-        obs.insert("ch_compressed_bytes".into(), json!(c));
-        obs.insert("ch_uncompressed_bytes".into(), json!(u));
-        obs.insert("ch_compression_ratio".into(), json!(ratio(u, c)));
+        if let Some(p) = parts.first() {
+            let (c, u) = (number(&p.compressed), number(&p.uncompressed));
+            obs.insert("ch_compressed_bytes".into(), json!(c));
+            obs.insert("ch_uncompressed_bytes".into(), json!(u));
+            obs.insert("ch_compression_ratio".into(), json!(ratio(u, c)));
+        }
+        Ok(())
     }
-    Ok(())
 }
