@@ -118,4 +118,8 @@ fn a_column_store_used_as_a_row_store_reads_everything() {
         "aggregate",
     );
     assert_eq!(check_verdict(&report, "aggregate", "ch_bytes_read"), "fail");
+    assert_eq!(
+        check_verdict(&report, "aggregate", "aggregate_speedup"),
+        "fail"
+    );
 }
