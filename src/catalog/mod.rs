@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod clickhouse;
 pub mod etcd;
+pub mod falkordb;
 pub mod kafka;
 pub mod mosquitto;
 pub mod nginx;
@@ -136,6 +137,7 @@ pub static KINDS: &[&dyn ServiceKind] = &[
     &agent::Agent,
     &etcd::Etcd,
     &clickhouse::ClickHouse,
+    &falkordb::FalkorDb,
     &sentinel::Sentinel,
     &redis_cluster::RedisCluster,
 ];

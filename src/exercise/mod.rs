@@ -14,9 +14,11 @@ pub mod capacity;
 pub mod cluster_sharding;
 pub mod columnar;
 pub mod consistent_hashing;
+pub mod documents;
 pub mod etcd_consensus;
 pub mod event_pipeline;
 pub mod fanout;
+pub mod graph_traversal;
 pub mod http2_multiplexing;
 pub mod https;
 pub mod kafka_groups;
@@ -579,6 +581,8 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &sessions::SessionsExercise,
     &fanout::Fanout,
     &columnar::Columnar,
+    &graph_traversal::GraphTraversal,
+    &documents::Documents,
     &sql_transfers::SqlTransfers,
     &etcd_consensus::EtcdConsensus,
     &cache_patterns::CachePatterns,

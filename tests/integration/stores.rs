@@ -8,6 +8,15 @@
 //! memory and three in Redis. The broken variants are deployments: sessions
 //! in process memory behind round-robin where Redis was meant, and a fixed
 //! TTL where a sliding one was meant.
+//!
+//! document-store: the same orders as JSONB documents and as joined rows in
+//! PostgreSQL. The broken variants: the documents without their GIN index,
+//! and moves that update only the latest order's copy of the address.
+//!
+//! graph-traversal: FalkorDB and PostgreSQL on one follower graph, each
+//! answer checked against the client's own search. The broken variants are
+//! queries: recursive SQL that walks every path, and a Cypher pattern that
+//! takes FalkorDB's faulty shortcut.
 
 use crate::common::*;
 use serde_json::json;
@@ -120,6 +129,142 @@ fn a_column_store_used_as_a_row_store_reads_everything() {
     assert_eq!(check_verdict(&report, "aggregate", "ch_bytes_read"), "fail");
     assert_eq!(
         check_verdict(&report, "aggregate", "aggregate_speedup"),
+        "fail"
+    );
+}
+
+const GRAPH: &str = "databases/graph-traversal.yaml";
+
+#[test]
+fn graph_traversal_passes_with_answers_checked_against_the_truth() {
+    let lab = temp_lab(GRAPH, "pass", |t| t);
+    let (code, report, text) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    all_pass(&report);
+    // Five hops reach most of the graph; the recursion kept one row or two
+    // per person.
+    assert!(obs(&report, "five-hops", "reached_p50") > 5_000.0);
+    assert!(obs(&report, "five-hops", "sql_rows_per_person") < 3.0);
+    assert_nothing_left(&lab.name);
+}
+
+/// A bigger, sparser graph, fewer starts: the verdicts hold.
+#[test]
+fn graph_traversal_holds_with_changed_parameters() {
+    let lab = temp_lab(
+        GRAPH,
+        "params",
+        changed_params(&[
+            ("people", json!(30_000)),
+            ("follows", json!(6)),
+            ("starts", json!(12)),
+        ]),
+    );
+    let (code, _report, text) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_nothing_left(&lab.name);
+}
+
+/// The broken SQL: `UNION ALL` walks and counts every path.
+#[test]
+fn recursive_sql_that_walks_every_path_counts_paths_not_people() {
+    let report = run_broken(
+        GRAPH,
+        "paths",
+        &[("five-hops", "sql", json!("paths"))],
+        "five-hops",
+    );
+    assert_eq!(
+        check_verdict(&report, "five-hops", "sql_wrong_answers"),
+        "fail"
+    );
+    assert_eq!(
+        check_verdict(&report, "five-hops", "sql_rows_per_person"),
+        "fail"
+    );
+}
+
+/// The broken Cypher: the pattern without a path variable, which FalkorDB
+/// 4.16 answers from a shortcut that misses people.
+#[test]
+fn a_pattern_without_its_path_variable_misses_people() {
+    let report = run_broken(
+        GRAPH,
+        "unbound",
+        &[("three-hops", "cypher", json!("unbound"))],
+        "three-hops",
+    );
+    assert_eq!(
+        check_verdict(&report, "three-hops", "graph_wrong_answers"),
+        "fail"
+    );
+    assert_eq!(
+        check_verdict(&report, "three-hops", "sql_wrong_answers"),
+        "pass"
+    );
+}
+
+const DOCUMENTS: &str = "databases/document-store.yaml";
+
+#[test]
+fn document_store_passes_with_what_the_server_read_and_wrote() {
+    let lab = temp_lab(DOCUMENTS, "pass", |t| t);
+    let (code, report, text) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    all_pass(&report);
+    // Every mover's orders were rewritten: more than one each.
+    assert!(obs(&report, "customer-moves", "doc_rows_written") > 20.0);
+    assert_nothing_left(&lab.name);
+}
+
+/// Fewer, bigger customers and a wider catalogue: the verdicts hold.
+#[test]
+fn document_store_holds_with_changed_parameters() {
+    let lab = temp_lab(
+        DOCUMENTS,
+        "params",
+        changed_params(&[
+            ("orders", json!(20_000)),
+            ("customers", json!(300)),
+            ("products", json!(3_000)),
+            ("moves", json!(5)),
+        ]),
+    );
+    let (code, _report, text) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_nothing_left(&lab.name);
+}
+
+/// The broken deployment: no index on the nested field.
+#[test]
+fn a_nested_search_without_its_index_reads_every_document() {
+    let report = run_broken(
+        DOCUMENTS,
+        "noindex",
+        &[("nested-search", "index", json!("none"))],
+        "nested-search",
+    );
+    assert_eq!(
+        check_verdict(&report, "nested-search", "doc_search_pages"),
+        "fail"
+    );
+    assert_eq!(
+        check_verdict(&report, "nested-search", "search_wrong_answers"),
+        "pass"
+    );
+}
+
+/// The broken application: a move updates only the latest order.
+#[test]
+fn updating_one_copy_of_an_embedded_address_leaves_the_others_stale() {
+    let report = run_broken(
+        DOCUMENTS,
+        "latest",
+        &[("customer-moves", "update", json!("latest"))],
+        "customer-moves",
+    );
+    assert_eq!(
+        check_verdict(&report, "customer-moves", "stale_copies"),
         "fail"
     );
 }
