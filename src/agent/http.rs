@@ -118,6 +118,7 @@ fn router(instance: String) -> Router {
         .merge(super::chain::routes())
         .merge(super::sessions::routes())
         .merge(super::events::routes())
+        .merge(super::orders::routes())
         .fallback(any_request)
         .with_state(agent)
 }

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod events;
 mod http;
 pub mod ledger;
+pub mod orders;
 pub mod sessions;
 mod shared_redis;
 pub mod sink;

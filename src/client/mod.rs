@@ -7,6 +7,7 @@ pub mod amqp;
 pub mod clickhouse;
 pub mod etcd;
 pub mod falkordb;
+pub mod grpc;
 pub mod http;
 pub mod kafka;
 pub mod mqtt;

@@ -19,6 +19,7 @@ pub mod etcd_consensus;
 pub mod event_pipeline;
 pub mod fanout;
 pub mod graph_traversal;
+pub mod grpc_rest;
 pub mod http2_multiplexing;
 pub mod https;
 pub mod kafka_groups;
@@ -583,6 +584,7 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &columnar::Columnar,
     &graph_traversal::GraphTraversal,
     &documents::Documents,
+    &grpc_rest::GrpcRest,
     &sql_transfers::SqlTransfers,
     &etcd_consensus::EtcdConsensus,
     &cache_patterns::CachePatterns,

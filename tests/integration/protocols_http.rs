@@ -1,4 +1,4 @@
-//! The HTTP protocol labs (http-https, http2-multiplexing), end to end on the
+//! The HTTP protocol labs (http-https, http2-multiplexing, grpc-vs-rest), end to end on the
 //! real Docker engine: Nginx with the lab's config and certificate in front of
 //! the agent. Broken variants break the server's config or the client, not the
 //! numbers, and each must FAIL on the expectation it breaks.
@@ -230,4 +230,76 @@ fn a_client_sending_everything_over_one_http1_connection_fails_the_pool_checks()
     let names: Vec<String> = failed_checks(s).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, vec!["ratio".to_string()], "{s}");
     assert_nothing_left(&lab.name);
+}
+
+const GRPC: &str = "protocols/grpc-vs-rest.yaml";
+
+#[test]
+fn grpc_vs_rest_passes_with_what_the_relay_and_the_agent_counted() {
+    let lab = temp_lab_with_files(GRPC, "pass", |t| t);
+    let (code, report, text) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    all_pass(&report);
+    // One HTTP/2 connection carries every gRPC call; HTTP/1.1 needs one
+    // per call in flight.
+    assert_eq!(obs(&report, "wire", "grpc_connections"), 1.0);
+    assert!(obs(&report, "wire", "json_h1_connections") >= 2.0);
+    assert_nothing_left(&lab.name);
+}
+
+/// Fewer calls at other concurrency, faster polling, a longer deadline: the
+/// verdicts hold.
+#[test]
+fn grpc_vs_rest_holds_with_changed_parameters() {
+    let lab = temp_lab_with_files(
+        GRPC,
+        "params",
+        changed_params(&[
+            ("calls", json!(300)),
+            ("concurrency", json!(3)),
+            ("poll_ms", json!(100)),
+            ("updates", json!(30)),
+            ("deadline_calls", json!(4)),
+            ("deadline_ms", json!(400)),
+            ("work_ms", json!(1500)),
+        ]),
+    );
+    let (code, _report, text) = run_json(&lab, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_nothing_left(&lab.name);
+}
+
+/// The broken server: its work runs on a task of its own and finishes for
+/// callers that are gone.
+#[test]
+fn a_server_that_ignores_its_callers_leaving_wastes_its_work() {
+    let report = run_broken(
+        GRPC,
+        "detached",
+        &[("deadline", "server", json!("detached"))],
+        "deadline",
+    );
+    assert_eq!(check_verdict(&report, "deadline", "server_wasted"), "fail");
+    assert_eq!(check_verdict(&report, "deadline", "server_left"), "pass");
+}
+
+/// The broken proxy: gRPC sent on with proxy_pass (HTTP/1.1) loses the
+/// trailers that carry its status.
+#[test]
+fn grpc_through_proxy_pass_loses_its_status() {
+    let report = run_broken(
+        GRPC,
+        "proxy",
+        &[("through-nginx", "nginx_route", json!("proxy_pass"))],
+        "through-nginx",
+    );
+    assert_eq!(
+        check_verdict(&report, "through-nginx", "nginx_failed"),
+        "fail"
+    );
+    let error = scenario(&report, "through-nginx")["observations"]["nginx_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("grpc-status"), "{error}");
 }
