@@ -97,7 +97,15 @@ impl Contract {
 pub async fn run(mistakes: Mistakes) -> Result<(), Box<dyn Error>> {
     let c = Contract::from_env()?;
     let redis = redis::Client::open(c.redis_url.as_str())?;
-    let mut conn = redis.get_multiplexed_async_connection().await?;
+    // Generous timeouts: the client's default of 500 ms per answer fires at
+    // once when this process resumes from a pause that caught a command in
+    // flight (the answer came meanwhile), and a busy machine is slow too.
+    let patient = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    let mut conn = redis
+        .get_multiplexed_async_connection_with_config(&patient)
+        .await?;
     let http = reqwest::Client::builder().no_proxy().build()?;
     let lock = format!("{}:lock", c.namespace);
     let fence = format!("{}:fence", c.namespace);

@@ -80,7 +80,14 @@ pub async fn run(mistakes: Mistakes) -> Result<(), Box<dyn Error>> {
         number("INFRALAB_PARAM_CAPACITY")?,
     );
     let redis = redis::Client::open(var("REDIS_URL")?)?;
-    let mut conn = redis.get_multiplexed_async_connection().await?;
+    // The client's default of 500 ms per answer turns a busy machine into
+    // errors; a late answer is still an answer.
+    let patient = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    let mut conn = redis
+        .get_multiplexed_async_connection_with_config(&patient)
+        .await?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
