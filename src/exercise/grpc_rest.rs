@@ -161,8 +161,14 @@ impl Exercise for GrpcRest {
                     "median time from an update's making to its arrival on the stream",
                 ),
                 ObsSpec::number("poll_delay_p50_ms", "the same by polling"),
-                ObsSpec::number("stream_requests", "requests the stream client made"),
-                ObsSpec::number("poll_requests", "requests the polling client made"),
+                ObsSpec::number(
+                    "stream_requests",
+                    "requests the agent received from the stream client (gRPC calls)",
+                ),
+                ObsSpec::number(
+                    "poll_requests",
+                    "requests the agent received from the polling client",
+                ),
                 ObsSpec::number("poll_empty", "polls that brought nothing new"),
                 ObsSpec::number("stream_missed", "updates the stream client never got"),
                 ObsSpec::number("poll_missed", "updates the polling client never got"),
@@ -324,8 +330,35 @@ fn unix_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Arrival delays (ms) of the updates one client got, by sequence number.
-type Arrivals = Arc<Mutex<Vec<(u64, f64)>>>;
+/// Arrival delays (ms) of the updates one client got.
+type Arrivals = Arc<Mutex<Vec<f64>>>;
+
+/// Sets where the agent's work runs, and resets its counters.
+async fn configure(
+    http: &reqwest::Client,
+    agent: &Endpoint,
+    detached: bool,
+) -> Result<(), ExerciseError> {
+    http.put(format!("{}/orders-config", agent.url))
+        .json(&json!({ "detached": detached }))
+        .send()
+        .await
+        .doing("configuring the agent")?
+        .error_for_status()
+        .doing("configuring the agent")?;
+    Ok(())
+}
+
+/// The agent's counters.
+async fn agent_stats(http: &reqwest::Client, agent: &Endpoint) -> Result<Stats, ExerciseError> {
+    http.get(format!("{}/orders-stats", agent.url))
+        .send()
+        .await
+        .doing("reading the agent's counters")?
+        .json()
+        .await
+        .doing("reading the agent's counters")
+}
 
 /// The same updates watched on a gRPC stream and polled over REST.
 async fn stream_part(
@@ -348,6 +381,8 @@ async fn stream_part(
         .await
         .doing("reading the feed")?;
     let start_seq = before.last().map_or(0, |u| u.seq);
+    // From here the agent counts the requests of each client.
+    configure(&http, agent, false).await?;
     let last_seq = start_seq + updates as u64;
     let mut stream = grpc::watch(grpc::channel(&base).await?, start_seq)
         .await
@@ -360,7 +395,7 @@ async fn stream_part(
         tokio::spawn(async move {
             while let Ok(Some(u)) = stream.message().await {
                 let delay = unix_us().saturating_sub(u.made_unix_us) as f64 / 1000.0;
-                streamed.lock().await.push((u.seq, delay));
+                streamed.lock().await.push(delay);
                 if u.seq >= last_seq {
                     break;
                 }
@@ -370,11 +405,10 @@ async fn stream_part(
     let poller = {
         let (polled, http, base) = (polled.clone(), http.clone(), base.clone());
         tokio::spawn(async move {
-            let (mut after, mut requests, mut empty) = (start_seq, 0u64, 0u64);
+            let (mut after, mut empty) = (start_seq, 0u64);
             let mut tick = tokio::time::interval(poll_every);
             while after < last_seq {
                 tick.tick().await;
-                requests += 1;
                 let got: Vec<Update> =
                     match http.get(format!("{base}/feed?after={after}")).send().await {
                         Ok(r) => r.json().await.unwrap_or_default(),
@@ -387,10 +421,10 @@ async fn stream_part(
                 for u in got.into_iter().filter(|u| u.seq <= last_seq) {
                     after = after.max(u.seq);
                     let delay = now.saturating_sub(u.made_unix_us) as f64 / 1000.0;
-                    polled.lock().await.push((u.seq, delay));
+                    polled.lock().await.push(delay);
                 }
             }
-            (requests, empty)
+            empty
         })
     };
     http.post(format!("{base}/feed/start"))
@@ -398,30 +432,28 @@ async fn stream_part(
         .send()
         .await
         .doing("starting the feed")?;
-    let (watched, polls) = tokio::join!(
+    // A client still waiting at the limit has missed what it lacks.
+    let (_, polls) = tokio::join!(
         tokio::time::timeout(limit, watcher),
         tokio::time::timeout(limit, poller)
     );
-    let (poll_requests, poll_empty) = match polls {
-        Ok(Ok(counts)) => counts,
-        _ => (0, 0),
-    };
-    let _ = watched;
+    if let Ok(Ok(empty)) = polls {
+        obs.insert("poll_empty".into(), json!(empty));
+    }
     for (name, arrivals) in [("stream", &streamed), ("poll", &polled)] {
-        let got = arrivals.lock().await.clone();
-        let mut delays: Vec<f64> = got.iter().map(|(_, d)| *d).collect();
+        let mut delays = arrivals.lock().await.clone();
+        let got = delays.len();
         obs.insert(
             format!("{name}_delay_p50_ms"),
             json!(crate::stats::percentile(&mut delays, 50.0)),
         );
-        obs.insert(
-            format!("{name}_missed"),
-            json!(updates.saturating_sub(got.len())),
-        );
+        obs.insert(format!("{name}_missed"), json!(updates.saturating_sub(got)));
     }
-    obs.insert("stream_requests".into(), json!(1));
-    obs.insert("poll_requests".into(), json!(poll_requests));
-    obs.insert("poll_empty".into(), json!(poll_empty));
+    // What the agent received: gRPC calls (the stream) and JSON requests
+    // (the polls).
+    let counted = agent_stats(&http, agent).await?;
+    obs.insert("stream_requests".into(), json!(counted.grpc_calls));
+    obs.insert("poll_requests".into(), json!(counted.json_calls));
     Ok(())
 }
 
@@ -432,14 +464,7 @@ async fn deadline_part(
     obs: &mut Observations,
 ) -> Result<(), ExerciseError> {
     let http = http::client(CALL_TIMEOUT)?;
-    let stats_url = format!("{}/orders-stats", agent.url);
-    http.put(format!("{}/orders-config", agent.url))
-        .json(&json!({ "detached": ctx.text("server") == "detached" }))
-        .send()
-        .await
-        .doing("configuring the agent")?
-        .error_for_status()
-        .doing("configuring the agent")?;
+    configure(&http, agent, ctx.text("server") == "detached").await?;
     let channel = grpc::channel(&agent.url).await?;
     let n = ctx.int("deadline_calls") as u64;
     let work_ms = ctx.int("work_ms") as u32;
@@ -467,14 +492,7 @@ async fn deadline_part(
     let began = Instant::now();
     let settle = Duration::from_millis(u64::from(work_ms)) + Duration::from_secs(15);
     let stats = loop {
-        let s: Stats = http
-            .get(&stats_url)
-            .send()
-            .await
-            .doing("reading the agent's counters")?
-            .json()
-            .await
-            .doing("reading the agent's counters")?;
+        let s = agent_stats(&http, agent).await?;
         if (s.completed + s.left >= s.started && s.working == 0) || began.elapsed() > settle {
             break s;
         }
