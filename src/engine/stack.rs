@@ -10,7 +10,7 @@
 //! port dies with the container's only network.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, EndpointSettings, HostConfig, Network,
@@ -18,7 +18,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures_util::future::try_join_all;
 
@@ -73,6 +73,14 @@ pub struct Stack {
     pub labels: HashMap<String, String>,
     /// Started containers, in lab order.
     pub services: Vec<Started>,
+    /// The lab's name (a label of every resource).
+    lab: String,
+    /// The access network, when the lab has one.
+    access: Option<String>,
+    /// Podman's DNS address, for lab files that name a resolver.
+    dns: Option<String>,
+    /// How the stack was started.
+    opts: StackOptions,
 }
 
 /// A short random run id: unique enough that concurrent runs never collide.
@@ -173,7 +181,44 @@ impl Stack {
             network,
             labels,
             services,
+            lab: lab.name.clone(),
+            access,
+            dns,
+            opts,
         })
+    }
+
+    /// Creates and starts one more container of `plan`'s service as
+    /// `instance` (a name no other container of the run has), returning
+    /// once the engine has started it, without waiting for it to be ready:
+    /// a serverless platform's instance, whose start the caller measures.
+    /// Labelled with the run like every other, so teardown removes it.
+    pub async fn launch_extra(
+        &self,
+        plan: &ServicePlan,
+        instance: &str,
+    ) -> Result<Launched, EnvError> {
+        let image = self
+            .services
+            .iter()
+            .find(|s| s.service == plan.name)
+            .map(|s| s.image.clone())
+            .ok_or_else(|| EnvError::new(format!("`{}` has no started container", plan.name)))?;
+        launch(
+            &self.engine,
+            &self.run_id,
+            &self.lab,
+            Networks {
+                lab: &self.network,
+                access: self.access.as_deref(),
+                dns: self.dns.as_deref(),
+            },
+            plan,
+            instance.to_string(),
+            &image,
+            self.opts,
+        )
+        .await
     }
 
     /// Endpoints by instance name, for exercises.
@@ -191,6 +236,53 @@ impl Stack {
             .filter(|s| s.service == name || s.instance == name)
             .collect()
     }
+}
+
+/// How long a retired extra container may take to stop before the engine
+/// kills it.
+const RETIRE_GRACE_S: i32 = 5;
+
+impl Stack {
+    /// Stops and removes an extra container (see [`Stack::launch_extra`]),
+    /// returning when its process started and when it finished, as the
+    /// engine recorded them.
+    pub async fn retire_extra(
+        &self,
+        container: &str,
+    ) -> Result<(SystemTime, SystemTime), EnvError> {
+        let docker = &self.engine.docker;
+        let stop = StopContainerOptionsBuilder::default()
+            .t(RETIRE_GRACE_S)
+            .build();
+        if let Err(e) = docker.stop_container(container, Some(stop)).await
+            && !already_done(&e)
+        {
+            return Err(EnvError::new(format!("cannot stop {container}: {e}")));
+        }
+        let info = docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(|e| EnvError::new(format!("cannot inspect {container}: {e}")))?;
+        let state = info.state.unwrap_or_default();
+        let started = engine_time(state.started_at.as_deref(), container)?;
+        let finished = engine_time(state.finished_at.as_deref(), container)?;
+        let force = RemoveContainerOptionsBuilder::default().force(true).build();
+        if let Err(e) = docker.remove_container(container, Some(force)).await
+            && !already_done(&e)
+        {
+            return Err(EnvError::new(format!("cannot remove {container}: {e}")));
+        }
+        Ok((started, finished))
+    }
+}
+
+/// A timestamp from the engine's container state (RFC 3339, nanoseconds).
+fn engine_time(text: Option<&str>, container: &str) -> Result<SystemTime, EnvError> {
+    text.and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .ok_or_else(|| EnvError::new(format!("{container}: the engine gave no time: {text:?}")))
 }
 
 /// Runs the bootstrap step of every service whose kind has one (Redis
@@ -372,8 +464,6 @@ async fn start_attempt(
     reporter: &dyn Reporter,
 ) -> Result<Started, EnvError> {
     let kind = catalog::kind(&plan.kind).expect("validated kind");
-    let spec = catalog::spec(&plan.kind);
-    let container = format!("infralab-{run_id}-{instance}");
     reporter.event(&Event::ServiceStarting {
         lab: lab.to_string(),
         service: instance.clone(),
@@ -381,7 +471,65 @@ async fn start_attempt(
         image: image.to_string(),
     });
     let started_at = Instant::now();
+    let launched = launch(
+        engine,
+        run_id,
+        lab,
+        networks,
+        plan,
+        instance.clone(),
+        image,
+        opts,
+    )
+    .await?;
+    ready::wait(engine, kind, &launched.endpoint, plan.ready_timeout).await?;
+    let ready_ms = started_at.elapsed().as_millis() as u64;
+    reporter.event(&Event::ServiceReady {
+        lab: lab.to_string(),
+        service: instance.clone(),
+        url: launched.endpoint.url.clone(),
+        ms: ready_ms,
+    });
+    Ok(Started {
+        service: plan.name.clone(),
+        instance,
+        kind: plan.kind.clone(),
+        image: image.to_string(),
+        container: launched.container,
+        aliases: launched.aliases,
+        endpoint: launched.endpoint,
+        ready_ms,
+        ready_timeout: plan.ready_timeout,
+    })
+}
 
+/// A container the engine has started, not yet probed ready.
+#[derive(Debug, Clone)]
+pub struct Launched {
+    /// Container name.
+    pub container: String,
+    /// Network aliases (service and instance names).
+    pub aliases: Vec<String>,
+    /// How to reach it from the host.
+    pub endpoint: Endpoint,
+}
+
+/// Creates one labelled container of `plan` as `instance`, on the run's
+/// networks with its ports on loopback, and starts it.
+#[allow(clippy::too_many_arguments)]
+async fn launch(
+    engine: &Engine,
+    run_id: &str,
+    lab: &str,
+    networks: Networks<'_>,
+    plan: &ServicePlan,
+    instance: String,
+    image: &str,
+    opts: StackOptions,
+) -> Result<Launched, EnvError> {
+    let kind = catalog::kind(&plan.kind).expect("validated kind");
+    let spec = catalog::spec(&plan.kind);
+    let container = format!("infralab-{run_id}-{instance}");
     let mut env = spec.env.clone();
     env.extend(plan.env.clone());
     env.insert("INFRALAB_INSTANCE".into(), instance.clone());
@@ -549,24 +697,10 @@ async fn start_attempt(
         container: container.clone(),
     };
     endpoint.url = catalog::render_url(&spec.url, &endpoint, &spec.ports[0].0);
-    ready::wait(engine, kind, &endpoint, plan.ready_timeout).await?;
-    let ready_ms = started_at.elapsed().as_millis() as u64;
-    reporter.event(&Event::ServiceReady {
-        lab: lab.to_string(),
-        service: instance.clone(),
-        url: endpoint.url.clone(),
-        ms: ready_ms,
-    });
-    Ok(Started {
-        service: plan.name.clone(),
-        instance,
-        kind: plan.kind.clone(),
-        image: image.to_string(),
+    Ok(Launched {
         container,
         aliases,
         endpoint,
-        ready_ms,
-        ready_timeout: plan.ready_timeout,
     })
 }
 
@@ -735,5 +869,15 @@ mod tests {
             plain
         );
         std::fs::remove_dir_all(run_files_dir(&run_id)).unwrap();
+    }
+
+    #[test]
+    fn reads_the_engines_timestamps_to_the_nanosecond() {
+        let a = engine_time(Some("2026-12-03T00:50:13.123456789Z"), "c").unwrap();
+        let b = engine_time(Some("2026-12-03T00:50:14.5Z"), "c").unwrap();
+        let gap = b.duration_since(a).unwrap();
+        assert_eq!(gap, Duration::from_nanos(1_376_543_211));
+        assert!(engine_time(None, "c").is_err());
+        assert!(engine_time(Some("soon"), "c").is_err());
     }
 }

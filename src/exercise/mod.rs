@@ -18,6 +18,7 @@ pub mod documents;
 pub mod etcd_consensus;
 pub mod event_pipeline;
 pub mod fanout;
+pub mod functions;
 pub mod graph_traversal;
 pub mod grpc_rest;
 pub mod http2_multiplexing;
@@ -30,6 +31,7 @@ pub mod rate_limit;
 pub mod redis_lock;
 pub mod replica_reads;
 pub mod sentinel_failover;
+pub mod serverless;
 pub mod service_chain;
 pub mod sessions;
 pub mod smoke;
@@ -45,6 +47,7 @@ use serde_json::Value;
 use crate::catalog::Endpoint;
 use crate::challenge::Solution;
 use crate::event::{Evidence, TimelineEvent};
+pub use functions::Functions;
 
 /// Observations an exercise returns: name → number, boolean, string or list.
 pub type Observations = BTreeMap<String, Value>;
@@ -299,6 +302,7 @@ pub struct Ctx {
     pub namespace: String,
     timeline: Timeline,
     solution: Option<Arc<Solution>>,
+    functions: Option<Arc<dyn Functions>>,
     evidence: Arc<Mutex<Vec<Evidence>>>,
 }
 
@@ -395,6 +399,7 @@ impl Ctx {
             namespace,
             timeline,
             solution: None,
+            functions: None,
             evidence: Arc::default(),
         }
     }
@@ -404,6 +409,20 @@ impl Ctx {
     pub fn with_solution(mut self, solution: Arc<Solution>) -> Self {
         self.solution = Some(solution);
         self
+    }
+
+    /// The context of a scenario whose exercise may start instances of the
+    /// lab's services while it runs.
+    pub fn with_functions(mut self, functions: Arc<dyn Functions>) -> Self {
+        self.functions = Some(functions);
+        self
+    }
+
+    /// Starts and stops instances of the lab's services on demand.
+    pub fn functions(&self) -> Result<&Arc<dyn Functions>, ExerciseError> {
+        self.functions
+            .as_ref()
+            .ok_or_else(|| ExerciseError("this run cannot start instances on demand".into()))
     }
 
     /// The learner's program, in a challenge scenario: the harness starts
@@ -579,6 +598,7 @@ pub static EXERCISES: &[&dyn Exercise] = &[
     &sentinel_failover::SentinelFailover,
     &cluster_sharding::ClusterSharding,
     &service_chain::ServiceChain,
+    &serverless::Serverless,
     &sessions::SessionsExercise,
     &fanout::Fanout,
     &columnar::Columnar,

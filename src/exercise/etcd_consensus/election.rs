@@ -38,6 +38,8 @@ use crate::stats::round2;
 struct Log {
     /// When each campaign was won.
     wins: Vec<Duration>,
+    /// Each winner's term: its leader key's create revision.
+    terms: Vec<i64>,
     /// When the frozen leader's freeze began.
     frozen_at: Option<Duration>,
     /// Late items the frozen leader sent: accepted / refused by the fence.
@@ -128,6 +130,8 @@ struct Item {
     writer: usize,
     term: i64,
     late: bool,
+    /// The revision at which etcd stored it.
+    revision: i64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -165,7 +169,11 @@ async fn candidate(
                 _ = stop.changed() => return,
             }
         };
-        log.lock().expect("log").wins.push(clock.elapsed());
+        {
+            let mut l = log.lock().expect("log");
+            l.wins.push(clock.elapsed());
+            l.terms.push(term);
+        }
         // Context in the timeline, not a milestone a fault could wait for.
         timeline.record("election", format!("elected candidate-{id}"));
 
@@ -265,11 +273,13 @@ async fn items_in_order(etcd: &Etcd, prefix: &str) -> Option<Vec<Item>> {
     Some(
         kvs.into_iter()
             .filter_map(|kv| {
+                let revision = kv.mod_revision;
                 let mut parts = kv.value.split(' ');
                 Some(Item {
                     writer: parts.next()?.parse().ok()?,
                     term: parts.next()?.parse().ok()?,
                     late: parts.next()? == "late",
+                    revision,
                 })
             })
             .collect(),
@@ -281,21 +291,26 @@ fn observe(ctx: &Ctx, log: &Log, items: &[Item]) -> Observations {
     let terms: BTreeSet<i64> = items.iter().map(|i| i.term).collect();
     obs.insert("leaders_elected".into(), Value::from(log.wins.len()));
     obs.insert("terms_in_store".into(), Value::from(terms.len()));
-    // A deposed leader's item stored after a newer term's first item.
-    let mut newest = i64::MIN;
+    // A deposed leader's item: stored at a revision after a newer term
+    // began (a later leader's key was created), whether or not that leader
+    // had written anything yet.
     let mut deposed = 0;
     for item in items {
-        if item.term < newest {
+        let newer = log
+            .terms
+            .iter()
+            .filter(|t| **t > item.term && **t < item.revision)
+            .max();
+        if let Some(newer) = newer {
             deposed += 1;
             ctx.evidence(
                 "writes_by_deposed",
                 format!(
-                    "candidate-{} wrote in term {} after term {newest} had begun",
-                    item.writer, item.term
+                    "candidate-{} wrote in term {} at revision {}, after term {newer} had begun",
+                    item.writer, item.term, item.revision
                 ),
             );
         }
-        newest = newest.max(item.term);
     }
     obs.insert("writes_by_deposed".into(), Value::from(deposed));
     obs.insert(

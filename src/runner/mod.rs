@@ -22,6 +22,9 @@ use crate::lab::challenge::Target;
 use crate::lab::{Fault, FaultAction, Lab, Scenario, When};
 use crate::repeat;
 
+mod on_demand;
+use on_demand::OnDemand;
+
 /// How labs are run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -191,17 +194,20 @@ async fn run_stack(
     opts: &RunOptions,
     reporter: Arc<dyn Reporter>,
 ) -> Result<(Vec<ServiceReport>, Vec<ScenarioReport>), EnvError> {
-    let stack = Stack::start(
-        engine,
-        run_id,
-        lab,
-        StackOptions {
-            keep: false,
-            source: opts.source,
-        },
-        reporter.as_ref(),
-    )
-    .await?;
+    let stack = Arc::new(
+        Stack::start(
+            engine,
+            run_id,
+            lab,
+            StackOptions {
+                keep: false,
+                source: opts.source,
+            },
+            reporter.as_ref(),
+        )
+        .await?,
+    );
+    let on_demand = Arc::new(OnDemand::new(stack.clone(), lab.services.clone()));
     let announced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let services = service_reports(&stack);
     let selected = selected(lab, opts);
@@ -217,7 +223,15 @@ async fn run_stack(
         }
         for (scenario, runs) in selected.iter().zip(&mut runs) {
             let solution = solution_for(&stack, lab, scenario, round, opts, &reporter, &announced);
-            runs.push(run_and_heal(&stack, lab, scenario, round, opts, &reporter, solution).await?);
+            let run = ScenarioRun {
+                lab,
+                scenario,
+                round,
+                opts,
+                solution,
+                on_demand: &on_demand,
+            };
+            runs.push(run_and_heal(&stack, run, &reporter).await?);
         }
     }
     let scenarios = runs.into_iter().map(repeat::fold).collect();
@@ -308,22 +322,31 @@ fn solution_for(
     ))
 }
 
+/// One scenario's run: what it runs, and with what.
+struct ScenarioRun<'a> {
+    lab: &'a Lab,
+    scenario: &'a Scenario,
+    round: u32,
+    opts: &'a RunOptions,
+    /// The learner's program, in a challenge scenario.
+    solution: Option<Arc<Solution>>,
+    /// Instances the exercise starts while it runs.
+    on_demand: &'a Arc<OnDemand>,
+}
+
 /// Runs one scenario once, reports it, and heals the stack if it had faults
 /// so the next scenario (or the next round) starts healthy.
 async fn run_and_heal(
     stack: &Stack,
-    lab: &Lab,
-    scenario: &Scenario,
-    round: u32,
-    opts: &RunOptions,
+    run: ScenarioRun<'_>,
     reporter: &Arc<dyn Reporter>,
-    solution: Option<Arc<Solution>>,
 ) -> Result<ScenarioReport, EnvError> {
+    let (lab, scenario) = (run.lab, run.scenario);
     reporter.event(&Event::ScenarioStarted {
         lab: lab.name.clone(),
         scenario: scenario.name.clone(),
     });
-    let report = run_scenario(stack, lab, scenario, round, opts, solution).await;
+    let report = run_scenario(stack, run).await;
     reporter.event(&Event::ScenarioFinished {
         lab: lab.name.clone(),
         report: report.clone(),
@@ -480,14 +503,15 @@ fn namespace(run_id: &str, scenario: &str, round: u32) -> String {
     }
 }
 
-async fn run_scenario(
-    stack: &Stack,
-    lab: &Lab,
-    scenario: &Scenario,
-    round: u32,
-    opts: &RunOptions,
-    solution: Option<Arc<Solution>>,
-) -> ScenarioReport {
+async fn run_scenario(stack: &Stack, run: ScenarioRun<'_>) -> ScenarioReport {
+    let ScenarioRun {
+        lab,
+        scenario,
+        round,
+        opts,
+        solution,
+        on_demand,
+    } = run;
     let started = Instant::now();
     let timeline = Timeline::default();
     let mut ctx = Ctx::new(
@@ -499,6 +523,7 @@ async fn run_scenario(
     if let Some(s) = &solution {
         ctx = ctx.with_solution(s.clone());
     }
+    ctx = ctx.with_functions(on_demand.clone());
     let fault_errors = Mutex::new(Vec::new());
     let fault_steps = join_all(
         scenario
@@ -523,6 +548,8 @@ async fn run_scenario(
             )),
         ),
     };
+    // Instances the exercise started and left go with the scenario.
+    on_demand.clear().await;
     // The program stops with the scenario (SIGTERM, grace, SIGKILL); a
     // program that failed on its own, or never ran, leaves no PASS.
     if let Some(s) = &solution {
