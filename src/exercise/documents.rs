@@ -88,6 +88,12 @@ impl Exercise for Documents {
                 "the documents' index: GIN (jsonb_path_ops) for containment on nested fields, or none",
             ),
             ParamSpec::choice(
+                "search",
+                &["containment", "first-item"],
+                "containment",
+                "how the documents are searched for a product: containment on the items array, or (broken) the first item's sku only",
+            ),
+            ParamSpec::choice(
                 "update",
                 &["all", "latest"],
                 "all",
@@ -335,9 +341,14 @@ impl Store<'_> {
         let (mut wrong, mut indexed, mut plans) = (0u64, 0u64, 0u64);
         for k in 0..ctx.int("searches") {
             let sku = format!("sku-{}", (k * 7_919) % products);
-            let doc_sql = format!(
-                "SELECT id FROM {docs} WHERE doc @> '{{\"items\": [{{\"sku\": \"{sku}\"}}]}}' ORDER BY id"
-            );
+            let doc_sql = match ctx.text("search") {
+                "first-item" => format!(
+                    "SELECT id FROM {docs} WHERE doc->'items'->0->>'sku' = '{sku}' ORDER BY id"
+                ),
+                _ => format!(
+                    "SELECT id FROM {docs} WHERE doc @> '{{\"items\": [{{\"sku\": \"{sku}\"}}]}}' ORDER BY id"
+                ),
+            };
             let began = Instant::now();
             let found: Vec<i32> = self
                 .pg
@@ -364,6 +375,14 @@ impl Store<'_> {
                 .collect();
             if found != truth {
                 wrong += 1;
+                ctx.evidence(
+                    "search_wrong_answers",
+                    format!(
+                        "{sku}: the documents gave {} orders, the rows {}",
+                        found.len(),
+                        truth.len()
+                    ),
+                );
             }
             matches.push(found.len() as f64);
             let plan = explain(self.pg, &doc_sql)

@@ -120,6 +120,18 @@ impl Exercise for GrpcRest {
                 "each call's deadline (deadline)",
             ),
             ParamSpec::choice(
+                "client_deadline",
+                &["set", "none"],
+                "set",
+                "whether the deadline calls carry `deadline_ms` (broken: none, gRPC's default, so they wait as long as the work takes)",
+            ),
+            ParamSpec::choice(
+                "poller",
+                &["cursor", "latest"],
+                "cursor",
+                "the polling client asks for every update after the last it saw, or (broken) keeps only the latest of each answer, as a dashboard of current values does",
+            ),
+            ParamSpec::choice(
                 "server",
                 &["inline", "detached"],
                 "inline",
@@ -402,6 +414,7 @@ async fn stream_part(
             }
         })
     };
+    let latest_only = ctx.text("poller") == "latest";
     let poller = {
         let (polled, http, base) = (polled.clone(), http.clone(), base.clone());
         tokio::spawn(async move {
@@ -409,11 +422,14 @@ async fn stream_part(
             let mut tick = tokio::time::interval(poll_every);
             while after < last_seq {
                 tick.tick().await;
-                let got: Vec<Update> =
+                let mut got: Vec<Update> =
                     match http.get(format!("{base}/feed?after={after}")).send().await {
                         Ok(r) => r.json().await.unwrap_or_default(),
                         Err(_) => continue,
                     };
+                if latest_only && got.len() > 1 {
+                    got.drain(..got.len() - 1);
+                }
                 let now = unix_us();
                 if got.is_empty() {
                     empty += 1;
@@ -468,14 +484,14 @@ async fn deadline_part(
     let channel = grpc::channel(&agent.url).await?;
     let n = ctx.int("deadline_calls") as u64;
     let work_ms = ctx.int("work_ms") as u32;
-    let deadline = Duration::from_millis(ctx.int("deadline_ms") as u64);
+    let deadline = (ctx.text("client_deadline") == "set")
+        .then(|| Duration::from_millis(ctx.int("deadline_ms") as u64));
     let handles = (0..n)
         .map(|id| {
             let channel = channel.clone();
             tokio::spawn(async move {
                 let began = Instant::now();
-                let answer =
-                    grpc::get(channel, GET, GetOrder { id, work_ms }, Some(deadline)).await;
+                let answer = grpc::get(channel, GET, GetOrder { id, work_ms }, deadline).await;
                 let timed_out = matches!(
                     answer.as_ref().map_err(tonic::Status::code),
                     Err(tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)

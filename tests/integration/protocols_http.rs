@@ -283,6 +283,44 @@ fn a_server_that_ignores_its_callers_leaving_wastes_its_work() {
     assert_eq!(check_verdict(&report, "deadline", "server_left"), "pass");
 }
 
+/// The broken client: calls without a deadline, gRPC's default. They wait
+/// the whole 2 s of work and nobody leaves.
+#[test]
+fn grpc_calls_without_a_deadline_wait_for_all_the_work() {
+    let report = run_broken(
+        GRPC,
+        "nodeadline",
+        &[("deadline", "client_deadline", json!("none"))],
+        "deadline",
+    );
+    assert_eq!(
+        check_verdict(&report, "deadline", "deadline_errors"),
+        "fail"
+    );
+    assert_eq!(check_verdict(&report, "deadline", "server_left"), "fail");
+    assert!(obs(&report, "deadline", "client_wait_p50_ms") >= 2000.0);
+}
+
+/// The broken poller: it keeps only the latest update of each answer, as a
+/// dashboard of current values does, and misses the ones in between.
+#[test]
+fn a_poller_that_keeps_only_the_latest_update_misses_the_others() {
+    let report = run_broken(
+        GRPC,
+        "latest",
+        &[("stream-vs-polling", "poller", json!("latest"))],
+        "stream-vs-polling",
+    );
+    assert_eq!(
+        check_verdict(&report, "stream-vs-polling", "poll_missed"),
+        "fail"
+    );
+    assert_eq!(
+        check_verdict(&report, "stream-vs-polling", "stream_missed"),
+        "pass"
+    );
+}
+
 /// The broken proxy: gRPC sent on with proxy_pass (HTTP/1.1) loses the
 /// trailers that carry its status.
 #[test]

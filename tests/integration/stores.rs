@@ -254,6 +254,21 @@ fn a_nested_search_without_its_index_reads_every_document() {
     );
 }
 
+/// The broken query: it looks for the product in the first item only.
+#[test]
+fn a_search_of_the_first_item_only_misses_orders() {
+    let report = run_broken(
+        DOCUMENTS,
+        "firstitem",
+        &[("nested-search", "search", json!("first-item"))],
+        "nested-search",
+    );
+    assert_eq!(
+        check_verdict(&report, "nested-search", "search_wrong_answers"),
+        "fail"
+    );
+}
+
 /// The broken application: a move updates only the latest order.
 #[test]
 fn updating_one_copy_of_an_embedded_address_leaves_the_others_stale() {
