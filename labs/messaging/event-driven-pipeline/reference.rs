@@ -91,10 +91,8 @@ pub async fn run(mistakes: Mistakes) -> Result<(), Box<dyn Error>> {
             "enable.auto.commit",
             (!mistakes.commit_before_write).to_string(),
         )
-        .set(
-            "enable.auto.offset.store",
-            mistakes.dedup_in_memory.to_string(),
-        )
+        // Offsets are stored by hand, after the charge.
+        .set("enable.auto.offset.store", "false")
         .create()?;
     consumer.subscribe(&[&var("ORDERS_TOPIC")?])?;
 
@@ -114,7 +112,7 @@ pub async fn run(mistakes: Mistakes) -> Result<(), Box<dyn Error>> {
             &[&order.order, &order.customer, &order.amount, &instance],
         )
         .await?;
-        if !mistakes.commit_before_write && !mistakes.dedup_in_memory {
+        if !mistakes.commit_before_write {
             consumer.store_offset_from_message(&message)?;
         }
     }
