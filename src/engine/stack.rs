@@ -83,6 +83,26 @@ pub struct Stack {
     opts: StackOptions,
 }
 
+/// How long a retired extra container may take to stop before the engine
+/// kills it.
+const RETIRE_GRACE_S: i32 = 5;
+
+/// The name of the container of `instance` in run `run_id`.
+pub fn container_name(run_id: &str, instance: &str) -> String {
+    format!("infralab-{run_id}-{instance}")
+}
+
+/// Removes a container, running or not; one already gone is fine.
+async fn remove_container(engine: &Engine, container: &str) -> Result<(), EnvError> {
+    let force = RemoveContainerOptionsBuilder::default().force(true).build();
+    match engine.docker.remove_container(container, Some(force)).await {
+        Err(e) if !already_done(&e) => {
+            Err(EnvError::new(format!("cannot remove {container}: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A short random run id: unique enough that concurrent runs never collide.
 pub fn new_run_id() -> String {
     format!("{:08x}", rand::random::<u32>())
@@ -221,28 +241,6 @@ impl Stack {
         .await
     }
 
-    /// Endpoints by instance name, for exercises.
-    pub fn endpoints(&self) -> BTreeMap<String, Endpoint> {
-        self.services
-            .iter()
-            .map(|s| (s.instance.clone(), s.endpoint.clone()))
-            .collect()
-    }
-
-    /// Containers of a service or of one instance, for faults.
-    pub fn targets(&self, name: &str) -> Vec<&Started> {
-        self.services
-            .iter()
-            .filter(|s| s.service == name || s.instance == name)
-            .collect()
-    }
-}
-
-/// How long a retired extra container may take to stop before the engine
-/// kills it.
-const RETIRE_GRACE_S: i32 = 5;
-
-impl Stack {
     /// Stops and removes an extra container (see [`Stack::launch_extra`]),
     /// returning when its process started and when it finished, as the
     /// engine recorded them.
@@ -269,13 +267,24 @@ impl Stack {
         let state = info.state.unwrap_or_default();
         let started = engine_time(state.started_at.as_deref(), container)?;
         let finished = engine_time(state.finished_at.as_deref(), container)?;
-        let force = RemoveContainerOptionsBuilder::default().force(true).build();
-        if let Err(e) = docker.remove_container(container, Some(force)).await
-            && !already_done(&e)
-        {
-            return Err(EnvError::new(format!("cannot remove {container}: {e}")));
-        }
+        remove_container(&self.engine, container).await?;
         Ok((started, finished))
+    }
+
+    /// Endpoints by instance name, for exercises.
+    pub fn endpoints(&self) -> BTreeMap<String, Endpoint> {
+        self.services
+            .iter()
+            .map(|s| (s.instance.clone(), s.endpoint.clone()))
+            .collect()
+    }
+
+    /// Containers of a service or of one instance, for faults.
+    pub fn targets(&self, name: &str) -> Vec<&Started> {
+        self.services
+            .iter()
+            .filter(|s| s.service == name || s.instance == name)
+            .collect()
     }
 }
 
@@ -431,16 +440,7 @@ async fn start_one(
         match started {
             Err(e) if e.message.contains(PORT_BUSY) && attempt < PORT_ATTEMPTS => {
                 tracing::info!(%instance, attempt, "host port taken meanwhile; new ports");
-                let container = format!("infralab-{run_id}-{instance}");
-                let force = RemoveContainerOptionsBuilder::default().force(true).build();
-                if let Err(e) = engine
-                    .docker
-                    .remove_container(&container, Some(force))
-                    .await
-                    && !already_done(&e)
-                {
-                    return Err(EnvError::new(format!("cannot remove {container}: {e}")));
-                }
+                remove_container(engine, &container_name(run_id, &instance)).await?;
                 attempt += 1;
             }
             other => return other,
@@ -529,7 +529,7 @@ async fn launch(
 ) -> Result<Launched, EnvError> {
     let kind = catalog::kind(&plan.kind).expect("validated kind");
     let spec = catalog::spec(&plan.kind);
-    let container = format!("infralab-{run_id}-{instance}");
+    let container = container_name(run_id, &instance);
     let mut env = spec.env.clone();
     env.extend(plan.env.clone());
     env.insert("INFRALAB_INSTANCE".into(), instance.clone());

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use super::describe;
 use crate::catalog::Endpoint;
 use crate::engine::Stack;
+use crate::engine::stack;
 use crate::exercise::ExerciseError;
 use crate::exercise::functions::{Functions, Lifetime};
 use crate::lab::ServicePlan;
@@ -61,7 +62,7 @@ impl Functions for OnDemand {
         let instance = format!("{service}-demand-{n}");
         // Known before the engine is asked, so a scenario that ends while
         // it starts still removes it.
-        let container = format!("infralab-{}-{instance}", self.stack.run_id);
+        let container = stack::container_name(&self.stack.run_id, &instance);
         self.live.lock().expect("live").insert(container);
         let launched = self
             .stack

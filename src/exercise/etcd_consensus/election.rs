@@ -36,16 +36,22 @@ use crate::stats::round2;
 /// What one candidate did, as its own log.
 #[derive(Default)]
 struct Log {
-    /// When each campaign was won.
-    wins: Vec<Duration>,
-    /// Each winner's term: its leader key's create revision.
-    terms: Vec<i64>,
+    /// Each campaign won, in order.
+    wins: Vec<Win>,
     /// When the frozen leader's freeze began.
     frozen_at: Option<Duration>,
     /// Late items the frozen leader sent: accepted / refused by the fence.
     late_accepted: usize,
     late_refused: usize,
     late_unanswered: usize,
+}
+
+/// One campaign won.
+struct Win {
+    /// When, since the exercise began.
+    at: Duration,
+    /// The winner's term: its leader key's create revision.
+    term: i64,
 }
 
 /// Runs the election and returns its observations.
@@ -169,11 +175,10 @@ async fn candidate(
                 _ = stop.changed() => return,
             }
         };
-        {
-            let mut l = log.lock().expect("log");
-            l.wins.push(clock.elapsed());
-            l.terms.push(term);
-        }
+        log.lock().expect("log").wins.push(Win {
+            at: clock.elapsed(),
+            term,
+        });
         // Context in the timeline, not a milestone a fault could wait for.
         timeline.record("election", format!("elected candidate-{id}"));
 
@@ -297,9 +302,10 @@ fn observe(ctx: &Ctx, log: &Log, items: &[Item]) -> Observations {
     let mut deposed = 0;
     for item in items {
         let newer = log
-            .terms
+            .wins
             .iter()
-            .filter(|t| **t > item.term && **t < item.revision)
+            .map(|w| w.term)
+            .filter(|t| *t > item.term && *t < item.revision)
             .max();
         if let Some(newer) = newer {
             deposed += 1;
@@ -319,7 +325,7 @@ fn observe(ctx: &Ctx, log: &Log, items: &[Item]) -> Observations {
     );
     obs.insert("late_writes_refused".into(), Value::from(log.late_refused));
     if let Some(frozen) = log.frozen_at
-        && let Some(at) = log.wins.iter().find(|at| **at > frozen)
+        && let Some(at) = log.wins.iter().map(|w| w.at).find(|at| *at > frozen)
     {
         let ms = at.saturating_sub(frozen).as_secs_f64() * 1000.0;
         obs.insert("failover_ms".into(), Value::from(round2(ms)));
