@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
 use crate::catalog::Endpoint;
 use crate::client::redis as client;
-use crate::client::redis::sentinel::{self, Switches, Watch};
+use crate::client::redis::sentinel::{self, Announcement, Announcements, Watch};
 use crate::stats::round2;
 
 /// Recorded once writes are acknowledged; the lab kills or cuts off the
@@ -261,24 +261,30 @@ impl<'a> Topology<'a> {
     }
 
     /// One listener per Sentinel: the latest primary any of them announced,
-    /// and when the first announcement came.
+    /// and when the first announcement came. Every step of the failover goes
+    /// in the timeline, so a slow one shows why (a split vote, TILT).
     async fn listen_for_switches(&self, ctx: &Ctx) -> Result<SwitchLog, ExerciseError> {
         let (latest, _) = watch::channel(self.primary.service.clone());
         let latest = Arc::new(latest);
         let first = Arc::new(Mutex::new(None::<Instant>));
         let mut tasks = Vec::new();
         for s in &self.sentinels {
-            let mut switches = Switches::subscribe(s).await?;
+            let mut announcements = Announcements::subscribe(s).await?;
             let (latest, first, timeline) = (latest.clone(), first.clone(), ctx.timeline());
             let source = s.service.clone();
             tasks.push(tokio::spawn(async move {
-                while let Some((_, host)) = switches.next().await {
-                    first
-                        .lock()
-                        .expect("switch")
-                        .get_or_insert_with(Instant::now);
-                    timeline.record(&source, format!("+switch-master {host}"));
-                    latest.send_replace(host);
+                while let Some(a) = announcements.next().await {
+                    match a {
+                        Announcement::Switch { host, .. } => {
+                            first
+                                .lock()
+                                .expect("switch")
+                                .get_or_insert_with(Instant::now);
+                            timeline.record(&source, format!("+switch-master {host}"));
+                            latest.send_replace(host);
+                        }
+                        Announcement::Step(step) => timeline.record(&source, step),
+                    }
                 }
             }));
         }

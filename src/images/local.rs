@@ -357,6 +357,18 @@ pub(crate) fn stage(
     Ok(uploads)
 }
 
+/// Documentation, manuals and translations are a third of a rootfs: removed
+/// once everything is installed (copyright notices stay). dpkg's
+/// `path-exclude` would keep them out in the first place, but then mmdebstrap
+/// passes every essential package through its Python tar filter: the Redis
+/// image's extraction step took 15 s instead of 6 (35–60 s instead of 5–10
+/// on a busy machine), for a tarball of the same size.
+const STRIP_DOCS: &str = concat!(
+    r#"find "$1"/usr/share/doc -mindepth 1 ! -type d ! -name copyright -delete"#,
+    r#" && find "$1"/usr/share/doc -mindepth 1 -type d -empty -delete"#,
+    r#" && rm -rf "$1"/usr/share/man/* "$1"/usr/share/info/* "$1"/usr/share/locale/*"#
+);
+
 /// The mmdebstrap command line (without the program name).
 pub(crate) fn mmdebstrap_args(
     spec: &KindSpec,
@@ -370,12 +382,6 @@ pub(crate) fn mmdebstrap_args(
         "--variant=minbase".into(),
         "--aptopt=APT::Install-Recommends \"false\"".into(),
         "--aptopt=APT::Install-Suggests \"false\"".into(),
-        // Documentation, manuals and translations are a third of a rootfs.
-        "--dpkgopt=path-exclude=/usr/share/doc/*".into(),
-        "--dpkgopt=path-include=/usr/share/doc/*/copyright".into(),
-        "--dpkgopt=path-exclude=/usr/share/man/*".into(),
-        "--dpkgopt=path-exclude=/usr/share/info/*".into(),
-        "--dpkgopt=path-exclude=/usr/share/locale/*".into(),
     ];
     if !r.packages.is_empty() {
         a.push(format!("--include={}", r.packages.join(",")));
@@ -405,6 +411,7 @@ pub(crate) fn mmdebstrap_args(
     // mmdebstrap's own cleanup empties the apt lists and caches afterwards; logs
     // of the package installation are of no use in an image.
     a.push("--customize-hook=rm -f \"$1\"/var/log/dpkg.log \"$1\"/var/log/apt/*.log \"$1\"/var/log/alternatives.log".into());
+    a.push(format!("--customize-hook={STRIP_DOCS}"));
     a.push(suite.to_string());
     a.push(target.to_string_lossy().into_owned());
     a.extend(mirrors.iter().map(|m| m.to_string_lossy().into_owned()));

@@ -1,6 +1,6 @@
 //! Redis Sentinel's API, spoken through the redis crate: where the primary
 //! is, what a Sentinel knows of the topology, telling it what to watch, and
-//! its `+switch-master` announcements.
+//! its announcements of a failover's steps (`+odown` … `+switch-master`).
 //!
 //! Sentinels and Redis servers announce names here (see
 //! compose/redis-sentinel.yaml), so every address Sentinel gives is an
@@ -225,33 +225,70 @@ pub async fn until_known(
     }
 }
 
-/// A Sentinel's `+switch-master` announcements, as the new primary's host.
-pub struct Switches(redis::aio::PubSub);
+/// The steps of a failover a Sentinel announces on its own channels, in the
+/// order they happen: the primary objectively down, an election tried, won
+/// or lost (a split vote: each Sentinel waits twice `failover-timeout`
+/// before it tries again), TILT (its clock jumped, so it acts on nothing for
+/// 30 s), and the switch to the new primary.
+const STEPS: [&str; 6] = [
+    "+odown",
+    "+try-failover",
+    "+elected-leader",
+    "-failover-abort-not-elected",
+    "+tilt",
+    "+switch-master",
+];
 
-impl Switches {
-    /// Subscribes to a Sentinel's `+switch-master` channel.
-    pub async fn subscribe(endpoint: &Endpoint) -> Result<Switches, ExerciseError> {
+/// One announcement of a Sentinel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Announcement {
+    /// `+switch-master`: the primary `name` is now at `host`.
+    Switch { name: String, host: String },
+    /// Any other step: the channel, e.g. `+elected-leader`.
+    Step(String),
+}
+
+/// A Sentinel's announcements of failover steps.
+pub struct Announcements(redis::aio::PubSub);
+
+impl Announcements {
+    /// Subscribes to a Sentinel's channels of failover steps.
+    pub async fn subscribe(endpoint: &Endpoint) -> Result<Announcements, ExerciseError> {
         let client = redis::Client::open(endpoint.url.as_str()).doing("sentinel url")?;
         let mut pubsub = client
             .get_async_pubsub()
             .await
             .doing("subscribing to a Sentinel")?;
         pubsub
-            .subscribe("+switch-master")
+            .subscribe(&STEPS)
             .await
-            .doing("SUBSCRIBE +switch-master")?;
-        Ok(Switches(pubsub))
+            .doing("SUBSCRIBE to Sentinel's failover channels")?;
+        Ok(Announcements(pubsub))
     }
 
-    /// The next switch: `(primary name, new host)`; `None` once the
-    /// connection is gone.
-    pub async fn next(&mut self) -> Option<(String, String)> {
-        let msg = self.0.on_message().next().await?;
-        let text: String = msg.get_payload().ok()?;
-        // "<name> <old host> <old port> <new host> <new port>"
-        let words: Vec<&str> = text.split_whitespace().collect();
-        Some((words.first()?.to_string(), words.get(3)?.to_string()))
+    /// The next announcement; `None` once the connection is gone.
+    pub async fn next(&mut self) -> Option<Announcement> {
+        loop {
+            let msg = self.0.on_message().next().await?;
+            let text: String = msg.get_payload().ok()?;
+            if let Some(a) = announcement(msg.get_channel_name(), &text) {
+                return Some(a);
+            }
+        }
     }
+}
+
+/// Reads one message; `None` for a `+switch-master` that is not
+/// "<name> <old host> <old port> <new host> <new port>".
+fn announcement(channel: &str, text: &str) -> Option<Announcement> {
+    if channel != "+switch-master" {
+        return Some(Announcement::Step(channel.to_string()));
+    }
+    let words: Vec<&str> = text.split_whitespace().collect();
+    Some(Announcement::Switch {
+        name: words.first()?.to_string(),
+        host: words.get(3)?.to_string(),
+    })
 }
 
 /// Connects to every Sentinel.
@@ -268,6 +305,22 @@ pub async fn connect_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_switch_names_the_new_host_and_other_steps_their_channel() {
+        assert_eq!(
+            announcement("+switch-master", "primary primary 6379 replica-2 6379"),
+            Some(Announcement::Switch {
+                name: "primary".into(),
+                host: "replica-2".into()
+            })
+        );
+        assert_eq!(announcement("+switch-master", "primary"), None);
+        assert_eq!(
+            announcement("-failover-abort-not-elected", "master primary primary 6379"),
+            Some(Announcement::Step("-failover-abort-not-elected".into()))
+        );
+    }
 
     #[test]
     fn a_flat_reply_reads_as_fields() {
