@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use super::{Context, Ctx, Exercise, ExerciseError, Milestone, ObsSpec, Observations, ParamSpec};
 use crate::catalog::Endpoint;
 use crate::client::redis as client;
-use crate::client::redis::sentinel::{self, Announcement, Announcements, Watch};
+use crate::client::redis::sentinel::{self, Announcement, Announcements, SWITCH_MASTER, Watch};
 use crate::stats::round2;
 
 /// Recorded once writes are acknowledged; the lab kills or cuts off the
@@ -282,7 +282,7 @@ impl<'a> Topology<'a> {
                                 .lock()
                                 .expect("switch")
                                 .get_or_insert_with(Instant::now);
-                            timeline.record(&source, format!("+switch-master {host}"));
+                            timeline.record(&source, format!("{SWITCH_MASTER} {host}"));
                             latest.send_replace(host);
                         }
                         Announcement::Step(step) => timeline.record(&source, step),

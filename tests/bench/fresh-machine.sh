@@ -16,7 +16,8 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 [ "${1:-}" = "--from-source" ] && export INFRALAB_FROM_SOURCE=1
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# Kept when a step fails, so its log can be read.
+trap 'if [ "${status:-1}" = 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi' EXIT
 git clone -q "$repo" "$work/infralab"
 cd "$work/infralab"
 export XDG_CACHE_HOME="$work/cache" CARGO_TERM_COLOR=never NO_COLOR=1

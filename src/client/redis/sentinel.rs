@@ -236,8 +236,11 @@ const STEPS: [&str; 6] = [
     "+elected-leader",
     "-failover-abort-not-elected",
     "+tilt",
-    "+switch-master",
+    SWITCH_MASTER,
 ];
+
+/// The announcement of the new primary, last step of a failover.
+pub const SWITCH_MASTER: &str = "+switch-master";
 
 /// One announcement of a Sentinel.
 #[derive(Debug, Clone, PartialEq)]
@@ -281,7 +284,7 @@ impl Announcements {
 /// Reads one message; `None` for a `+switch-master` that is not
 /// "<name> <old host> <old port> <new host> <new port>".
 fn announcement(channel: &str, text: &str) -> Option<Announcement> {
-    if channel != "+switch-master" {
+    if channel != SWITCH_MASTER {
         return Some(Announcement::Step(channel.to_string()));
     }
     let words: Vec<&str> = text.split_whitespace().collect();
