@@ -92,9 +92,9 @@ async fn window(
                         break;
                     }
                     match answer {
-                        Some(instance) => {
+                        Some(served) => {
                             w.latencies.push(sent.elapsed());
-                            w.instances.insert(instance);
+                            w.instances.insert(served.instance);
                         }
                         None => w.errors += 1,
                     }

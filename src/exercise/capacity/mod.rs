@@ -16,7 +16,8 @@
 //! - `mode: kill` ([`kill`]): both pools under load at once; after the
 //!   milestone `loaded` the lab kills instances (`kill_a`, `kill_b`); once
 //!   each is seen down on its own port the load goes on for `after_ms`, and
-//!   every outcome is counted before and after.
+//!   until Nginx has tried each killed instance again (a failed request or a
+//!   retried answer), and every outcome is counted before and after.
 
 mod curve;
 mod kill;
@@ -94,7 +95,7 @@ impl Exercise for Capacity {
                 100,
                 60_000,
                 2_000,
-                "kill: how long the load goes on once the killed instances are down",
+                "kill: how long the load goes on at least once the killed instances are down (and until Nginx has tried each again)",
             ),
             ParamSpec::text("kill_a", "", "kill: the instance of pool a the lab kills"),
             ParamSpec::text("kill_b", "", "kill: the instance of pool b the lab kills"),
@@ -179,6 +180,11 @@ impl Exercise for Capacity {
                     "kill: instances of pool a that answered requests started after the kill",
                 ),
                 ObsSpec::number("b_instances_after_kill", "kill: the same for pool b"),
+                ObsSpec::number(
+                    "a_retried_after_kill",
+                    "kill: pool a's answers after the kill that Nginx got from a second instance, having tried a dead one first (its `$upstream_addr`)",
+                ),
+                ObsSpec::number("b_retried_after_kill", "kill: the same for pool b"),
             ]
         }
     }
@@ -271,15 +277,32 @@ impl Pool {
 /// so an instance that never answers shows as Nginx's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One request through Nginx: the instance that answered 200, or `None`.
-async fn one(pool: &Pool, url: &str) -> Option<String> {
+/// The header the lab's Nginx sets to `$upstream_addr`: every instance
+/// address it tried for the request, comma-separated when it retried.
+const UPSTREAM_TRIED_HEADER: &str = "x-upstream-tried";
+
+/// A request Nginx answered 200.
+struct Served {
+    /// The agent instance that answered.
+    instance: String,
+    /// Nginx tried another instance first and moved on (a dead one).
+    retried: bool,
+}
+
+/// One request through Nginx: who answered 200, or `None`.
+async fn one(pool: &Pool, url: &str) -> Option<Served> {
     let response = pool.client.get(url).send().await.ok()?;
     if response.status() != reqwest::StatusCode::OK {
         return None;
     }
-    let instance = http::instance(response.headers());
+    let instance = http::instance(response.headers())?;
+    let retried = response
+        .headers()
+        .get(UPSTREAM_TRIED_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tried| tried.contains(','));
     response.bytes().await.ok()?;
-    instance
+    Some(Served { instance, retried })
 }
 
 /// The pool's CPU accounting summed over its instances, read from each
