@@ -133,7 +133,15 @@ pub struct Watch<'a> {
     pub down_after_ms: u64,
     /// `failover-timeout`.
     pub failover_timeout_ms: u64,
+    /// How long TILT lasts (`SENTINEL DEBUG tilt-period`); Sentinel's own
+    /// 30 s when the lab does not say.
+    pub tilt_period_ms: Option<u64>,
 }
+
+/// The optional environment variable of a Sentinel service: how long TILT
+/// lasts, in ms. Sentinel's own 30 s is meant for a clock that jumped; a lab
+/// on a busy machine may shorten it so a stalled moment costs seconds.
+pub const TILT_PERIOD_VAR: &str = "SENTINEL_TILT_PERIOD_MS";
 
 impl Watch<'_> {
     /// The settings a Sentinel was started with (its environment).
@@ -153,6 +161,10 @@ impl Watch<'_> {
             quorum: number("SENTINEL_QUORUM")? as u32,
             down_after_ms: number("SENTINEL_DOWN_AFTER_MS")?,
             failover_timeout_ms: number("SENTINEL_FAILOVER_TIMEOUT_MS")?,
+            tilt_period_ms: match endpoint.env.get(TILT_PERIOD_VAR) {
+                Some(_) => Some(number(TILT_PERIOD_VAR)?),
+                None => None,
+            },
         })
     }
 
@@ -190,6 +202,15 @@ impl Watch<'_> {
             .query_async(conn)
             .await
             .doing("SENTINEL SET")?;
+        if let Some(ms) = self.tilt_period_ms {
+            let _: () = redis::cmd("SENTINEL")
+                .arg("DEBUG")
+                .arg("tilt-period")
+                .arg(ms)
+                .query_async(conn)
+                .await
+                .doing("SENTINEL DEBUG tilt-period")?;
+        }
         Ok(())
     }
 }
@@ -228,8 +249,8 @@ pub async fn until_known(
 /// The steps of a failover a Sentinel announces on its own channels, in the
 /// order they happen: the primary objectively down, an election tried, won
 /// or lost (a split vote: each Sentinel waits twice `failover-timeout`
-/// before it tries again), TILT (its clock jumped, so it acts on nothing for
-/// 30 s), and the switch to the new primary.
+/// before it tries again), TILT (its timer ran late, so it acts on nothing
+/// for its tilt period, 30 s by default), and the switch to the new primary.
 const STEPS: [&str; 6] = [
     "+odown",
     "+try-failover",
