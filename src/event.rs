@@ -263,6 +263,64 @@ pub enum Event {
 
 /// Receives live events. Implemented by the terminal progress display; the
 /// final report is rendered once at the end.
+impl Event {
+    /// The name of the lab the event is about (none for image builds).
+    pub fn lab(&self) -> Option<&str> {
+        match self {
+            Event::LabStarted { lab, .. }
+            | Event::ServiceStarting { lab, .. }
+            | Event::ServiceReady { lab, .. }
+            | Event::Bootstrapping { lab, .. }
+            | Event::Bootstrapped { lab, .. }
+            | Event::RoundStarted { lab, .. }
+            | Event::ScenarioStarted { lab, .. }
+            | Event::ScenarioFinished { lab, .. }
+            | Event::SolutionStarted { lab, .. }
+            | Event::SolutionOutput { lab, .. }
+            | Event::TornDown { lab, .. } => Some(lab),
+            Event::LabFinished { report } => Some(&report.name),
+            Event::ImageBuild { .. } | Event::ImageBuilt { .. } => None,
+        }
+    }
+
+    /// The same, to rename it.
+    fn lab_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Event::LabStarted { lab, .. }
+            | Event::ServiceStarting { lab, .. }
+            | Event::ServiceReady { lab, .. }
+            | Event::Bootstrapping { lab, .. }
+            | Event::Bootstrapped { lab, .. }
+            | Event::RoundStarted { lab, .. }
+            | Event::ScenarioStarted { lab, .. }
+            | Event::ScenarioFinished { lab, .. }
+            | Event::SolutionStarted { lab, .. }
+            | Event::SolutionOutput { lab, .. }
+            | Event::TornDown { lab, .. } => Some(lab),
+            Event::LabFinished { report } => Some(&mut report.name),
+            Event::ImageBuild { .. } | Event::ImageBuilt { .. } => None,
+        }
+    }
+}
+
+/// Passes every event on with the lab's name tagged (`lab[tag]`): runs of
+/// the same lab side by side (`validate --solutions --jobs`) stay apart in
+/// the progress.
+pub struct Tagged {
+    pub inner: std::sync::Arc<dyn Reporter>,
+    pub tag: String,
+}
+
+impl Reporter for Tagged {
+    fn event(&self, event: &Event) {
+        let mut event = event.clone();
+        if let Some(lab) = event.lab_mut() {
+            lab.push_str(&format!("[{}]", self.tag));
+        }
+        self.inner.event(&event);
+    }
+}
+
 pub trait Reporter: Send + Sync {
     /// Called for every event, in order.
     fn event(&self, event: &Event);

@@ -149,7 +149,7 @@ pub enum Command {
     },
     /// Check lab files without Docker (all labs when no file is given); with --solutions, run every declared solution of the challenges
     #[command(
-        after_help = "Examples:\n  infralab validate\n  infralab validate labs/messaging/*.yaml\n  infralab validate --solutions distributed-locking --repeat 3"
+        after_help = "Examples:\n  infralab validate\n  infralab validate labs/messaging/*.yaml\n  infralab validate --solutions distributed-locking --repeat 3\n  infralab validate --solutions event-driven-pipeline --jobs 2"
     )]
     Validate {
         /// Lab files (with --solutions: lab names, file stems or paths; all challenges when none)
@@ -163,6 +163,9 @@ pub enum Command {
         /// With --solutions: the matrix as text, or JSON on stdout
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// With --solutions: solutions run at once, each on its own services [default: 1, as verdicts that hang on timing were proven one at a time]
+        #[arg(long, short = 'j', value_name = "N", requires = "solutions", value_parser = clap::value_parser!(u32).range(1..=32))]
+        jobs: Option<u32>,
         #[command(flatten)]
         images: ImageArgs,
     },

@@ -28,6 +28,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             solutions: true,
             repeat,
             format,
+            jobs,
             images,
         } => {
             let files = if files.is_empty() {
@@ -51,6 +52,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             let settings = solutions::Settings {
                 source: images.images,
                 repeat,
+                jobs: jobs.map_or(1, |j| j as usize),
                 format,
                 color,
                 verbose,

@@ -11,13 +11,14 @@ use super::{CliError, Format};
 use crate::check::Verdict;
 use crate::engine::Engine;
 use crate::engine::stack;
-use crate::event::{LabReport, Reporter, ScenarioReport};
+use crate::event::{LabReport, Reporter, ScenarioReport, Tagged};
 use crate::images::Source;
 use crate::lab::{Lab, SolutionDecl, SolutionExpect};
 use crate::report::matrix::{Cell, Matrix, Row, render};
 use crate::report::terminal::{ColorChoice, Progress};
 use crate::runner::{self, RunOptions};
 use crate::{challenge, exit};
+use futures_util::StreamExt;
 
 /// How `validate --solutions` runs.
 pub struct Settings {
@@ -25,6 +26,8 @@ pub struct Settings {
     pub source: Source,
     /// Runs of every scenario per solution.
     pub repeat: u32,
+    /// Solutions at once (`--jobs N`), each on services of its own.
+    pub jobs: usize,
     /// Text matrix or JSON.
     pub format: Format,
     /// Colour of the progress.
@@ -49,6 +52,7 @@ pub async fn validate(labs: Vec<Arc<Lab>>, settings: &Settings) -> Result<i32, C
     let engine = Engine::connect().await?;
     let progress = Arc::new(Progress::new(settings.color));
     progress.set_verbose(settings.verbose);
+    progress.set_parallel(settings.jobs > 1);
     let reporter: Arc<dyn Reporter> = progress.clone();
     let all = async {
         let mut matrices = Vec::new();
@@ -93,43 +97,27 @@ async fn lab_matrix(
         .filter(|s| s.challenge)
         .map(|s| s.name.clone())
         .collect();
-    let mut rows = Vec::new();
     let declared = lab
         .challenge
         .as_ref()
         .map(|c| c.solutions.clone())
         .unwrap_or_default();
-    for decl in &declared {
-        let command = challenge::command_for(lab, &decl.name);
-        let missing = match decl.requires.as_deref() {
-            Some(check) if !challenge::available(check).await => Some(check),
-            _ => None,
+    // Up to `jobs` solutions at once, each with its own run id (services,
+    // network); the rows keep the order the lab declares.
+    let runs = declared.iter().map(|decl| {
+        let reporter: Arc<dyn Reporter> = match settings.jobs {
+            1 => reporter.clone(),
+            _ => Arc::new(Tagged {
+                inner: reporter.clone(),
+                tag: decl.name.clone(),
+            }),
         };
-        if let Some(check) = missing {
-            rows.push(Row {
-                solution: decl.name.clone(),
-                declared: decl.expect.text(),
-                command,
-                skipped: Some(format!("its requirement `{check}` fails on this host")),
-                scenarios: Vec::new(),
-                defects: Vec::new(),
-                ok: true,
-                duration_ms: 0,
-            });
-            continue;
-        }
-        let opts = RunOptions {
-            source: settings.source,
-            scenarios: Vec::new(),
-            scenario_timeout: Duration::from_secs(300),
-            repeat: settings.repeat,
-            jobs: 1,
-            solution: Some(decl.name.clone()),
-        };
-        let run_id = stack::new_run_id();
-        let report = runner::run_lab(engine, lab.clone(), &run_id, &opts, reporter.clone()).await;
-        rows.push(assess(decl, command, &report));
-    }
+        solution_row(engine, lab, decl, settings, reporter)
+    });
+    let rows = futures_util::stream::iter(runs)
+        .buffered(settings.jobs.max(1))
+        .collect()
+        .await;
     Matrix {
         lab: lab.name.clone(),
         repeat: settings.repeat,
@@ -137,6 +125,43 @@ async fn lab_matrix(
         solutions: rows,
         duration_ms: started.elapsed().as_millis() as u64,
     }
+}
+
+/// One declared solution on the challenge scenarios, on services of its
+/// own: its row of the matrix.
+async fn solution_row(
+    engine: &Engine,
+    lab: &Arc<Lab>,
+    decl: &SolutionDecl,
+    settings: &Settings,
+    reporter: Arc<dyn Reporter>,
+) -> Row {
+    let command = challenge::command_for(lab, &decl.name);
+    if let Some(check) = decl.requires.as_deref()
+        && !challenge::available(check).await
+    {
+        return Row {
+            solution: decl.name.clone(),
+            declared: decl.expect.text(),
+            command,
+            skipped: Some(format!("its requirement `{check}` fails on this host")),
+            scenarios: Vec::new(),
+            defects: Vec::new(),
+            ok: true,
+            duration_ms: 0,
+        };
+    }
+    let opts = RunOptions {
+        source: settings.source,
+        scenarios: Vec::new(),
+        scenario_timeout: Duration::from_secs(300),
+        repeat: settings.repeat,
+        jobs: 1,
+        solution: Some(decl.name.clone()),
+    };
+    let run_id = stack::new_run_id();
+    let report = runner::run_lab(engine, lab.clone(), &run_id, &opts, reporter).await;
+    assess(decl, command, &report)
 }
 
 fn cell(s: &ScenarioReport) -> Cell {

@@ -668,7 +668,7 @@ impl Reporter for Progress {
             return;
         }
         let action = self.action(event);
-        let action = match event_lab(event) {
+        let action = match event.lab() {
             Some(lab) if self.parallel.load(std::sync::atomic::Ordering::Relaxed) => {
                 action.labelled(&self.style.dim(&format!("{lab}:")))
             }
@@ -753,24 +753,6 @@ impl Action {
 }
 
 /// The lab an event belongs to (image builds belong to none).
-fn event_lab(event: &Event) -> Option<&str> {
-    match event {
-        Event::LabStarted { lab, .. }
-        | Event::ServiceStarting { lab, .. }
-        | Event::ServiceReady { lab, .. }
-        | Event::Bootstrapping { lab, .. }
-        | Event::Bootstrapped { lab, .. }
-        | Event::RoundStarted { lab, .. }
-        | Event::ScenarioStarted { lab, .. }
-        | Event::ScenarioFinished { lab, .. }
-        | Event::SolutionStarted { lab, .. }
-        | Event::SolutionOutput { lab, .. }
-        | Event::TornDown { lab, .. } => Some(lab),
-        Event::LabFinished { report } => Some(&report.name),
-        Event::ImageBuild { .. } | Event::ImageBuilt { .. } => None,
-    }
-}
-
 impl Drop for Progress {
     fn drop(&mut self) {
         self.finish();
@@ -1026,6 +1008,31 @@ mod tests {
              ✗ no-lock FAIL 870 ms  lost_updates: expected > 0, observed 0\n\
              ✗ distributed-locking FAIL (4.2 s)\n\
              removed 1 container or network of distributed-locking\n"
+        );
+    }
+
+    /// Solutions of one lab side by side: each line names lab and solution.
+    #[test]
+    fn tagged_runs_in_parallel_stay_apart() {
+        let buf = Shared::default();
+        let progress = Arc::new(Progress::plain(Style::plain(), Box::new(buf.clone())));
+        progress.set_parallel(true);
+        for tag in ["reference", "starter"] {
+            let tagged = crate::event::Tagged {
+                inner: progress.clone(),
+                tag: tag.into(),
+            };
+            tagged.event(&Event::ScenarioStarted {
+                lab: "distributed-locking".into(),
+                scenario: "setnx".into(),
+            });
+        }
+        drop(progress);
+        let text = String::from_utf8(lock(&buf.0).clone()).unwrap();
+        assert_eq!(
+            text,
+            "distributed-locking[reference]: scenario setnx …\n\
+             distributed-locking[starter]: scenario setnx …\n"
         );
     }
 }

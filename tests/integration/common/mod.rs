@@ -273,13 +273,24 @@ pub fn scenario_params(
 /// the matrix's rows, after checking that every row got its declared
 /// verdict and that each of `solutions` is among them.
 pub fn validate_solutions(lab: &TempLab, solutions: &[&str]) -> Vec<serde_json::Value> {
-    let out = run(&[
+    validate_solutions_with(lab, solutions, &[])
+}
+
+/// The same with more options (`--jobs 2`).
+pub fn validate_solutions_with(
+    lab: &TempLab,
+    solutions: &[&str],
+    extra: &[&str],
+) -> Vec<serde_json::Value> {
+    let mut args = vec![
         "validate",
         "--solutions",
         lab.path.to_str().unwrap(),
         "--format",
         "json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
     let text = text(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect(&text);
     assert_eq!(out.status.code(), Some(0), "{text}");
