@@ -263,10 +263,11 @@ pub enum Event {
 
 /// Receives live events. Implemented by the terminal progress display; the
 /// final report is rendered once at the end.
-impl Event {
-    /// The name of the lab the event is about (none for image builds).
-    pub fn lab(&self) -> Option<&str> {
-        match self {
+/// The lab name an event carries, borrowed (`lab_of!(e)`) or mutably
+/// (`lab_of!(e, mut)`): one list of variants for both.
+macro_rules! lab_of {
+    ($event:expr $(, $m:ident)?) => {
+        match $event {
             Event::LabStarted { lab, .. }
             | Event::ServiceStarting { lab, .. }
             | Event::ServiceReady { lab, .. }
@@ -278,28 +279,21 @@ impl Event {
             | Event::SolutionStarted { lab, .. }
             | Event::SolutionOutput { lab, .. }
             | Event::TornDown { lab, .. } => Some(lab),
-            Event::LabFinished { report } => Some(&report.name),
+            Event::LabFinished { report } => Some(&$($m)? report.name),
             Event::ImageBuild { .. } | Event::ImageBuilt { .. } => None,
         }
+    };
+}
+
+impl Event {
+    /// The name of the lab the event is about (none for image builds).
+    pub fn lab(&self) -> Option<&str> {
+        lab_of!(self).map(String::as_str)
     }
 
     /// The same, to rename it.
     fn lab_mut(&mut self) -> Option<&mut String> {
-        match self {
-            Event::LabStarted { lab, .. }
-            | Event::ServiceStarting { lab, .. }
-            | Event::ServiceReady { lab, .. }
-            | Event::Bootstrapping { lab, .. }
-            | Event::Bootstrapped { lab, .. }
-            | Event::RoundStarted { lab, .. }
-            | Event::ScenarioStarted { lab, .. }
-            | Event::ScenarioFinished { lab, .. }
-            | Event::SolutionStarted { lab, .. }
-            | Event::SolutionOutput { lab, .. }
-            | Event::TornDown { lab, .. } => Some(lab),
-            Event::LabFinished { report } => Some(&mut report.name),
-            Event::ImageBuild { .. } | Event::ImageBuilt { .. } => None,
-        }
+        lab_of!(self, mut)
     }
 }
 
