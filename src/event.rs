@@ -261,8 +261,6 @@ pub enum Event {
     TornDown { lab: String, removed: usize },
 }
 
-/// Receives live events. Implemented by the terminal progress display; the
-/// final report is rendered once at the end.
 /// The lab name an event carries, borrowed (`lab_of!(e)`) or mutably
 /// (`lab_of!(e, mut)`): one list of variants for both.
 macro_rules! lab_of {
@@ -315,6 +313,8 @@ impl Reporter for Tagged {
     }
 }
 
+/// Receives live events. Implemented by the terminal progress display; the
+/// final report is rendered once at the end.
 pub trait Reporter: Send + Sync {
     /// Called for every event, in order.
     fn event(&self, event: &Event);

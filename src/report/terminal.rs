@@ -752,7 +752,6 @@ impl Action {
     }
 }
 
-/// The lab an event belongs to (image builds belong to none).
 impl Drop for Progress {
     fn drop(&mut self) {
         self.finish();

@@ -161,10 +161,11 @@ impl Watch<'_> {
             quorum: number("SENTINEL_QUORUM")? as u32,
             down_after_ms: number("SENTINEL_DOWN_AFTER_MS")?,
             failover_timeout_ms: number("SENTINEL_FAILOVER_TIMEOUT_MS")?,
-            tilt_period_ms: match endpoint.env.get(TILT_PERIOD_VAR) {
-                Some(_) => Some(number(TILT_PERIOD_VAR)?),
-                None => None,
-            },
+            tilt_period_ms: endpoint
+                .env
+                .get(TILT_PERIOD_VAR)
+                .map(|_| number(TILT_PERIOD_VAR))
+                .transpose()?,
         })
     }
 
