@@ -228,10 +228,8 @@ fn routes_with<S: Clone + Send + Sync + 'static>(instance: String, workers: usiz
         config: RwLock::default(),
         breakers: Mutex::default(),
         counters: Arc::default(),
-        // Plain HTTP only: no certificates to load (the image has none).
         client: reqwest::Client::builder()
             .no_proxy()
-            .tls_certs_only(std::iter::empty())
             .build()
             .expect("a plain-HTTP client builds"),
     });

@@ -81,7 +81,7 @@ pub fn client_config(
     for root in roots {
         store.add(root).doing("adding a trusted CA")?;
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .doing("configuring TLS")?
@@ -100,7 +100,7 @@ pub fn insecure_client_config(
     versions: &[&'static SupportedProtocolVersion],
     alpn: &[&str],
 ) -> Result<Arc<ClientConfig>, ExerciseError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(AcceptAnything(provider.signature_verification_algorithms));
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
@@ -341,7 +341,7 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .unwrap();
         let key = PrivateKeyDer::from_pem_file(dir.join("localhost.key")).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()

@@ -119,10 +119,11 @@ fn the_starter_loses_messages_with_evidence_from_the_sink() {
     assert_nothing_left(&lab.name);
 }
 
+/// Two solutions at a time, each on a broker of its own: the same verdicts.
 #[test]
 fn validate_solutions_proves_every_declared_verdict() {
     let lab = temp_lab_with_files(LAB, "validate", |t| t);
-    let rows = validate_solutions(
+    let rows = validate_solutions_with(
         &lab,
         &[
             "reference",
@@ -131,6 +132,7 @@ fn validate_solutions_proves_every_declared_verdict() {
             "drop-on-error",
             "no-ack",
         ],
+        &["--jobs", "2"],
     );
     // Each broken solution failed its named expectation, in the scenario
     // that shows its mistake.

@@ -295,7 +295,7 @@ fn tls_files(
 /// `--tlsverify`, as dockerd serves it.
 fn tls_relay(dir: &Path, socket: &'static str) -> u16 {
     let (chain, key, ca) = tls_files(dir);
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca).unwrap();
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
