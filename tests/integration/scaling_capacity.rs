@@ -2,7 +2,8 @@
 //! agent with a whole CPU against four with a quarter each, the CPU limits
 //! seen from inside the containers' cgroups. The broken variants are
 //! balancers, not numbers: one that sends every request to one instance, and
-//! one that does not retry on a surviving instance.
+//! one that does not retry on a surviving instance. Each test has the host's
+//! CPU to itself ([`alone`]): its latencies are CPU time against a quota.
 
 use crate::common::*;
 use serde_json::json;
@@ -11,6 +12,7 @@ const LAB: &str = "scaling/horizontal-vs-vertical.yaml";
 
 #[test]
 fn capacity_lab_passes_with_the_limits_in_the_cgroups() {
+    let _cpu = alone();
     let lab = temp_lab_with_files(LAB, "pass", |t| t);
     let (code, report, text) = run_json(&lab, &[]);
     assert_eq!(code, Some(0), "{text}");
@@ -32,6 +34,7 @@ fn capacity_lab_passes_with_the_limits_in_the_cgroups() {
 
 #[test]
 fn capacity_lab_holds_with_changed_parameters() {
+    let _cpu = alone();
     let lab = temp_lab_with_files(
         LAB,
         "params",
@@ -55,6 +58,7 @@ fn capacity_lab_holds_with_changed_parameters() {
 /// instance takes them all and the pool's ceiling is a quarter CPU's.
 #[test]
 fn a_balancer_that_pins_every_request_loses_the_pools_capacity() {
+    let _cpu = alone();
     let report = run_broken(
         LAB,
         "hash-one",
@@ -77,6 +81,7 @@ fn a_balancer_that_pins_every_request_loses_the_pools_capacity() {
 /// but its clients see the dead instance's failures.
 #[test]
 fn a_balancer_without_retries_shows_the_dead_instance_to_clients() {
+    let _cpu = alone();
     let report = run_broken(
         LAB,
         "no-retry",

@@ -2,8 +2,10 @@
 //! against the real Docker engine, and look for leftover labelled resources.
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The repository's lab catalog.
 pub fn labs_dir() -> PathBuf {
@@ -19,9 +21,48 @@ pub fn infralab() -> Command {
     c
 }
 
-/// Runs infralab with `args` and returns its output.
+/// Runs infralab with `args` and returns its output; the command holds the
+/// host's CPU shared (see [`alone`]).
 pub fn run(args: &[&str]) -> Output {
+    let _cpu = shared_cpu();
     infralab().args(args).output().expect("infralab runs")
+}
+
+/// The host's CPU, as the tests of this binary share it. Most tests wait on
+/// containers, so more of them run at once than there are cores; the few
+/// whose verdicts rest on CPU time against a quota (a request of 100 ms of
+/// CPU on one core) hold it alone for their whole run, since a host busy with
+/// other labs would decide their verdicts. std's `RwLock` makes new readers
+/// wait behind a waiting writer, so a test that asks to be alone waits only
+/// for the commands already running.
+static CPU: RwLock<()> = RwLock::new(());
+
+thread_local! {
+    /// Whether this test thread holds [`CPU`] alone (its commands then skip
+    /// the shared hold, which would wait on itself).
+    static ALONE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Held by a test that must have the host's CPU to itself: no other test's
+/// infralab command runs until it is dropped.
+pub struct Alone(RwLockWriteGuard<'static, ()>);
+
+/// Waits until the commands of other tests have finished and keeps new ones
+/// waiting while the returned guard lives.
+pub fn alone() -> Alone {
+    let guard = CPU.write().unwrap_or_else(PoisonError::into_inner);
+    ALONE.set(true);
+    Alone(guard)
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        ALONE.set(false);
+    }
+}
+
+fn shared_cpu() -> Option<RwLockReadGuard<'static, ()>> {
+    (!ALONE.get()).then(|| CPU.read().unwrap_or_else(PoisonError::into_inner))
 }
 
 /// Text of stdout and stderr together, for assertion messages.
