@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{infralab, json_report, scenario, text};
+use crate::common::{infralab, json_report, scenario, shared, text};
 
 /// A Redis round trip, plain and while the engine pauses a second Redis the
 /// exercise does not use (pausing the one it uses would only measure how long
@@ -62,6 +62,7 @@ fn infralab_on(docker_host: &str, env: &[(&str, &str)]) -> Command {
 /// nothing labelled with the lab's name is left there.
 fn run_lab_on(docker_host: &str, env: &[(&str, &str)], name: &str) -> Duration {
     let (_dir, path) = lab(name);
+    let _cpu = shared();
     let started = Instant::now();
     let out = infralab_on(docker_host, env)
         .args(["run", path.to_str().unwrap(), "--format", "json"])

@@ -136,6 +136,7 @@ fn a_lease_longer_than_the_work_loses_nothing_and_the_lost_update_check_fails() 
 
 #[test]
 fn two_concurrent_runs_of_the_same_lab_both_pass() {
+    let _cpu = shared();
     let a = temp_lab(LAB, "twin", |t| t);
     let spawn = || {
         infralab()

@@ -24,7 +24,7 @@ pub fn infralab() -> Command {
 /// Runs infralab with `args` and returns its output; the command holds the
 /// host's CPU shared (see [`alone`]).
 pub fn run(args: &[&str]) -> Output {
-    let _cpu = shared_cpu();
+    let _cpu = shared();
     infralab().args(args).output().expect("infralab runs")
 }
 
@@ -32,9 +32,10 @@ pub fn run(args: &[&str]) -> Output {
 /// containers, so more of them run at once than there are cores; the few
 /// whose verdicts rest on CPU time against a quota (a request of 100 ms of
 /// CPU on one core) hold it alone for their whole run, since a host busy with
-/// other labs would decide their verdicts. std's `RwLock` makes new readers
-/// wait behind a waiting writer, so a test that asks to be alone waits only
-/// for the commands already running.
+/// other labs would decide their verdicts. Every lab a test runs holds it
+/// shared: through [`run`], or with [`shared`] around a command of its own.
+/// std's `RwLock` on Linux makes new readers wait behind a waiting writer, so
+/// a test that asks to be alone waits only for the commands already running.
 static CPU: RwLock<()> = RwLock::new(());
 
 thread_local! {
@@ -61,7 +62,9 @@ impl Drop for Alone {
     }
 }
 
-fn shared_cpu() -> Option<RwLockReadGuard<'static, ()>> {
+/// Holds the host's CPU shared while the returned guard lives (nothing when
+/// this thread holds it alone).
+pub fn shared() -> Option<RwLockReadGuard<'static, ()>> {
     (!ALONE.get()).then(|| CPU.read().unwrap_or_else(PoisonError::into_inner))
 }
 
