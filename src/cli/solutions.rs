@@ -103,15 +103,17 @@ async fn lab_matrix(
         .map(|c| c.solutions.clone())
         .unwrap_or_default();
     // Up to `jobs` solutions at once, each with its own run id (services,
-    // network); the rows keep the order the lab declares.
+    // network); the rows keep the order the lab declares. The progress
+    // names the solution, and a broken one as meant to fail, so its red
+    // FAIL line reads as the verdict it should get.
     let runs = declared.iter().map(|decl| {
-        let reporter: Arc<dyn Reporter> = match settings.jobs {
-            1 => reporter.clone(),
-            _ => Arc::new(Tagged {
-                inner: reporter.clone(),
-                tag: decl.name.clone(),
-            }),
-        };
+        let reporter: Arc<dyn Reporter> = Arc::new(Tagged {
+            inner: reporter.clone(),
+            tag: match decl.expect {
+                SolutionExpect::Pass => decl.name.clone(),
+                SolutionExpect::Fail { .. } => format!("{}, meant to fail", decl.name),
+            },
+        });
         solution_row(engine, lab, decl, settings, reporter)
     });
     let rows = futures_util::stream::iter(runs)

@@ -6,7 +6,10 @@
 //!   connection setup included) and latency;
 //! - `stream`: the agent makes `updates` updates; one client watches them
 //!   on a gRPC server stream, another polls `GET /feed` every `poll_ms`:
-//!   how late each update arrives and how many requests each way costs;
+//!   how late each update arrives and how many requests each way costs.
+//!   The stream runs through a relay that cuts its connection halfway
+//!   (`stream_cut`); the watcher opens it again after the last update it
+//!   saw, or (`watcher: once`, broken) stops there;
 //! - `deadline`: calls whose work takes `work_ms`, with a `deadline_ms`
 //!   deadline: what the client saw, and what the agent counted (callers that
 //!   left, work that finished for nobody); `server: detached` is the agent
@@ -15,13 +18,15 @@
 //!   `proxy_pass` (HTTP/1.1, `nginx_route: proxy_pass`), the misconfiguration.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde_json::json;
 use tokio::sync::Mutex;
+use tonic::Streaming;
 
-use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec};
+use super::{Context, Ctx, Exercise, ExerciseError, ObsSpec, Observations, ParamSpec, Timeline};
 use crate::agent::orders::Stats;
 use crate::catalog::Endpoint;
 use crate::client::grpc::{self, GET, GET_VIA_PROXY_PASS, GetOrder, Order, Update};
@@ -132,6 +137,18 @@ impl Exercise for GrpcRest {
                 "the polling client asks for every update after the last it saw, or (broken) keeps only the latest of each answer, as a dashboard of current values does",
             ),
             ParamSpec::choice(
+                "stream_cut",
+                &["halfway", "none"],
+                "halfway",
+                "whether the stream's connection is cut once the watcher has half the updates, as a proxy restart or a dropped link would (stream)",
+            ),
+            ParamSpec::choice(
+                "watcher",
+                &["resume", "once"],
+                "resume",
+                "when its stream ends early, the watcher reopens it after the last update it saw, or (broken) takes the end of the stream for the end of the feed",
+            ),
+            ParamSpec::choice(
                 "server",
                 &["inline", "detached"],
                 "inline",
@@ -164,11 +181,6 @@ impl Exercise for GrpcRest {
                 ObsSpec::number("grpc_connections", "TCP connections the gRPC client opened"),
                 ObsSpec::number("json_h1_connections", "TCP connections over HTTP/1.1"),
                 ObsSpec::number(
-                    "calls_failed",
-                    "calls that failed, all ways together (wire)",
-                ),
-                ObsSpec::text("wire_error", "the first failure (wire), in words"),
-                ObsSpec::number(
                     "stream_delay_p50_ms",
                     "median time from an update's making to its arrival on the stream",
                 ),
@@ -183,6 +195,10 @@ impl Exercise for GrpcRest {
                 ),
                 ObsSpec::number("poll_empty", "polls that brought nothing new"),
                 ObsSpec::number("stream_missed", "updates the stream client never got"),
+                ObsSpec::number(
+                    "stream_reopened",
+                    "times the watcher opened its stream again after it ended early",
+                ),
                 ObsSpec::number("poll_missed", "updates the polling client never got"),
                 ObsSpec::number(
                     "deadline_errors",
@@ -213,11 +229,9 @@ impl Exercise for GrpcRest {
             "deadline" => deadline_part(ctx, agent, &mut obs).await?,
             "nginx" => nginx_part(ctx, &mut obs).await?,
             _ => {
-                let mut failed = 0;
                 for way in [Way::Grpc, Way::JsonH2, Way::JsonH1] {
-                    failed += wire(ctx, agent, way, &mut obs).await?;
+                    wire(ctx, agent, way, &mut obs).await?;
                 }
-                obs.insert("calls_failed".into(), json!(failed));
             }
         }
         Ok(obs)
@@ -225,13 +239,15 @@ impl Exercise for GrpcRest {
 }
 
 /// `calls` orders one way through a relay: bytes per call, latency,
-/// connections. Returns the failed calls.
+/// connections. Every call must bring the right order: bytes per call
+/// compare only between ways that all did the same work, so a failed call
+/// is an error, not an observation.
 async fn wire(
     ctx: &Ctx,
     agent: &Endpoint,
     way: Way,
     obs: &mut Observations,
-) -> Result<u64, ExerciseError> {
+) -> Result<(), ExerciseError> {
     let relay = Relay::start(format!("127.0.0.1:{}", agent.port()))
         .await
         .doing("starting the byte-counting relay")?;
@@ -261,9 +277,15 @@ async fn wire(
         .collect();
     let results = join_workers(handles).await?;
     let failed: u64 = results.iter().map(|(_, f, _)| f).sum();
-    if let Some(e) = results.iter().find_map(|(_, _, e)| e.clone()) {
-        obs.entry("wire_error".to_string())
-            .or_insert_with(|| json!(format!("{}: {e}", way.prefix())));
+    if failed > 0 {
+        let first = results
+            .iter()
+            .find_map(|(_, _, e)| e.clone())
+            .unwrap_or_else(|| "an answer with another order than the one asked for".into());
+        return Err(ExerciseError(format!(
+            "{failed} of {calls} {} calls failed (first: {first})",
+            way.prefix()
+        )));
     }
     let mut times: Vec<Duration> = results.into_iter().flat_map(|(t, _, _)| t).collect();
     let answered = times.len() as u64;
@@ -285,7 +307,7 @@ async fn wire(
     if way != Way::JsonH2 {
         obs.insert(format!("{p}_connections"), json!(relay.accepted()));
     }
-    Ok(failed)
+    Ok(())
 }
 
 /// One client of one way, shared by the workers (one gRPC channel and one
@@ -345,6 +367,66 @@ fn unix_us() -> u64 {
 /// Arrival delays (ms) of the updates one client got.
 type Arrivals = Arc<Mutex<Vec<f64>>>;
 
+/// A channel of its own and the `Watch` stream from update `after` on.
+async fn open_watch(url: &str, after: u64) -> Result<Streaming<Update>, tonic::Status> {
+    let channel = grpc::channel(url)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc::watch(channel, after).await
+}
+
+/// The stream client: it records when each update arrives, cuts its own
+/// connection once (the fault) and, when its stream ends before the last
+/// update, opens it again after the last update it saw, or (broken) stops.
+struct Watcher {
+    url: String,
+    relay: Arc<Relay>,
+    timeline: Timeline,
+    /// The update after which the connection is cut, if any.
+    cut_at: Option<u64>,
+    resume: bool,
+    last_seq: u64,
+    arrivals: Arrivals,
+}
+
+impl Watcher {
+    async fn run(self, mut stream: Streaming<Update>, mut seen: u64, reopened: Arc<AtomicU64>) {
+        loop {
+            while let Ok(Some(u)) = stream.message().await {
+                if u.seq <= seen || u.seq > self.last_seq {
+                    continue;
+                }
+                seen = u.seq;
+                let delay = unix_us().saturating_sub(u.made_unix_us) as f64 / 1000.0;
+                self.arrivals.lock().await.push(delay);
+                if seen >= self.last_seq {
+                    return;
+                }
+                if self.cut_at == Some(seen) {
+                    self.timeline.record("fault", "cut stream");
+                    self.relay.cut();
+                }
+            }
+            if !self.resume {
+                return;
+            }
+            stream = self.reopen(seen).await;
+            reopened.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Opens the stream again after `seen`, trying until it opens (the
+    /// caller's time limit ends a watcher that never gets back).
+    async fn reopen(&self, seen: u64) -> Streaming<Update> {
+        loop {
+            match open_watch(&self.url, seen).await {
+                Ok(stream) => return stream,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
 /// Sets where the agent's work runs, and resets its counters.
 async fn configure(
     http: &reqwest::Client,
@@ -396,24 +478,30 @@ async fn stream_part(
     // From here the agent counts the requests of each client.
     configure(&http, agent, false).await?;
     let last_seq = start_seq + updates as u64;
-    let mut stream = grpc::watch(grpc::channel(&base).await?, start_seq)
+    // The stream goes through a relay, so its connection can be cut.
+    let relay = Relay::start(format!("127.0.0.1:{}", agent.port()))
+        .await
+        .doing("starting the stream's relay")?;
+    let stream_url = format!("http://{}", relay.addr());
+    let first = open_watch(&stream_url, start_seq)
         .await
         .map_err(|s| ExerciseError(format!("opening the Watch stream: {s}")))?;
-    let streamed: Arrivals = Arc::default();
+    let watcher = Watcher {
+        url: stream_url,
+        relay: Arc::new(relay),
+        timeline: ctx.timeline(),
+        cut_at: (ctx.text("stream_cut") == "halfway")
+            .then(|| start_seq + (updates as u64 / 2).max(1))
+            .filter(|&at| at < last_seq),
+        resume: ctx.text("watcher") == "resume",
+        last_seq,
+        arrivals: Arc::default(),
+    };
+    let streamed = watcher.arrivals.clone();
+    let reopened = Arc::new(AtomicU64::new(0));
     let polled: Arrivals = Arc::default();
     let limit = Duration::from_millis(interval * updates as u64) + Duration::from_secs(15);
-    let watcher = {
-        let streamed = streamed.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(u)) = stream.message().await {
-                let delay = unix_us().saturating_sub(u.made_unix_us) as f64 / 1000.0;
-                streamed.lock().await.push(delay);
-                if u.seq >= last_seq {
-                    break;
-                }
-            }
-        })
-    };
+    let watcher = tokio::spawn(watcher.run(first, start_seq, reopened.clone()));
     let latest_only = ctx.text("poller") == "latest";
     let poller = {
         let (polled, http, base) = (polled.clone(), http.clone(), base.clone());
@@ -448,11 +536,15 @@ async fn stream_part(
         .send()
         .await
         .doing("starting the feed")?;
-    // A client still waiting at the limit has missed what it lacks.
+    // A client still waiting at the limit has missed what it lacks (and
+    // stops: a dropped handle would leave its task running).
+    let (stop_watcher, stop_poller) = (watcher.abort_handle(), poller.abort_handle());
     let (_, polls) = tokio::join!(
         tokio::time::timeout(limit, watcher),
         tokio::time::timeout(limit, poller)
     );
+    stop_watcher.abort();
+    stop_poller.abort();
     if let Ok(Ok(empty)) = polls {
         obs.insert("poll_empty".into(), json!(empty));
     }
@@ -465,6 +557,10 @@ async fn stream_part(
         );
         obs.insert(format!("{name}_missed"), json!(updates.saturating_sub(got)));
     }
+    obs.insert(
+        "stream_reopened".into(),
+        json!(reopened.load(Ordering::SeqCst)),
+    );
     // What the agent received: gRPC calls (the stream) and JSON requests
     // (the polls).
     let counted = agent_stats(&http, agent).await?;

@@ -244,6 +244,8 @@ fn grpc_vs_rest_passes_with_what_the_relay_and_the_agent_counted() {
     // per call in flight.
     assert_eq!(obs(&report, "wire", "grpc_connections"), 1.0);
     assert!(obs(&report, "wire", "json_h1_connections") >= 2.0);
+    // The cut stream was opened again, and only once.
+    assert_eq!(obs(&report, "stream-vs-polling", "stream_reopened"), 1.0);
     assert_nothing_left(&lab.name);
 }
 
@@ -319,6 +321,27 @@ fn a_poller_that_keeps_only_the_latest_update_misses_the_others() {
         check_verdict(&report, "stream-vs-polling", "stream_missed"),
         "pass"
     );
+}
+
+/// The broken watcher: it takes the end of its cut stream for the end of the
+/// feed and misses every update after the cut.
+#[test]
+fn a_watcher_that_does_not_reopen_its_cut_stream_misses_the_rest() {
+    let report = run_broken(
+        GRPC,
+        "once",
+        &[("stream-vs-polling", "watcher", json!("once"))],
+        "stream-vs-polling",
+    );
+    assert_eq!(
+        check_verdict(&report, "stream-vs-polling", "stream_missed"),
+        "fail"
+    );
+    assert_eq!(
+        check_verdict(&report, "stream-vs-polling", "poll_missed"),
+        "pass"
+    );
+    assert_eq!(obs(&report, "stream-vs-polling", "stream_reopened"), 0.0);
 }
 
 /// The broken proxy: gRPC sent on with proxy_pass (HTTP/1.1) loses the

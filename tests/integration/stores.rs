@@ -10,8 +10,10 @@
 //! TTL where a sliding one was meant.
 //!
 //! document-store: the same orders as JSONB documents and as joined rows in
-//! PostgreSQL. The broken variants: the documents without their GIN index,
-//! and moves that update only the latest order's copy of the address.
+//! PostgreSQL. The broken variants: orders found by an unindexed field inside
+//! the document, the documents without their GIN index, a search of the
+//! first item only, and moves that update only the latest order's copy of
+//! the address.
 //!
 //! graph-traversal: FalkorDB and PostgreSQL on one follower graph, each
 //! answer checked against the client's own search. The broken variants are
@@ -251,6 +253,22 @@ fn a_nested_search_without_its_index_reads_every_document() {
     assert_eq!(
         check_verdict(&report, "nested-search", "search_wrong_answers"),
         "pass"
+    );
+}
+
+/// The broken application: it finds an order by the `id` inside the
+/// document, which no index covers, and every read scans the table.
+#[test]
+fn a_document_found_by_an_unindexed_field_reads_the_whole_table() {
+    let report = run_broken(
+        DOCUMENTS,
+        "field",
+        &[("read-whole-orders", "lookup", json!("field"))],
+        "read-whole-orders",
+    );
+    assert_eq!(
+        check_verdict(&report, "read-whole-orders", "doc_read_pages"),
+        "fail"
     );
 }
 
