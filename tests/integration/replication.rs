@@ -103,11 +103,16 @@ fn a_serializable_client_gets_stale_answers_on_the_minority_side() {
         &[("partition", "etcd_reads", json!("serializable"))],
         "partition",
     );
+    let seen = scenario(&report, "partition");
     assert_eq!(
         check_verdict(&report, "partition", "etcd_minority_answered"),
-        "fail"
+        "fail",
+        "{seen}"
     );
-    assert!(obs(&report, "partition", "etcd_stale_reads") > 0.0);
+    assert!(
+        obs(&report, "partition", "etcd_stale_reads") > 0.0,
+        "{seen}"
+    );
     assert_eq!(
         check_verdict(&report, "partition", "etcd_acked_lost"),
         "pass"
