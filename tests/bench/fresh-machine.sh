@@ -33,7 +33,7 @@ t2=$(now)
 ./target/release/infralab images build --all >"$work/images.log" 2>&1
 t3=$(now)
 status=0
-cargo test --release --locked -- --test-threads 3 >"$work/tests.log" 2>&1 || status=$?
+cargo test --release --locked -- --test-threads 4 >"$work/tests.log" 2>&1 || status=$?
 t4=$(now)
 
 grep -h "tansu" "$work/images.log" | tail -2 || true
