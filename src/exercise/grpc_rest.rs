@@ -380,17 +380,20 @@ async fn open_watch(url: &str, after: u64) -> Result<Streaming<Update>, tonic::S
 /// update, opens it again after the last update it saw, or (broken) stops.
 struct Watcher {
     url: String,
-    relay: Arc<Relay>,
+    relay: Relay,
     timeline: Timeline,
     /// The update after which the connection is cut, if any.
     cut_at: Option<u64>,
     resume: bool,
     last_seq: u64,
+    /// Shared with the caller, which reads them even when it had to stop
+    /// the watcher at its time limit.
     arrivals: Arrivals,
+    reopened: Arc<AtomicU64>,
 }
 
 impl Watcher {
-    async fn run(self, mut stream: Streaming<Update>, mut seen: u64, reopened: Arc<AtomicU64>) {
+    async fn run(self, mut stream: Streaming<Update>, mut seen: u64) {
         loop {
             while let Ok(Some(u)) = stream.message().await {
                 if u.seq <= seen || u.seq > self.last_seq {
@@ -411,7 +414,7 @@ impl Watcher {
                 return;
             }
             stream = self.reopen(seen).await;
-            reopened.fetch_add(1, Ordering::SeqCst);
+            self.reopened.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -488,7 +491,7 @@ async fn stream_part(
         .map_err(|s| ExerciseError(format!("opening the Watch stream: {s}")))?;
     let watcher = Watcher {
         url: stream_url,
-        relay: Arc::new(relay),
+        relay,
         timeline: ctx.timeline(),
         cut_at: (ctx.text("stream_cut") == "halfway")
             .then(|| start_seq + (updates as u64 / 2).max(1))
@@ -496,12 +499,12 @@ async fn stream_part(
         resume: ctx.text("watcher") == "resume",
         last_seq,
         arrivals: Arc::default(),
+        reopened: Arc::default(),
     };
-    let streamed = watcher.arrivals.clone();
-    let reopened = Arc::new(AtomicU64::new(0));
+    let (streamed, reopened) = (watcher.arrivals.clone(), watcher.reopened.clone());
     let polled: Arrivals = Arc::default();
     let limit = Duration::from_millis(interval * updates as u64) + Duration::from_secs(15);
-    let watcher = tokio::spawn(watcher.run(first, start_seq, reopened.clone()));
+    let watcher = tokio::spawn(watcher.run(first, start_seq));
     let latest_only = ctx.text("poller") == "latest";
     let poller = {
         let (polled, http, base) = (polled.clone(), http.clone(), base.clone());
